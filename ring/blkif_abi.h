@@ -6,15 +6,16 @@
 // the static_asserts pin every offset the decoder relies on.
 #pragma once
 
-#include <xen/xen.h>
-#include <xen/grant_table.h>
-#include <xen/io/blkif.h>
-#include <xen/io/protocols.h>
-
 #include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string_view>
+
+// Xen's public headers need the fixed-width integer types declared before them.
+#include <xen/xen.h>
+#include <xen/grant_table.h>
+#include <xen/io/blkif.h>
+#include <xen/io/protocols.h>
 
 namespace blk {
 
