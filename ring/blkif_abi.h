@@ -86,6 +86,13 @@ static_assert(sizeof(DiscardRequest) == 32 && offsetof(DiscardRequest, nr_sector
 static_assert(sizeof(IndirectRequest) == 64 && offsetof(IndirectRequest, handle) == 24 &&
               offsetof(IndirectRequest, indirect_grefs) == 28);
 static_assert(sizeof(Response) == 16 && offsetof(Response, operation) == 8 && offsetof(Response, status) == 10);
+// The layouts of this ABI as one type, for code templated on the ABI.
+struct Types {
+  using Request = x86_64::Request;
+  using DiscardRequest = x86_64::DiscardRequest;
+  using IndirectRequest = x86_64::IndirectRequest;
+  using Response = x86_64::Response;
+};
 }  // namespace x86_64
 
 namespace x86_32 {
@@ -130,6 +137,12 @@ static_assert(sizeof(DiscardRequest) == 28 && offsetof(DiscardRequest, nr_sector
 static_assert(sizeof(IndirectRequest) == 64 && offsetof(IndirectRequest, handle) == 20 &&
               offsetof(IndirectRequest, indirect_grefs) == 24);
 static_assert(sizeof(Response) == 12 && offsetof(Response, operation) == 8 && offsetof(Response, status) == 10);
+struct Types {
+  using Request = x86_32::Request;
+  using DiscardRequest = x86_32::DiscardRequest;
+  using IndirectRequest = x86_32::IndirectRequest;
+  using Response = x86_32::Response;
+};
 }  // namespace x86_32
 
 // The native layout of Xen's header must be the x86_64 one on this (64-bit) build.
