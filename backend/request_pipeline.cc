@@ -1,0 +1,356 @@
+// RequestPipeline: kick -> validate -> grant copy in -> io_submit -> completion -> grant copy out -> respond.
+#include "backend/request_pipeline.h"
+
+#include <sys/mman.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "base/log.h"
+
+namespace blk {
+namespace {
+
+constexpr size_t kSlotBufferBytes = kMaxDirectSegments * kPageSize;
+// A hostile frontend can send bad requests forever; the log gets the first ones and then a sample.
+constexpr uint64_t kBadRequestsLoggedInFull = 20;
+constexpr uint64_t kBadRequestLogSampling = 10000;
+
+const char* OperationName(uint8_t operation) {
+  switch (operation) {
+    case BLKIF_OP_READ: return "read";
+    case BLKIF_OP_WRITE: return "write";
+    case BLKIF_OP_WRITE_BARRIER: return "barrier";
+    case BLKIF_OP_FLUSH_DISKCACHE: return "flush";
+    case BLKIF_OP_DISCARD: return "discard";
+    case BLKIF_OP_INDIRECT: return "indirect";
+    default: return "unknown";
+  }
+}
+
+}  // namespace
+
+Result<std::unique_ptr<RequestPipeline>> RequestPipeline::Create(std::string name, Hypervisor& hypervisor,
+                                                                 const RingConnection& connection,
+                                                                 const RawImage& image, const DiskLimits& limits,
+                                                                 AioEngine& aio, DeviceStats& stats) {
+  size_t pages = connection.ring_refs.size();
+  if (pages == 0 || (pages & (pages - 1)) != 0) {
+    return Status::InvalidArgument(name + ": a ring of " + std::to_string(pages) + " pages is not a power of two");
+  }
+  auto ring = hypervisor.grants.Map(connection.frontend_domid, connection.ring_refs, /*writable=*/true);
+  if (!ring.ok()) return ring.status().Annotate(name + ": mapping the ring: ");
+  auto channel = hypervisor.events.BindInterdomain(connection.frontend_domid, connection.event_channel);
+  if (!channel.ok()) return channel.status().Annotate(name + ": binding the event channel: ");
+  uint32_t slots = RingSlots(connection.abi, pages);
+  size_t buffer_bytes = slots * kSlotBufferBytes;
+  void* buffers = ::mmap(nullptr, buffer_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (buffers == MAP_FAILED) return Status::FromErrno(errno, name + ": allocating bounce buffers");
+  return std::unique_ptr<RequestPipeline>(new RequestPipeline(
+      std::move(name), hypervisor, std::move(*ring), pages, connection.abi, std::move(*channel),
+      connection.frontend_domid, image, limits, aio, stats, Mapping(buffers, buffer_bytes)));
+}
+
+RequestPipeline::RequestPipeline(std::string name, Hypervisor& hypervisor, GrantMapping ring_mapping,
+                                 size_t ring_pages, Abi abi, std::unique_ptr<EventChannel> channel, DomId frontend,
+                                 const RawImage& image, const DiskLimits& limits, AioEngine& aio,
+                                 DeviceStats& stats, Mapping buffers)
+    : name_(std::move(name)),
+      hypervisor_(hypervisor),
+      ring_mapping_(std::move(ring_mapping)),
+      ring_(ring_mapping_.addr(), ring_pages, abi),
+      channel_(std::move(channel)),
+      frontend_(frontend),
+      fd_(image.fd()),
+      limits_(limits),
+      aio_(aio),
+      stats_(stats),
+      buffers_(std::move(buffers)) {
+  uint32_t slots = ring_.slots();
+  slots_.resize(slots);
+  free_slots_.reserve(slots);
+  for (uint32_t i = 0; i < slots; ++i) {
+    Slot& slot = slots_[i];
+    slot.tag.handler = this;
+    slot.buffer = buffers_.as<uint8_t>() + static_cast<size_t>(i) * kSlotBufferBytes;
+    slot.stage = Stage::kFree;
+    free_slots_.push_back(slots - 1 - i);
+  }
+  queue_.resize(slots);
+  taken_.resize(slots);
+  copies_.reserve(static_cast<size_t>(slots) * kMaxDirectSegments);
+  copy_slots_.reserve(slots);
+  submit_.reserve(slots);
+  deferred_.reserve(slots);
+  reads_done_.reserve(slots);
+}
+
+RequestPipeline::~RequestPipeline() {
+  if (started_ != 0) {
+    Log(LogLevel::kError, name_.c_str(), "destroyed with %u requests in flight", started_);
+  }
+}
+
+void RequestPipeline::OnKick() {
+  Status acknowledged = channel_->Acknowledge();
+  if (!acknowledged.ok()) Log(LogLevel::kWarning, name_.c_str(), "%s", acknowledged.ToString().c_str());
+  Pump();
+  PushResponses();
+}
+
+void RequestPipeline::Pump() {
+  while (!broken_ && !stopped_ && !free_slots_.empty()) {
+    auto taken = ring_.Take(std::span(taken_).first(free_slots_.size()));
+    if (!taken.ok()) {
+      broken_ = true;
+      Log(LogLevel::kError, name_.c_str(), "broken frontend, ring stopped: %s", taken.status().ToString().c_str());
+      break;
+    }
+    if (*taken == 0) {
+      if (ring_.FinalCheckForRequests()) continue;
+      break;
+    }
+    for (size_t i = 0; i < *taken; ++i) Admit(taken_[i]);
+  }
+  StartQueued();
+}
+
+void RequestPipeline::Admit(const Request& request) {
+  Validation validation = ValidateRequest(request, limits_);
+  switch (request.operation) {
+    case BLKIF_OP_READ: DeviceStats::Add(stats_.rd_req, 1); break;
+    case BLKIF_OP_WRITE: DeviceStats::Add(stats_.wr_req, 1); break;
+    case BLKIF_OP_WRITE_BARRIER:
+    case BLKIF_OP_FLUSH_DISKCACHE: DeviceStats::Add(stats_.f_req, 1); break;
+    case BLKIF_OP_DISCARD: DeviceStats::Add(stats_.ds_req, 1); break;
+    default: break;
+  }
+  if (validation.verdict != Verdict::kOk) {
+    NoteBadRequest(request, validation.reason);
+    RespondNow(request, ResponseStatus(validation.verdict));
+    return;
+  }
+  DeviceStats::Add(validation.is_write ? stats_.wr_sect : stats_.rd_sect, validation.sectors);
+  Slot& slot = slots_[free_slots_.back()];
+  free_slots_.pop_back();
+  slot.request = request;
+  slot.offset = request.sector_number << kSectorShift;
+  slot.length = static_cast<uint32_t>(validation.sectors << kSectorShift);
+  slot.writes = validation.is_write && slot.length > 0;
+  slot.pre_sync = request.operation == BLKIF_OP_WRITE_BARRIER && slot.length > 0;
+  slot.post_sync = request.operation == BLKIF_OP_WRITE_BARRIER || request.operation == BLKIF_OP_FLUSH_DISKCACHE;
+  slot.stage = Stage::kQueued;
+  queue_[(queue_head_ + queue_size_) % queue_.size()] = SlotIndex(slot);
+  ++queue_size_;
+}
+
+void RequestPipeline::StartQueued() {
+  bool retry = true;
+  while (retry) {
+    retry = false;
+    copies_.clear();
+    copy_slots_.clear();
+    while (queue_size_ > 0 && !barrier_running_) {
+      Slot& slot = slots_[queue_[queue_head_]];
+      bool barrier = slot.request.operation == BLKIF_OP_WRITE_BARRIER;
+      if (barrier && started_ > 0) break;  // everything before a barrier is answered before it starts
+      queue_head_ = (queue_head_ + 1) % queue_.size();
+      --queue_size_;
+      ++started_;
+      barrier_running_ = barrier;
+      if (slot.writes) {
+        slot.first_copy = static_cast<uint16_t>(copies_.size());
+        uint32_t filled = 0;
+        for (unsigned i = 0; i < slot.request.nr_segments; ++i) {
+          const RequestSegment& segment = slot.request.segments[i];
+          uint16_t bytes = static_cast<uint16_t>((segment.last_sect - segment.first_sect + 1u) << kSectorShift);
+          copies_.push_back({GrantCopySegment::Direction::kFromGuest, frontend_, segment.gref,
+                             static_cast<uint16_t>(segment.first_sect << kSectorShift), bytes,
+                             slot.buffer + filled, 0});
+          filled += bytes;
+        }
+        copy_slots_.push_back(&slot);
+      } else if (slot.length > 0) {
+        PrepareData(slot);
+      } else {
+        PrepareSync(slot);
+      }
+    }
+    if (copies_.empty()) break;
+    Status copied = hypervisor_.grants.Copy(copies_);
+    for (Slot* slot : copy_slots_) {
+      bool ok = copied.ok();
+      for (unsigned i = 0; ok && i < slot->request.nr_segments; ++i) {
+        ok = copies_[slot->first_copy + i].status == GNTST_okay;
+      }
+      if (!ok) {
+        Log(LogLevel::kWarning, name_.c_str(), "write id %llu: grant copy from the guest failed (status %d)",
+            static_cast<unsigned long long>(slot->request.id), copies_[slot->first_copy].status);
+        DeviceStats::Add(stats_.io_errors, 1);
+        Respond(*slot, BLKIF_RSP_ERROR);
+        retry = true;  // a failed barrier no longer holds the queue back
+      } else if (slot->pre_sync) {
+        slot->stage = Stage::kPreSync;
+        aio_.PrepareFdsync(&slot->cb, fd_, &slot->tag);
+        submit_.push_back(&slot->cb);
+      } else {
+        PrepareData(*slot);
+      }
+    }
+  }
+  Submit();
+}
+
+void RequestPipeline::PrepareData(Slot& slot) {
+  slot.stage = Stage::kData;
+  if (slot.writes) {
+    aio_.PrepareWrite(&slot.cb, fd_, slot.buffer, slot.length, slot.offset, &slot.tag);
+  } else {
+    aio_.PrepareRead(&slot.cb, fd_, slot.buffer, slot.length, slot.offset, &slot.tag);
+  }
+  submit_.push_back(&slot.cb);
+}
+
+void RequestPipeline::PrepareSync(Slot& slot) {
+  slot.stage = Stage::kPostSync;
+  aio_.PrepareFdsync(&slot.cb, fd_, &slot.tag);
+  submit_.push_back(&slot.cb);
+}
+
+void RequestPipeline::Submit() {
+  size_t next = 0;
+  while (next < submit_.size()) {
+    Status refused;
+    next += aio_.Submit(std::span(submit_).subspan(next), &refused);
+    if (next == submit_.size()) break;
+    if (refused.retryable()) {
+      DeviceStats::Add(stats_.oo_req, submit_.size() - next);
+      deferred_.insert(deferred_.end(), submit_.begin() + static_cast<long>(next), submit_.end());
+      break;
+    }
+    // The kernel refused this one iocb for good (a bad fd, an unsupported operation): only it fails.
+    Slot& slot = *reinterpret_cast<Slot*>(submit_[next]->data);
+    Log(LogLevel::kError, name_.c_str(), "%s id %llu: %s", OperationName(slot.request.operation),
+        static_cast<unsigned long long>(slot.request.id), refused.ToString().c_str());
+    DeviceStats::Add(stats_.io_errors, 1);
+    Respond(slot, BLKIF_RSP_ERROR);
+    ++next;
+  }
+  submit_.clear();
+}
+
+void RequestPipeline::RetryDeferred() {
+  submit_.swap(deferred_);
+  Submit();
+  PushResponses();
+}
+
+void RequestPipeline::OnCompletion(const io_event& event) {
+  Slot& slot = *reinterpret_cast<Slot*>(event.data);
+  long result = static_cast<long>(event.res);
+  bool failed = slot.stage == Stage::kData ? result != static_cast<long>(slot.length) : result < 0;
+  if (failed) {
+    if (result < 0) {
+      Log(LogLevel::kError, name_.c_str(), "%s id %llu at byte %llu: %s", OperationName(slot.request.operation),
+          static_cast<unsigned long long>(slot.request.id), static_cast<unsigned long long>(slot.offset),
+          std::strerror(static_cast<int>(-result)));
+    } else {
+      Log(LogLevel::kError, name_.c_str(), "%s id %llu at byte %llu: short transfer of %ld of %u bytes",
+          OperationName(slot.request.operation), static_cast<unsigned long long>(slot.request.id),
+          static_cast<unsigned long long>(slot.offset), result, slot.length);
+    }
+    DeviceStats::Add(stats_.io_errors, 1);
+    Respond(slot, BLKIF_RSP_ERROR);
+    return;
+  }
+  switch (slot.stage) {
+    case Stage::kPreSync: PrepareData(slot); break;
+    case Stage::kData:
+      if (!slot.writes) {
+        reads_done_.push_back(&slot);
+      } else if (slot.post_sync) {
+        PrepareSync(slot);
+      } else {
+        Respond(slot, BLKIF_RSP_OKAY);
+      }
+      break;
+    case Stage::kPostSync: Respond(slot, BLKIF_RSP_OKAY); break;
+    case Stage::kFree:
+    case Stage::kQueued:
+      Log(LogLevel::kError, name_.c_str(), "completion for a slot that is not in flight");
+      break;
+  }
+}
+
+void RequestPipeline::FinishCompletions() {
+  CopyReadsOut();
+  Submit();
+  Pump();
+  PushResponses();
+}
+
+void RequestPipeline::CopyReadsOut() {
+  if (reads_done_.empty()) return;
+  copies_.clear();
+  for (Slot* slot : reads_done_) {
+    slot->first_copy = static_cast<uint16_t>(copies_.size());
+    uint32_t drained = 0;
+    for (unsigned i = 0; i < slot->request.nr_segments; ++i) {
+      const RequestSegment& segment = slot->request.segments[i];
+      uint16_t bytes = static_cast<uint16_t>((segment.last_sect - segment.first_sect + 1u) << kSectorShift);
+      copies_.push_back({GrantCopySegment::Direction::kToGuest, frontend_, segment.gref,
+                         static_cast<uint16_t>(segment.first_sect << kSectorShift), bytes, slot->buffer + drained,
+                         0});
+      drained += bytes;
+    }
+  }
+  Status copied = hypervisor_.grants.Copy(copies_);
+  for (Slot* slot : reads_done_) {
+    bool ok = copied.ok();
+    for (unsigned i = 0; ok && i < slot->request.nr_segments; ++i) {
+      ok = copies_[slot->first_copy + i].status == GNTST_okay;
+    }
+    if (!ok) {
+      Log(LogLevel::kWarning, name_.c_str(), "read id %llu: grant copy to the guest failed (status %d)",
+          static_cast<unsigned long long>(slot->request.id), copies_[slot->first_copy].status);
+      DeviceStats::Add(stats_.io_errors, 1);
+    }
+    Respond(*slot, ok ? BLKIF_RSP_OKAY : BLKIF_RSP_ERROR);
+  }
+  reads_done_.clear();
+}
+
+void RequestPipeline::Respond(Slot& slot, int16_t status) {
+  ring_.PutResponse(slot.request.id, slot.request.operation, status);
+  responses_pending_ = true;
+  if (slot.request.operation == BLKIF_OP_WRITE_BARRIER) barrier_running_ = false;
+  --started_;
+  slot.stage = Stage::kFree;
+  free_slots_.push_back(SlotIndex(slot));
+}
+
+void RequestPipeline::RespondNow(const Request& request, int16_t status) {
+  ring_.PutResponse(request.id, request.operation, status);
+  responses_pending_ = true;
+}
+
+void RequestPipeline::PushResponses() {
+  if (!responses_pending_) return;
+  responses_pending_ = false;
+  if (ring_.PushResponses()) {
+    Status notified = channel_->Notify();
+    if (!notified.ok()) Log(LogLevel::kWarning, name_.c_str(), "%s", notified.ToString().c_str());
+  }
+}
+
+void RequestPipeline::NoteBadRequest(const Request& request, const char* reason) {
+  DeviceStats::Add(stats_.bad_req, 1);
+  uint64_t count = ++bad_requests_logged_;
+  if (count <= kBadRequestsLoggedInFull || count % kBadRequestLogSampling == 0) {
+    Log(LogLevel::kWarning, name_.c_str(), "bad request #%llu (op %u id %llu sector %llu segments %u): %s",
+        static_cast<unsigned long long>(count), request.operation, static_cast<unsigned long long>(request.id),
+        static_cast<unsigned long long>(request.sector_number), request.nr_segments, reason);
+  }
+}
+
+}  // namespace blk

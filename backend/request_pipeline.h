@@ -1,0 +1,148 @@
+// The request pipeline of one ring: from a kick to answered requests, with no allocation on the way.
+//
+// A kick takes every published request out of the ring into private slots, validates it, copies the data of all
+// writes in with one batched grant copy, and submits every I/O of the round with one io_submit. Completions copy
+// the data of all reads out with one batched grant copy, write the responses, and notify the frontend only if it
+// asked (rsp_event). Slots, bounce buffers, iocbs and copy descriptors are allocated once, sized to the ring.
+//
+// Ordering: WRITE_BARRIER waits until everything taken before it has been answered, syncs, writes, syncs again,
+// and nothing taken after it starts before it is answered. FLUSH_DISKCACHE writes its data (if any) and then
+// syncs the file: everything answered before the flush was taken is durable when the flush is answered.
+//
+// Threading: owned by one worker thread; every method runs there.
+#pragma once
+
+#include <libaio.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/aio_engine.h"
+#include "backend/device_stats.h"
+#include "base/status.h"
+#include "base/unique_fd.h"
+#include "formats/raw_image.h"
+#include "ring/back_ring.h"
+#include "ring/hypervisor.h"
+#include "ring/request.h"
+
+namespace blk {
+
+// What a frontend published for one ring (its xenstore keys).
+struct RingConnection {
+  DomId frontend_domid = 0;
+  std::vector<GrantRef> ring_refs;  // 2^ring-page-order refs
+  EvtchnPort event_channel = 0;
+  Abi abi = kNativeAbi;
+};
+
+// Receives the completions of iocbs whose `data` points at an AioTag.
+class CompletionHandler {
+ public:
+  virtual void OnCompletion(const io_event& event) = 0;
+  // Called once after a run of OnCompletion calls.
+  virtual void FinishCompletions() = 0;
+
+ protected:
+  ~CompletionHandler() = default;
+};
+
+struct AioTag {
+  CompletionHandler* handler;
+};
+
+class RequestPipeline final : public CompletionHandler {
+ public:
+  // Maps the ring, binds the event channel and preallocates everything for the ring's size.
+  static Result<std::unique_ptr<RequestPipeline>> Create(std::string name, Hypervisor& hypervisor,
+                                                         const RingConnection& connection, const RawImage& image,
+                                                         const DiskLimits& limits, AioEngine& aio,
+                                                         DeviceStats& stats);
+  ~RequestPipeline();
+
+  const std::string& name() const { return name_; }
+  int event_fd() const { return channel_->fd(); }
+  // The event channel fired.
+  void OnKick();
+  void OnCompletion(const io_event& event) override;
+  void FinishCompletions() override;
+  // Submissions the kernel refused for lack of resources are waiting to be retried.
+  bool has_deferred_submissions() const { return !deferred_.empty(); }
+  void RetryDeferred();
+  // The frontend broke the ring protocol; the ring is no longer read.
+  bool broken() const { return broken_; }
+  // Requests taken from the ring and not yet answered.
+  uint32_t outstanding() const { return ring_.outstanding(); }
+  // Stops taking requests (requests already taken still complete).
+  void StopTaking() { stopped_ = true; }
+
+ private:
+  enum class Stage : uint8_t { kFree, kQueued, kPreSync, kData, kPostSync };
+  struct Slot {
+    AioTag tag;  // first, so an io_event's data finds the pipeline
+    Request request;
+    iocb cb;
+    uint8_t* buffer;
+    uint64_t offset;  // bytes into the disk
+    uint32_t length;  // data bytes
+    Stage stage;
+    bool writes;  // moves data from the guest to the disk
+    bool pre_sync;
+    bool post_sync;
+    uint16_t first_copy;  // index of its first segment in a copy batch
+  };
+
+  RequestPipeline(std::string name, Hypervisor& hypervisor, GrantMapping ring_mapping, size_t ring_pages, Abi abi,
+                  std::unique_ptr<EventChannel> channel, DomId frontend, const RawImage& image,
+                  const DiskLimits& limits, AioEngine& aio, DeviceStats& stats, Mapping buffers);
+
+  // Takes requests and starts what may start, until the ring is empty or no slot is free.
+  void Pump();
+  // Validates a taken request; queues it in a slot or answers it at once.
+  void Admit(const Request& request);
+  // Starts queued slots in ring order, honouring barriers, with one grant copy and one io_submit.
+  void StartQueued();
+  void PrepareData(Slot& slot);
+  void PrepareSync(Slot& slot);
+  void Submit();
+  void Respond(Slot& slot, int16_t status);
+  void RespondNow(const Request& request, int16_t status);
+  void PushResponses();
+  void CopyReadsOut();
+  void NoteBadRequest(const Request& request, const char* reason);
+  uint32_t SlotIndex(const Slot& slot) const { return static_cast<uint32_t>(&slot - slots_.data()); }
+
+  std::string name_;
+  Hypervisor& hypervisor_;
+  GrantMapping ring_mapping_;
+  BackRing ring_;
+  std::unique_ptr<EventChannel> channel_;
+  DomId frontend_;
+  int fd_;
+  DiskLimits limits_;
+  AioEngine& aio_;
+  DeviceStats& stats_;
+  Mapping buffers_;
+
+  std::vector<Slot> slots_;
+  std::vector<uint32_t> free_slots_;  // a stack
+  std::vector<uint32_t> queue_;  // a FIFO in ring order (circular)
+  uint32_t queue_head_ = 0;
+  uint32_t queue_size_ = 0;
+  uint32_t started_ = 0;  // slots past the queue and not yet answered
+  bool barrier_running_ = false;
+  std::vector<Request> taken_;
+  std::vector<GrantCopySegment> copies_;
+  std::vector<Slot*> copy_slots_;
+  std::vector<iocb*> submit_;
+  std::vector<iocb*> deferred_;
+  std::vector<Slot*> reads_done_;
+  bool responses_pending_ = false;
+  bool broken_ = false;
+  bool stopped_ = false;
+  uint64_t bad_requests_logged_ = 0;
+};
+
+}  // namespace blk

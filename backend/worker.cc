@@ -1,0 +1,184 @@
+// Worker: the epoll loop that drives request pipelines and AIO completions.
+#include "backend/worker.h"
+
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+
+#include "base/log.h"
+
+namespace blk {
+namespace {
+
+constexpr int kMaxEpollEvents = 64;
+// While submissions wait for AIO resources, the loop wakes this often to retry them.
+constexpr int kDeferredRetryMs = 1;
+
+}  // namespace
+
+Result<std::unique_ptr<Worker>> Worker::Create(std::string name, unsigned aio_depth) {
+  auto aio = AioEngine::Create(aio_depth);
+  if (!aio.ok()) return aio.status().Annotate(name + ": ");
+  UniqueFd epoll(::epoll_create1(EPOLL_CLOEXEC));
+  if (!epoll.valid()) return Status::FromErrno(errno, name + ": epoll_create1");
+  UniqueFd wake(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  if (!wake.valid()) return Status::FromErrno(errno, name + ": eventfd");
+  std::unique_ptr<Worker> worker(new Worker(std::move(name), std::move(*aio), std::move(epoll), std::move(wake)));
+  epoll_event event{};
+  event.events = EPOLLIN;
+  event.data.ptr = worker->aio_.get();
+  if (::epoll_ctl(worker->epoll_.get(), EPOLL_CTL_ADD, worker->aio_->event_fd(), &event) != 0) {
+    return Status::FromErrno(errno, worker->name_ + ": epoll_ctl");
+  }
+  event.data.ptr = worker.get();
+  if (::epoll_ctl(worker->epoll_.get(), EPOLL_CTL_ADD, worker->wake_.get(), &event) != 0) {
+    return Status::FromErrno(errno, worker->name_ + ": epoll_ctl");
+  }
+  worker->events_.resize(worker->aio_->depth());
+  return worker;
+}
+
+Worker::~Worker() { Stop(); }
+
+Status Worker::Attach(RequestPipeline* pipeline) {
+  epoll_event event{};
+  event.events = EPOLLIN;
+  event.data.ptr = pipeline;
+  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, pipeline->event_fd(), &event) != 0) {
+    return Status::FromErrno(errno, pipeline->name() + ": epoll_ctl");
+  }
+  pipelines_.push_back(pipeline);
+  // Requests published before the attach raised no event we could see.
+  pipeline->OnKick();
+  return Status::Ok();
+}
+
+void Worker::Detach(RequestPipeline* pipeline) {
+  pipeline->StopTaking();
+  ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, pipeline->event_fd(), nullptr);
+  // The kernel may still be writing into the pipeline's buffers: wait for its I/O before letting go.
+  while (pipeline->outstanding() > 0) {
+    if (pipeline->has_deferred_submissions()) pipeline->RetryDeferred();
+    epoll_event events[kMaxEpollEvents];
+    int ready = ::epoll_wait(epoll_.get(), events, kMaxEpollEvents, kDeferredRetryMs);
+    for (int i = 0; i < ready; ++i) {
+      if (events[i].data.ptr == aio_.get()) HandleCompletions();
+    }
+  }
+  pipelines_.erase(std::remove(pipelines_.begin(), pipelines_.end(), pipeline), pipelines_.end());
+}
+
+bool Worker::RunOnce(int timeout_ms) {
+  bool deferred = std::any_of(pipelines_.begin(), pipelines_.end(),
+                              [](RequestPipeline* p) { return p->has_deferred_submissions(); });
+  if (deferred) {
+    timeout_ms = std::min(timeout_ms, kDeferredRetryMs);
+    for (RequestPipeline* pipeline : pipelines_) {
+      if (pipeline->has_deferred_submissions()) pipeline->RetryDeferred();
+    }
+  }
+  epoll_event events[kMaxEpollEvents];
+  int ready = ::epoll_wait(epoll_.get(), events, kMaxEpollEvents, timeout_ms);
+  if (ready < 0 && errno != EINTR) {
+    Log(LogLevel::kError, name_.c_str(), "epoll_wait: %s", std::strerror(errno));
+  }
+  for (int i = 0; i < ready; ++i) {
+    void* source = events[i].data.ptr;
+    if (source == aio_.get()) {
+      HandleCompletions();
+    } else if (source == this) {
+      RunPosted();
+    } else {
+      static_cast<RequestPipeline*>(source)->OnKick();
+    }
+  }
+  return !stop_.load(std::memory_order_relaxed);
+}
+
+void Worker::HandleCompletions() {
+  size_t reaped;
+  do {
+    reaped = aio_->Reap(events_);
+    for (size_t i = 0; i < reaped; ++i) {
+      CompletionHandler* handler = static_cast<AioTag*>(events_[i].data)->handler;
+      handler->OnCompletion(events_[i]);
+      if (std::find(touched_.begin(), touched_.end(), handler) == touched_.end()) touched_.push_back(handler);
+    }
+  } while (reaped == events_.size());
+  for (CompletionHandler* handler : touched_) handler->FinishCompletions();
+  touched_.clear();
+}
+
+void Worker::RunPosted() {
+  uint64_t ignored;
+  while (::read(wake_.get(), &ignored, sizeof(ignored)) == sizeof(ignored)) {
+  }
+  std::vector<std::function<void()>> tasks;
+  {
+    std::lock_guard lock(posted_mutex_);
+    tasks.swap(posted_);
+  }
+  for (auto& task : tasks) task();
+}
+
+void Worker::Post(std::function<void()> task) {
+  {
+    std::lock_guard lock(posted_mutex_);
+    posted_.push_back(std::move(task));
+  }
+  uint64_t one = 1;
+  ssize_t ignored = ::write(wake_.get(), &one, sizeof(one));
+  (void)ignored;
+}
+
+void Worker::Call(const std::function<void()>& task) {
+  if (!running_.load()) {
+    task();
+    return;
+  }
+  std::mutex mutex;
+  std::condition_variable done_signal;
+  bool done = false;
+  Post([&] {
+    task();
+    std::lock_guard lock(mutex);
+    done = true;
+    done_signal.notify_one();
+  });
+  std::unique_lock lock(mutex);
+  done_signal.wait(lock, [&] { return done; });
+}
+
+void Worker::Start() {
+  stop_.store(false);
+  running_.store(true);
+  thread_ = std::thread([this] {
+    while (RunOnce(-1)) {
+    }
+  });
+  thread_handle_ = thread_.native_handle();
+}
+
+void Worker::Stop() {
+  if (!thread_.joinable()) return;
+  Post([this] { stop_.store(true); });
+  thread_.join();
+  running_.store(false);
+}
+
+uint64_t Worker::CpuTimeNs() const {
+  if (!running_.load()) return 0;
+  clockid_t clock;
+  if (pthread_getcpuclockid(thread_handle_, &clock) != 0) return 0;
+  timespec now;
+  if (::clock_gettime(clock, &now) != 0) return 0;
+  return static_cast<uint64_t>(now.tv_sec) * 1000000000ull + static_cast<uint64_t>(now.tv_nsec);
+}
+
+}  // namespace blk

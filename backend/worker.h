@@ -1,0 +1,74 @@
+// A worker: one thread, one epoll loop, one AIO context, serving the rings attached to it.
+//
+// The loop waits on each ring's event channel, on the AIO completion eventfd and on a wake-up eventfd for
+// control messages. Rings are attached and detached only on the worker's own thread: from outside, go through
+// Post(), so no lock is ever taken on the data path. Tests may instead drive RunOnce() by hand with no thread.
+#pragma once
+
+#include <libaio.h>
+#include <pthread.h>
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "backend/aio_engine.h"
+#include "backend/request_pipeline.h"
+#include "base/status.h"
+#include "base/unique_fd.h"
+
+namespace blk {
+
+class Worker {
+ public:
+  static Result<std::unique_ptr<Worker>> Create(std::string name, unsigned aio_depth);
+  ~Worker();
+
+  const std::string& name() const { return name_; }
+  AioEngine& aio() { return *aio_; }
+
+  // On the worker's thread (or before Start()): start serving `pipeline`; it must stay alive until Detach().
+  Status Attach(RequestPipeline* pipeline);
+  // On the worker's thread: stop serving `pipeline` once its in-flight requests have completed; until then the
+  // loop keeps running its completions. Returns when it is detached.
+  void Detach(RequestPipeline* pipeline);
+
+  // Waits up to `timeout_ms` for events and handles them. Returns false once Stop() was called.
+  bool RunOnce(int timeout_ms);
+
+  void Start();
+  // Stops the thread; pipelines still attached stay attached.
+  void Stop();
+  // Runs `task` on the worker's thread (or at the next RunOnce). Control path only.
+  void Post(std::function<void()> task);
+  // Runs `task` on the worker's thread and waits for it (runs it inline if there is no thread).
+  void Call(const std::function<void()>& task);
+  // CPU time the worker's thread has used, in nanoseconds (0 before Start()).
+  uint64_t CpuTimeNs() const;
+
+ private:
+  Worker(std::string name, std::unique_ptr<AioEngine> aio, UniqueFd epoll, UniqueFd wake)
+      : name_(std::move(name)), aio_(std::move(aio)), epoll_(std::move(epoll)), wake_(std::move(wake)) {}
+  void HandleCompletions();
+  void RunPosted();
+
+  std::string name_;
+  std::unique_ptr<AioEngine> aio_;
+  UniqueFd epoll_;
+  UniqueFd wake_;
+  std::vector<RequestPipeline*> pipelines_;
+  std::vector<io_event> events_;
+  std::vector<CompletionHandler*> touched_;
+  std::mutex posted_mutex_;
+  std::vector<std::function<void()>> posted_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+  pthread_t thread_handle_{};
+  std::atomic<bool> running_{false};
+};
+
+}  // namespace blk
