@@ -1,0 +1,119 @@
+// fio_runner: the side-by-side comparison blkbench's figures are judged by.
+#include "bench/fio_runner.h"
+
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <nlohmann/json.hpp>
+
+#include "base/unique_fd.h"
+
+extern char** environ;
+
+namespace blk {
+
+std::vector<std::string> FioCommand(const BenchOptions& options, const std::string& filename) {
+  char runtime[32];
+  std::snprintf(runtime, sizeof(runtime), "%g", options.runtime_s);
+  std::vector<std::string> command = {
+      "fio",
+      "--name=blkbench",
+      "--filename=" + filename,
+      "--size=" + std::to_string(options.size),
+      std::string("--rw=") + PatternName(options.rw),
+      "--bs=" + std::to_string(options.bs),
+      "--iodepth=" + std::to_string(options.iodepth),
+      "--ioengine=libaio",
+      std::string("--direct=") + (options.direct ? "1" : "0"),
+      "--runtime=" + std::string(runtime),
+      "--time_based",
+      "--randrepeat=0",
+      "--norandommap",
+      "--output-format=json",
+  };
+  if (options.rw == Pattern::kRandRw || options.rw == Pattern::kReadWrite) {
+    command.push_back("--rwmixread=" + std::to_string(options.rwmixread));
+  }
+  return command;
+}
+
+Result<FioResult> ParseFioJson(const std::string& text) {
+  nlohmann::json doc = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (doc.is_discarded() || !doc.contains("jobs") || !doc["jobs"].is_array() || doc["jobs"].empty()) {
+    return Status::InvalidArgument("fio printed no JSON job result");
+  }
+  const nlohmann::json& job = doc["jobs"][0];
+  FioResult result;
+  double ios = 0;
+  double weighted_p50 = 0, weighted_p99 = 0, weighted_p999 = 0;
+  for (const char* direction : {"read", "write"}) {
+    if (!job.contains(direction)) continue;
+    const nlohmann::json& d = job[direction];
+    double iops = d.value("iops", 0.0);
+    result.iops += iops;
+    result.mib_per_s += d.value("bw_bytes", 0.0) / (1024.0 * 1024.0);
+    double n = d.value("total_ios", 0.0);
+    ios += n;
+    if (n > 0 && d.contains("clat_ns") && d["clat_ns"].contains("percentile")) {
+      const nlohmann::json& p = d["clat_ns"]["percentile"];
+      weighted_p50 += n * p.value("50.000000", 0.0);
+      weighted_p99 += n * p.value("99.000000", 0.0);
+      weighted_p999 += n * p.value("99.900000", 0.0);
+    }
+  }
+  if (ios > 0) {
+    result.lat_p50_us = weighted_p50 / ios / 1000.0;
+    result.lat_p99_us = weighted_p99 / ios / 1000.0;
+    result.lat_p999_us = weighted_p999 / ios / 1000.0;
+    double cpu_percent = job.value("usr_cpu", 0.0) + job.value("sys_cpu", 0.0);
+    double runtime_ms = job.value("job_runtime", 0.0);
+    result.cpu_us_per_io = cpu_percent / 100.0 * runtime_ms * 1000.0 / ios;
+  }
+  return result;
+}
+
+Result<FioResult> RunFio(const BenchOptions& options, const std::string& filename) {
+  std::vector<std::string> command = FioCommand(options, filename);
+  std::vector<char*> argv;
+  std::string printable;
+  for (std::string& arg : command) {
+    argv.push_back(arg.data());
+    printable += (printable.empty() ? "" : " ") + arg;
+  }
+  argv.push_back(nullptr);
+  int pipe_fds[2];
+  if (::pipe2(pipe_fds, O_CLOEXEC) != 0) return Status::FromErrno(errno, "pipe for fio");
+  UniqueFd read_end(pipe_fds[0]);
+  UniqueFd write_end(pipe_fds[1]);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, write_end.get(), STDOUT_FILENO);
+  pid_t pid;
+  int rc = posix_spawnp(&pid, "fio", &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (rc != 0) return Status::FromErrno(rc, "running fio (is it installed? scripts/install-deps installs it)");
+  write_end.Reset();
+  std::string output;
+  char chunk[65536];
+  ssize_t got;
+  while ((got = ::read(read_end.get(), chunk, sizeof(chunk))) > 0 || (got < 0 && errno == EINTR)) {
+    if (got > 0) output.append(chunk, static_cast<size_t>(got));
+  }
+  int wait_status = 0;
+  while (::waitpid(pid, &wait_status, 0) < 0 && errno == EINTR) {
+  }
+  if (!WIFEXITED(wait_status) || WEXITSTATUS(wait_status) != 0) {
+    return Status::IoError("fio failed: " + printable);
+  }
+  // fio may print notes before the JSON document.
+  size_t start = output.find('{');
+  if (start == std::string::npos) return Status::IoError("fio printed no JSON: " + printable);
+  auto result = ParseFioJson(output.substr(start));
+  if (result.ok()) result->command = printable;
+  return result;
+}
+
+}  // namespace blk

@@ -1,0 +1,202 @@
+// blkbench options: fio's names and units.
+#include "bench/options.h"
+
+#include <cerrno>
+#include <cstdlib>
+#include <limits>
+
+namespace blk {
+
+const char kBenchUsage[] =
+    "usage: blkbench [options]\n"
+    "Serves an image through the real blkbackd pipeline to a userspace blkfront over the simulated hypervisor,\n"
+    "and measures it. Options use fio's names.\n"
+    "\n"
+    "  --filename=PATH    image file or block device (default: a demo image in /dev/shm, removed afterwards)\n"
+    "  --size=SIZE        bytes of the file to use; the demo image is created this big (default 256m)\n"
+    "  --rw=MODE          read, write, randread, randwrite, randrw, readwrite (default randrw)\n"
+    "  --rwmixread=PCT    percent reads in randrw/readwrite (default 50)\n"
+    "  --bs=SIZE          I/O size, a multiple of 512 (default 4k)\n"
+    "  --iodepth=N        I/Os in flight (default 32)\n"
+    "  --runtime=SECONDS  how long to run (default 10)\n"
+    "  --direct=0|1       the backend opens the image with O_DIRECT where it can (default 1)\n"
+    "  --verify           write a self-checking pattern and check every byte read back\n"
+    "  --json             print the results as JSON\n"
+    "  --vs-fio           also run fio with the same job on the same file, and print the ratio\n"
+    "  --abi=ABI          the frontend's ring layout: x86_64-abi or x86_32-abi (default x86_64-abi)\n"
+    "  --sector-size=N    logical sector size the disk presents: 512 or 4096 (default 512)\n"
+    "  --seed=N           seed of the random offsets (default 1)\n"
+    "\n"
+    "example: blkbench --filename=/var/tmp/disk.img --size=1g --rw=randread --bs=4k --iodepth=32 --runtime=10 "
+    "--vs-fio\n";
+
+Result<uint64_t> ParseSize(const std::string& text) {
+  if (text.empty() || text[0] < '0' || text[0] > '9') return Status::InvalidArgument("bad size '" + text + "'");
+  errno = 0;
+  char* end = nullptr;
+  unsigned long long value = std::strtoull(text.c_str(), &end, 10);
+  if (errno != 0) return Status::InvalidArgument("size '" + text + "' is too large");
+  unsigned shift = 0;
+  std::string suffix(end);
+  if (suffix == "k" || suffix == "K" || suffix == "kb" || suffix == "KB" || suffix == "KiB") shift = 10;
+  else if (suffix == "m" || suffix == "M" || suffix == "mb" || suffix == "MB" || suffix == "MiB") shift = 20;
+  else if (suffix == "g" || suffix == "G" || suffix == "gb" || suffix == "GB" || suffix == "GiB") shift = 30;
+  else if (suffix == "t" || suffix == "T" || suffix == "tb" || suffix == "TB" || suffix == "TiB") shift = 40;
+  else if (!suffix.empty()) return Status::InvalidArgument("bad size suffix in '" + text + "'");
+  if (shift != 0 && value > (std::numeric_limits<uint64_t>::max() >> shift)) {
+    return Status::InvalidArgument("size '" + text + "' is too large");
+  }
+  return static_cast<uint64_t>(value) << shift;
+}
+
+namespace {
+
+Result<uint64_t> ParseNumber(const std::string& name, const std::string& text, uint64_t min, uint64_t max) {
+  if (text.empty() || text[0] < '0' || text[0] > '9') {
+    return Status::InvalidArgument("--" + name + ": '" + text + "' is not a number");
+  }
+  errno = 0;
+  char* end = nullptr;
+  unsigned long long value = std::strtoull(text.c_str(), &end, 10);
+  if (errno != 0 || *end != '\0' || value < min || value > max) {
+    return Status::InvalidArgument("--" + name + ": '" + text + "' is not a number from " + std::to_string(min) +
+                                   " to " + std::to_string(max));
+  }
+  return static_cast<uint64_t>(value);
+}
+
+}  // namespace
+
+const char* PatternName(Pattern pattern) {
+  switch (pattern) {
+    case Pattern::kRead: return "read";
+    case Pattern::kWrite: return "write";
+    case Pattern::kRandRead: return "randread";
+    case Pattern::kRandWrite: return "randwrite";
+    case Pattern::kRandRw: return "randrw";
+    case Pattern::kReadWrite: return "readwrite";
+  }
+  return "?";
+}
+
+bool PatternReads(Pattern p) { return p != Pattern::kWrite && p != Pattern::kRandWrite; }
+bool PatternWrites(Pattern p) { return p != Pattern::kRead && p != Pattern::kRandRead; }
+bool PatternRandom(Pattern p) { return p == Pattern::kRandRead || p == Pattern::kRandWrite || p == Pattern::kRandRw; }
+
+Result<BenchOptions> ParseBenchOptions(const std::vector<std::string>& args) {
+  BenchOptions options;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (arg.rfind("--", 0) != 0) return Status::InvalidArgument("unexpected argument '" + arg + "' (see --help)");
+    std::string name = arg.substr(2);
+    std::string value;
+    bool has_value = false;
+    if (size_t eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+      has_value = true;
+    }
+    auto flag = [&](bool* target) -> Status {
+      if (!has_value) {
+        *target = true;
+        return Status::Ok();
+      }
+      if (value == "1") *target = true;
+      else if (value == "0") *target = false;
+      else return Status::InvalidArgument("--" + name + ": '" + value + "' is neither 0 nor 1");
+      return Status::Ok();
+    };
+    if (name == "help" || name == "h") {
+      options.help = true;
+      continue;
+    }
+    if (name == "verify") {
+      BLK_RETURN_IF_ERROR(flag(&options.verify));
+      continue;
+    }
+    if (name == "json") {
+      BLK_RETURN_IF_ERROR(flag(&options.json));
+      continue;
+    }
+    if (name == "vs-fio") {
+      BLK_RETURN_IF_ERROR(flag(&options.vs_fio));
+      continue;
+    }
+    if (!has_value) {
+      if (i + 1 >= args.size()) return Status::InvalidArgument("--" + name + " needs a value");
+      value = args[++i];
+    }
+    if (name == "filename") {
+      if (value.empty()) return Status::InvalidArgument("--filename: empty path");
+      options.filename = value;
+    } else if (name == "size") {
+      auto size = ParseSize(value);
+      if (!size.ok()) return size.status().Annotate("--size: ");
+      if (*size < 4096) return Status::InvalidArgument("--size: " + value + " is smaller than 4k");
+      options.size = *size;
+    } else if (name == "bs") {
+      auto bs = ParseSize(value);
+      if (!bs.ok()) return bs.status().Annotate("--bs: ");
+      if (*bs == 0 || *bs % 512 != 0 || *bs > (64ull << 20)) {
+        return Status::InvalidArgument("--bs: " + value + " is not a multiple of 512 up to 64m");
+      }
+      options.bs = static_cast<uint32_t>(*bs);
+    } else if (name == "rw" || name == "readwrite") {
+      static constexpr Pattern kAll[] = {Pattern::kRead,    Pattern::kWrite,  Pattern::kRandRead,
+                                         Pattern::kRandWrite, Pattern::kRandRw, Pattern::kReadWrite};
+      bool found = false;
+      for (Pattern p : kAll) {
+        if (value == PatternName(p)) {
+          options.rw = p;
+          found = true;
+        }
+      }
+      if (value == "rw") {
+        options.rw = Pattern::kReadWrite;
+        found = true;
+      }
+      if (!found) {
+        return Status::InvalidArgument("--rw: '" + value +
+                                       "' is not one of read, write, randread, randwrite, randrw, readwrite");
+      }
+    } else if (name == "iodepth") {
+      auto depth = ParseNumber(name, value, 1, 4096);
+      if (!depth.ok()) return depth.status();
+      options.iodepth = static_cast<unsigned>(*depth);
+    } else if (name == "runtime") {
+      char* end = nullptr;
+      double seconds = std::strtod(value.c_str(), &end);
+      if (value.empty() || *end != '\0' || !(seconds > 0) || seconds > 86400) {
+        return Status::InvalidArgument("--runtime: '" + value + "' is not a number of seconds up to a day");
+      }
+      options.runtime_s = seconds;
+    } else if (name == "direct") {
+      BLK_RETURN_IF_ERROR(flag(&options.direct));
+    } else if (name == "rwmixread") {
+      auto mix = ParseNumber(name, value, 0, 100);
+      if (!mix.ok()) return mix.status();
+      options.rwmixread = static_cast<unsigned>(*mix);
+    } else if (name == "abi") {
+      if (value != "x86_64-abi" && value != "x86_32-abi") {
+        return Status::InvalidArgument("--abi: '" + value + "' is neither x86_64-abi nor x86_32-abi");
+      }
+      options.abi = value;
+    } else if (name == "sector-size") {
+      if (value != "512" && value != "4096") return Status::InvalidArgument("--sector-size: 512 or 4096");
+      options.sector_size = static_cast<uint32_t>(std::stoul(value));
+    } else if (name == "seed") {
+      auto seed = ParseNumber(name, value, 0, std::numeric_limits<uint64_t>::max());
+      if (!seed.ok()) return seed.status();
+      options.seed = *seed;
+    } else {
+      return Status::InvalidArgument("unknown option --" + name + " (see --help)");
+    }
+  }
+  if (options.bs % options.sector_size != 0) {
+    return Status::InvalidArgument("--bs " + std::to_string(options.bs) + " is not a multiple of the sector size " +
+                                   std::to_string(options.sector_size));
+  }
+  return options;
+}
+
+}  // namespace blk

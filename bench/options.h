@@ -1,0 +1,42 @@
+// blkbench's command line, with fio's option names so that a user can run the same job on both.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+
+namespace blk {
+
+enum class Pattern { kRead, kWrite, kRandRead, kRandWrite, kRandRw, kReadWrite };
+
+struct BenchOptions {
+  std::string filename;  // empty: a demo image in /dev/shm, created and removed by blkbench
+  uint64_t size = 256ull << 20;
+  Pattern rw = Pattern::kRandRw;
+  uint32_t bs = 4096;
+  unsigned iodepth = 32;
+  double runtime_s = 10;
+  bool direct = true;
+  unsigned rwmixread = 50;  // percent of reads in randrw/readwrite
+  bool verify = false;
+  bool json = false;
+  bool vs_fio = false;
+  std::string abi = "x86_64-abi";
+  uint32_t sector_size = 512;
+  uint64_t seed = 1;
+  bool help = false;
+};
+
+// Parses `--name=value` and `--name value` forms. Unknown options and bad values give a Status naming them.
+Result<BenchOptions> ParseBenchOptions(const std::vector<std::string>& args);
+const char* PatternName(Pattern pattern);
+bool PatternReads(Pattern pattern);
+bool PatternWrites(Pattern pattern);
+bool PatternRandom(Pattern pattern);
+// Parses fio-style sizes: "4096", "4k", "4K", "1m", "2g", "1t" (powers of 1024). Rejects junk and overflow.
+Result<uint64_t> ParseSize(const std::string& text);
+extern const char kBenchUsage[];
+
+}  // namespace blk

@@ -1,0 +1,118 @@
+// Tests of bench/options.cc, bench/histogram.cc and bench/fio_runner.cc.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <fstream>
+#include <random>
+
+#include "bench/fio_runner.h"
+#include "bench/histogram.h"
+#include "bench/options.h"
+
+namespace blk {
+namespace {
+
+TEST(BenchOptionsTest, ParsesFioNamesInBothForms) {
+  auto options = ParseBenchOptions({"--filename=/tmp/x.img", "--size", "1g", "--rw=randread", "--bs=64k",
+                                    "--iodepth=128", "--runtime=2.5", "--direct=0", "--verify", "--json",
+                                    "--abi=x86_32-abi", "--rwmixread=70"});
+  ASSERT_TRUE(options.ok()) << options.status().ToString();
+  EXPECT_EQ(options->filename, "/tmp/x.img");
+  EXPECT_EQ(options->size, 1ull << 30);
+  EXPECT_EQ(options->rw, Pattern::kRandRead);
+  EXPECT_EQ(options->bs, 65536u);
+  EXPECT_EQ(options->iodepth, 128u);
+  EXPECT_DOUBLE_EQ(options->runtime_s, 2.5);
+  EXPECT_FALSE(options->direct);
+  EXPECT_TRUE(options->verify);
+  EXPECT_TRUE(options->json);
+  EXPECT_EQ(options->abi, "x86_32-abi");
+  EXPECT_EQ(options->rwmixread, 70u);
+}
+
+TEST(BenchOptionsTest, RejectsBadValuesNamingThem) {
+  const std::vector<std::vector<std::string>> bad = {
+      {"--rw=sideways"}, {"--bs=1000"}, {"--bs=0"}, {"--iodepth=0"}, {"--iodepth=12x"}, {"--runtime=-1"},
+      {"--size=lots"},   {"--size=1q"}, {"--direct=2"}, {"--frobnicate=1"}, {"stray"}, {"--iodepth"},
+      {"--size=99999999999999999999"}, {"--size=16777216t"}, {"--sector-size=4096", "--bs=512"},
+      {"--abi=arm-abi"}, {"--rwmixread=101"}};
+  for (const auto& args : bad) {
+    auto options = ParseBenchOptions(args);
+    EXPECT_FALSE(options.ok()) << args[0];
+    if (!options.ok() && args[0].rfind("--", 0) == 0 && args[0] != "--sector-size=4096") {
+      std::string name = args[0].substr(2, args[0].find('=') - 2);
+      EXPECT_NE(options.status().ToString().find(name), std::string::npos) << options.status().ToString();
+    }
+  }
+}
+
+TEST(BenchOptionsTest, SizesUseBinaryUnits) {
+  EXPECT_EQ(*ParseSize("4k"), 4096u);
+  EXPECT_EQ(*ParseSize("4K"), 4096u);
+  EXPECT_EQ(*ParseSize("1m"), 1u << 20);
+  EXPECT_EQ(*ParseSize("2g"), 2ull << 30);
+  EXPECT_EQ(*ParseSize("1t"), 1ull << 40);
+  EXPECT_EQ(*ParseSize("512"), 512u);
+  EXPECT_FALSE(ParseSize("").ok());
+  EXPECT_FALSE(ParseSize("-4k").ok());
+  EXPECT_FALSE(ParseSize("4kk").ok());
+}
+
+TEST(LatencyHistogramTest, PercentilesAreWithinThreePercent) {
+  LatencyHistogram histogram;
+  std::mt19937_64 random(7);
+  std::vector<uint64_t> values;
+  for (int i = 0; i < 100000; ++i) {
+    uint64_t v = 1000 + random() % 1000000;
+    values.push_back(v);
+    histogram.Record(v);
+  }
+  std::sort(values.begin(), values.end());
+  for (double p : {50.0, 99.0, 99.9}) {
+    double exact = static_cast<double>(values[static_cast<size_t>(p / 100 * values.size()) - 1]);
+    double got = static_cast<double>(histogram.PercentileNs(p));
+    EXPECT_NEAR(got, exact, exact * 0.035) << p;
+  }
+  EXPECT_EQ(histogram.count(), 100000u);
+  EXPECT_EQ(histogram.PercentileNs(100), histogram.max());
+  LatencyHistogram small;
+  small.Record(3);
+  EXPECT_EQ(small.PercentileNs(50), 3u);
+  EXPECT_EQ(LatencyHistogram().PercentileNs(50), 0u);
+}
+
+// Runs the real fio for a moment and reads its real JSON.
+TEST(FioRunnerTest, RunsFioAndReadsItsResult) {
+  std::string path = "/dev/shm/fio_runner_test." + std::to_string(::getpid());
+  {
+    std::ofstream file(path);
+    file << std::string(1 << 20, 'x');
+  }
+  BenchOptions options;
+  options.size = 1 << 20;
+  options.rw = Pattern::kRandRead;
+  options.iodepth = 4;
+  options.runtime_s = 0.3;
+  options.direct = false;
+  auto result = RunFio(options, path);
+  ::unlink(path.c_str());
+  ASSERT_TRUE(result.ok()) << result.status().ToString();
+  EXPECT_GT(result->iops, 1000);
+  EXPECT_GT(result->mib_per_s, 1);
+  EXPECT_GT(result->lat_p99_us, 0);
+  EXPECT_GE(result->lat_p99_us, result->lat_p50_us);
+  EXPECT_NE(result->command.find("--iodepth=4"), std::string::npos);
+}
+
+TEST(FioRunnerTest, RejectsOutputThatIsNotAJobResult) {
+  EXPECT_FALSE(ParseFioJson("").ok());
+  EXPECT_FALSE(ParseFioJson("{\"jobs\": []}").ok());
+  EXPECT_FALSE(ParseFioJson("{\"jobs\": [").ok());
+  auto empty_job = ParseFioJson("{\"jobs\": [{}]}");
+  ASSERT_TRUE(empty_job.ok());
+  EXPECT_EQ(empty_job->iops, 0);
+}
+
+}  // namespace
+}  // namespace blk
