@@ -1,0 +1,58 @@
+// Device: an image served over one or more rings.
+#include "backend/device.h"
+
+#include "base/log.h"
+
+namespace blk {
+
+Result<std::unique_ptr<Device>> Device::Open(const DeviceConfig& config) {
+  RawOpenOptions options;
+  options.read_only = config.read_only;
+  options.direct = config.direct;
+  options.logical_block_size = config.logical_block_size;
+  auto image = RawImage::Open(config.path, options);
+  if (!image.ok()) return image.status().Annotate(config.name + ": ");
+  DiskLimits limits;
+  limits.sectors = (*image)->size_bytes() >> kSectorShift;
+  limits.logical_block_size = (*image)->logical_block_size();
+  limits.read_only = (*image)->read_only();
+  Log(LogLevel::kInfo, config.name.c_str(), "opened %s: %llu bytes, %u-byte sectors, %s%s", config.path.c_str(),
+      static_cast<unsigned long long>((*image)->size_bytes()), limits.logical_block_size,
+      limits.read_only ? "read-only" : "read-write", (*image)->direct_io() ? ", O_DIRECT" : ", buffered");
+  return std::unique_ptr<Device>(new Device(config.name, std::move(*image), limits));
+}
+
+Device::~Device() { Disconnect(); }
+
+Status Device::Connect(Hypervisor& hypervisor, const RingConnection& connection, Worker& worker) {
+  std::string ring_name = rings_.empty() ? name_ : name_ + "/q" + std::to_string(rings_.size());
+  auto pipeline =
+      RequestPipeline::Create(ring_name, hypervisor, connection, *image_, limits_, worker.aio(), stats_);
+  if (!pipeline.ok()) return pipeline.status();
+  Status attached;
+  RequestPipeline* raw = pipeline->get();
+  worker.Call([&] { attached = worker.Attach(raw); });
+  if (!attached.ok()) return attached;
+  rings_.push_back({std::move(*pipeline), &worker});
+  Log(LogLevel::kInfo, ring_name.c_str(), "connected: %zu-page ring, %s, event channel %u",
+      connection.ring_refs.size(), AbiName(connection.abi), connection.event_channel);
+  return Status::Ok();
+}
+
+void Device::Disconnect() {
+  for (Ring& ring : rings_) {
+    RequestPipeline* raw = ring.pipeline.get();
+    ring.worker->Call([&] { ring.worker->Detach(raw); });
+    Log(LogLevel::kInfo, raw->name().c_str(), "disconnected");
+  }
+  rings_.clear();
+}
+
+bool Device::broken() const {
+  for (const Ring& ring : rings_) {
+    if (ring.pipeline->broken()) return true;
+  }
+  return false;
+}
+
+}  // namespace blk

@@ -1,0 +1,63 @@
+// A device: one frontend disk, named "<frontend domid>/<devid>". Owns its image, its statistics and its rings
+// (one request pipeline per queue), each ring served by a worker.
+//
+// Threading: Connect and Disconnect run on a control thread; they hand each ring to its worker with
+// Worker::Call, so the ring itself is only ever touched by the worker.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/device_stats.h"
+#include "backend/request_pipeline.h"
+#include "backend/worker.h"
+#include "base/status.h"
+#include "formats/raw_image.h"
+#include "ring/hypervisor.h"
+#include "ring/request.h"
+
+namespace blk {
+
+struct DeviceConfig {
+  std::string name;  // "<domid>/<devid>", used in every log line
+  std::string path;  // the image
+  bool read_only = false;
+  bool direct = true;
+  uint32_t logical_block_size = 0;  // 0: the image's own
+};
+
+class Device {
+ public:
+  static Result<std::unique_ptr<Device>> Open(const DeviceConfig& config);
+  ~Device();
+
+  const std::string& name() const { return name_; }
+  const RawImage& image() const { return *image_; }
+  const DiskLimits& limits() const { return limits_; }
+  DeviceStats& stats() { return stats_; }
+
+  // Maps and starts serving one more ring (a queue) on `worker`.
+  Status Connect(Hypervisor& hypervisor, const RingConnection& connection, Worker& worker);
+  // Stops every ring once its in-flight requests are answered, then unmaps and unbinds them.
+  void Disconnect();
+  // A frontend broke a ring's protocol; the device must be closed.
+  bool broken() const;
+  size_t rings() const { return rings_.size(); }
+
+ private:
+  struct Ring {
+    std::unique_ptr<RequestPipeline> pipeline;
+    Worker* worker;
+  };
+  Device(std::string name, std::unique_ptr<RawImage> image, DiskLimits limits)
+      : name_(std::move(name)), image_(std::move(image)), limits_(limits) {}
+
+  std::string name_;
+  std::unique_ptr<RawImage> image_;
+  DiskLimits limits_;
+  DeviceStats stats_;
+  std::vector<Ring> rings_;
+};
+
+}  // namespace blk
