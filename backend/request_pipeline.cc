@@ -99,10 +99,10 @@ void RequestPipeline::OnKick() {
 }
 
 void RequestPipeline::Pump() {
-  while (!broken_ && !stopped_ && !free_slots_.empty()) {
+  while (!broken() && !stopped_ && !free_slots_.empty()) {
     auto taken = ring_.Take(std::span(taken_).first(free_slots_.size()));
     if (!taken.ok()) {
-      broken_ = true;
+      broken_.store(true, std::memory_order_relaxed);
       Log(LogLevel::kError, name_.c_str(), "broken frontend, ring stopped: %s", taken.status().ToString().c_str());
       break;
     }

@@ -14,6 +14,7 @@
 
 #include <libaio.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -72,7 +73,8 @@ class RequestPipeline final : public CompletionHandler {
   bool has_deferred_submissions() const { return !deferred_.empty(); }
   void RetryDeferred();
   // The frontend broke the ring protocol; the ring is no longer read.
-  bool broken() const { return broken_; }
+  // Any thread may ask.
+  bool broken() const { return broken_.load(std::memory_order_relaxed); }
   // Requests taken from the ring and not yet answered.
   uint32_t outstanding() const { return ring_.outstanding(); }
   // Stops taking requests (requests already taken still complete).
@@ -140,7 +142,7 @@ class RequestPipeline final : public CompletionHandler {
   std::vector<iocb*> deferred_;
   std::vector<Slot*> reads_done_;
   bool responses_pending_ = false;
-  bool broken_ = false;
+  std::atomic<bool> broken_{false};
   bool stopped_ = false;
   uint64_t bad_requests_logged_ = 0;
 };
