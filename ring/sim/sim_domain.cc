@@ -20,11 +20,16 @@ Result<Mapping> MapShared(int fd, size_t length) {
 }  // namespace
 
 SimDomain::SimDomain(SimHypervisor& hypervisor, DomId domid, size_t pages, size_t grant_entries)
-    : hypervisor_(hypervisor), domid_(domid), pages_(pages), frame_allocated_(pages, false), grants_(grant_entries) {
+    : hypervisor_(hypervisor),
+      domid_(domid),
+      pages_(pages),
+      frame_allocated_(pages, false),
+      grants_(grant_entries) {
   free_frames_.reserve(pages);
   for (size_t frame = pages; frame > 0; --frame) free_frames_.push_back(static_cast<uint32_t>(frame - 1));
   free_refs_.reserve(grant_entries);
-  for (size_t ref = grant_entries; ref > kFirstFreeGrantRef; --ref) free_refs_.push_back(static_cast<GrantRef>(ref - 1));
+  for (size_t ref = grant_entries; ref > kFirstFreeGrantRef; --ref)
+    free_refs_.push_back(static_cast<GrantRef>(ref - 1));
   ports_.emplace_back();  // port 0 is invalid in Xen
 }
 
@@ -48,7 +53,8 @@ Status SimDomain::Init() {
 
 Result<uint32_t> SimDomain::AllocPage() {
   std::lock_guard lock(alloc_mu_);
-  if (free_frames_.empty()) return Status::Error(Status::Code::kNoSpace, StrFormat("d%u: out of pages", domid_));
+  if (free_frames_.empty())
+    return Status::Error(Status::Code::kNoSpace, StrFormat("d%u: out of pages", domid_));
   uint32_t frame = free_frames_.back();
   free_frames_.pop_back();
   frame_allocated_[frame] = true;
@@ -81,13 +87,15 @@ void SimDomain::ReleaseRefLocked(GrantRef ref) {
 
 Result<GrantRef> SimDomain::GrantAccess(DomId to, uint32_t frame, bool readonly) {
   if (frame >= pages_) {
-    return Status::InvalidArgument(StrFormat("d%u: cannot grant frame %u beyond its %zu pages", domid_, frame, pages_));
+    return Status::InvalidArgument(
+        StrFormat("d%u: cannot grant frame %u beyond its %zu pages", domid_, frame, pages_));
   }
   std::lock_guard lock(hypervisor_.mu_);
   if (free_refs_.empty()) return Status::Busy(StrFormat("d%u: grant table full", domid_));
   GrantRef ref = free_refs_.back();
   free_refs_.pop_back();
-  grants_[ref] = GrantEntry{.in_use = true, .readonly = readonly, .grantee = to, .frame = frame, .pins = 0, .write_pins = 0};
+  grants_[ref] = GrantEntry{
+      .in_use = true, .readonly = readonly, .grantee = to, .frame = frame, .pins = 0, .write_pins = 0};
   ++grants_in_use_;
   return ref;
 }
@@ -95,7 +103,8 @@ Result<GrantRef> SimDomain::GrantAccess(DomId to, uint32_t frame, bool readonly)
 Status SimDomain::EndAccess(GrantRef ref) {
   std::lock_guard lock(hypervisor_.mu_);
   GrantEntry* entry = EntryLocked(ref);
-  if (entry == nullptr || !entry->in_use) return Status::InvalidArgument(StrFormat("d%u grant ref %u is not in use", domid_, ref));
+  if (entry == nullptr || !entry->in_use)
+    return Status::InvalidArgument(StrFormat("d%u grant ref %u is not in use", domid_, ref));
   if (entry->pins > 0) {
     return Status::Busy(StrFormat("d%u grant ref %u is still mapped by d%u", domid_, ref, entry->grantee));
   }
@@ -107,7 +116,8 @@ Status SimDomain::EndAccess(GrantRef ref) {
 Status SimDomain::SetReadOnly(GrantRef ref, bool readonly) {
   std::lock_guard lock(hypervisor_.mu_);
   GrantEntry* entry = EntryLocked(ref);
-  if (entry == nullptr || !entry->in_use) return Status::InvalidArgument(StrFormat("d%u grant ref %u is not in use", domid_, ref));
+  if (entry == nullptr || !entry->in_use)
+    return Status::InvalidArgument(StrFormat("d%u grant ref %u is not in use", domid_, ref));
   entry->readonly = readonly;
   return Status::Ok();
 }
@@ -115,7 +125,8 @@ Status SimDomain::SetReadOnly(GrantRef ref, bool readonly) {
 Status SimDomain::Revoke(GrantRef ref) {
   std::lock_guard lock(hypervisor_.mu_);
   GrantEntry* entry = EntryLocked(ref);
-  if (entry == nullptr || !entry->in_use) return Status::InvalidArgument(StrFormat("d%u grant ref %u is not in use", domid_, ref));
+  if (entry == nullptr || !entry->in_use)
+    return Status::InvalidArgument(StrFormat("d%u grant ref %u is not in use", domid_, ref));
   entry->in_use = false;
   --grants_in_use_;
   // A mapped entry goes back to the free list when its last mapping goes (SimGrantTable::Unmap).
@@ -177,7 +188,8 @@ bool SimDomain::IsBound(EvtchnPort port) const {
 
 Status SignalEventFd(int fd) {
   uint64_t one = 1;
-  if (::write(fd, &one, sizeof(one)) != sizeof(one) && errno != EAGAIN) return Status::FromErrno(errno, "eventfd write");
+  if (::write(fd, &one, sizeof(one)) != sizeof(one) && errno != EAGAIN)
+    return Status::FromErrno(errno, "eventfd write");
   return Status::Ok();
 }
 

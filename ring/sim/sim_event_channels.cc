@@ -8,7 +8,8 @@
 
 namespace blk {
 
-Result<std::unique_ptr<EventChannel>> SimEventChannels::BindInterdomain(DomId remote, EvtchnPort remote_port) {
+Result<std::unique_ptr<EventChannel>> SimEventChannels::BindInterdomain(DomId remote,
+                                                                        EvtchnPort remote_port) {
   UniqueFd fd(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
   if (!fd.valid()) return Status::FromErrno(errno, "eventfd");
   const std::string what = StrFormat("bind interdomain d%u port %u", remote, remote_port);
@@ -16,8 +17,11 @@ Result<std::unique_ptr<EventChannel>> SimEventChannels::BindInterdomain(DomId re
   SimDomain* domain = hypervisor_.FindDomainLocked(remote);
   if (domain == nullptr) return Status::FromErrno(ESRCH, what);
   SimDomain::Port* port = domain->PortLocked(remote_port);
-  if (port == nullptr) return Status::Error(Status::Code::kInvalidArgument, StrFormat("%s: no such port", what.c_str()), EINVAL);
-  if (port->remote_fd >= 0) return Status::Error(Status::Code::kInvalidArgument, StrFormat("%s: already bound", what.c_str()), EINVAL);
+  if (port == nullptr)
+    return Status::Error(Status::Code::kInvalidArgument, StrFormat("%s: no such port", what.c_str()), EINVAL);
+  if (port->remote_fd >= 0)
+    return Status::Error(Status::Code::kInvalidArgument, StrFormat("%s: already bound", what.c_str()),
+                         EINVAL);
   if (port->remote != hypervisor_.backend_domid()) {
     return Status::Error(Status::Code::kInvalidArgument,
                          StrFormat("%s: allocated for d%u", what.c_str(), port->remote), EINVAL);
@@ -33,7 +37,8 @@ Result<std::unique_ptr<EventChannel>> SimEventChannels::BindInterdomain(DomId re
 SimBoundChannel::~SimBoundChannel() {
   std::lock_guard lock(hypervisor_.mu_);
   SimDomain::Port* port = remote_.PortLocked(remote_port_);
-  if (port != nullptr && port->remote_fd == fd_.get()) port->remote_fd = -1;  // the guest's port is unbound again
+  if (port != nullptr && port->remote_fd == fd_.get())
+    port->remote_fd = -1;  // the guest's port is unbound again
 }
 
 Status SimBoundChannel::Notify() {

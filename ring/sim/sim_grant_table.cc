@@ -1,5 +1,5 @@
-// SimGrantTable: grant map as a real shared mapping of the guest's memfd, grant copy as memcpy, both validated the
-// way Xen's grant_table.c validates them.
+// SimGrantTable: grant map as a real shared mapping of the guest's memfd, grant copy as memcpy, both
+// validated the way Xen's grant_table.c validates them.
 #include <sys/mman.h>
 
 #include <cerrno>
@@ -16,15 +16,17 @@ Status MapFailure(int16_t status, DomId domid, GrantRef ref, const char* reason)
   Status::Code code = status == GNTST_bad_domain   ? Status::Code::kNotFound
                       : status == GNTST_bad_gntref ? Status::Code::kInvalidArgument
                                                    : Status::Code::kPermissionDenied;
-  return Status::Error(code, StrFormat("grant map d%u ref %u: %s (%s)", domid, ref, GrantStatusName(status), reason));
+  return Status::Error(
+      code, StrFormat("grant map d%u ref %u: %s (%s)", domid, ref, GrantStatusName(status), reason));
 }
 
 }  // namespace
 
-// The shared entry is only consulted when the active entry does not already vouch for the access (not pinned, or
-// pinned read-only and wanted writable); a pinned entry skips the type and domain check, but a write pin still
-// needs GTF_readonly clear.
-int16_t SimGrantTable::CheckAccess(const SimDomain::GrantEntry* entry, DomId accessor, bool want_write, const char** reason) {
+// The shared entry is only consulted when the active entry does not already vouch for the access (not pinned,
+// or pinned read-only and wanted writable); a pinned entry skips the type and domain check, but a write pin
+// still needs GTF_readonly clear.
+int16_t SimGrantTable::CheckAccess(const SimDomain::GrantEntry* entry, DomId accessor, bool want_write,
+                                   const char** reason) {
   if (entry == nullptr) {
     *reason = "no such grant ref";
     return GNTST_bad_gntref;
@@ -47,20 +49,34 @@ int16_t SimGrantTable::CheckAccess(const SimDomain::GrantEntry* entry, DomId acc
 
 const char* GrantStatusName(int16_t status) {
   switch (status) {
-    case GNTST_okay: return "GNTST_okay";
-    case GNTST_general_error: return "GNTST_general_error";
-    case GNTST_bad_domain: return "GNTST_bad_domain";
-    case GNTST_bad_gntref: return "GNTST_bad_gntref";
-    case GNTST_bad_handle: return "GNTST_bad_handle";
-    case GNTST_bad_virt_addr: return "GNTST_bad_virt_addr";
-    case GNTST_bad_dev_addr: return "GNTST_bad_dev_addr";
-    case GNTST_no_device_space: return "GNTST_no_device_space";
-    case GNTST_permission_denied: return "GNTST_permission_denied";
-    case GNTST_bad_page: return "GNTST_bad_page";
-    case GNTST_bad_copy_arg: return "GNTST_bad_copy_arg";
-    case GNTST_address_too_big: return "GNTST_address_too_big";
-    case GNTST_eagain: return "GNTST_eagain";
-    case GNTST_no_space: return "GNTST_no_space";
+    case GNTST_okay:
+      return "GNTST_okay";
+    case GNTST_general_error:
+      return "GNTST_general_error";
+    case GNTST_bad_domain:
+      return "GNTST_bad_domain";
+    case GNTST_bad_gntref:
+      return "GNTST_bad_gntref";
+    case GNTST_bad_handle:
+      return "GNTST_bad_handle";
+    case GNTST_bad_virt_addr:
+      return "GNTST_bad_virt_addr";
+    case GNTST_bad_dev_addr:
+      return "GNTST_bad_dev_addr";
+    case GNTST_no_device_space:
+      return "GNTST_no_device_space";
+    case GNTST_permission_denied:
+      return "GNTST_permission_denied";
+    case GNTST_bad_page:
+      return "GNTST_bad_page";
+    case GNTST_bad_copy_arg:
+      return "GNTST_bad_copy_arg";
+    case GNTST_address_too_big:
+      return "GNTST_address_too_big";
+    case GNTST_eagain:
+      return "GNTST_eagain";
+    case GNTST_no_space:
+      return "GNTST_no_space";
   }
   return "GNTST_unknown";
 }
@@ -83,7 +99,8 @@ Result<GrantMapping> SimGrantTable::Map(DomId domid, std::span<const GrantRef> r
     if (status != GNTST_okay) return MapFailure(status, domid, ref, reason);
   }
 
-  // Reserve the whole range first so that the pages land contiguously, then put each granted frame in its place.
+  // Reserve the whole range first so that the pages land contiguously, then put each granted frame in its
+  // place.
   const size_t length = refs.size() * kPageSize;
   void* base = ::mmap(nullptr, length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (base == MAP_FAILED) return Status::FromErrno(errno, "grant map: reserve address space");
@@ -138,7 +155,8 @@ Status SimGrantTable::Copy(std::span<GrantCopySegment> segments) {
   hypervisor_.counters_.copy_segments.fetch_add(segments.size(), std::memory_order_relaxed);
   SimDomain* domain = nullptr;
   for (GrantCopySegment& segment : segments) {
-    if (domain == nullptr || domain->domid() != segment.domid) domain = hypervisor_.FindDomainLocked(segment.domid);
+    if (domain == nullptr || domain->domid() != segment.domid)
+      domain = hypervisor_.FindDomainLocked(segment.domid);
     if (domain == nullptr) {
       segment.status = GNTST_bad_domain;
       continue;
@@ -152,7 +170,8 @@ Status SimGrantTable::Copy(std::span<GrantCopySegment> segments) {
     const char* reason = "";
     segment.status = CheckAccess(entry, accessor, to_guest, &reason);
     if (segment.status != GNTST_okay || segment.length == 0) continue;
-    uint8_t* guest = domain->hypervisor_view_.as<uint8_t>() + size_t{entry->frame} * kPageSize + segment.offset;
+    uint8_t* guest =
+        domain->hypervisor_view_.as<uint8_t>() + size_t{entry->frame} * kPageSize + segment.offset;
     if (to_guest) {
       std::memcpy(guest, segment.local, segment.length);
     } else {

@@ -27,10 +27,14 @@ SimHypervisor::~SimHypervisor() = default;
 
 Result<SimDomain*> SimHypervisor::CreateDomain(DomId domid, size_t pages, size_t grant_entries) {
   const std::string name = StrFormat("create d%u", domid);
-  if (domid == backend_domid_) return Status::InvalidArgument(StrFormat("%s: that is the backend's domain", name.c_str()));
-  if (domid >= DOMID_FIRST_RESERVED) return Status::InvalidArgument(StrFormat("%s: a reserved domain id", name.c_str()));
-  if (pages == 0 || pages > (size_t{1} << 32)) return Status::InvalidArgument(StrFormat("%s: bad memory size", name.c_str()));
-  if (grant_entries <= SimDomain::kFirstFreeGrantRef) return Status::InvalidArgument(StrFormat("%s: grant table too small", name.c_str()));
+  if (domid == backend_domid_)
+    return Status::InvalidArgument(StrFormat("%s: that is the backend's domain", name.c_str()));
+  if (domid >= DOMID_FIRST_RESERVED)
+    return Status::InvalidArgument(StrFormat("%s: a reserved domain id", name.c_str()));
+  if (pages == 0 || pages > (size_t{1} << 32))
+    return Status::InvalidArgument(StrFormat("%s: bad memory size", name.c_str()));
+  if (grant_entries <= SimDomain::kFirstFreeGrantRef)
+    return Status::InvalidArgument(StrFormat("%s: grant table too small", name.c_str()));
   std::unique_ptr<SimDomain> domain(new SimDomain(*this, domid, pages, grant_entries));
   BLK_RETURN_IF_ERROR(domain->Init());
   std::lock_guard lock(mu_);

@@ -1,13 +1,14 @@
-// The simulated hypervisor: guest domains whose memory is a memfd, grant tables whose map is a real shared mapping
-// of that memfd and whose copy is a memcpy, and event channels made of eventfds. It stands behind the same
-// interfaces (ring/hypervisor.h) the backend uses on Xen, validates what Xen validates, and counts what Xen would
-// have been asked for. A test drives the guest side through SimDomain, and may misbehave there on purpose
-// (revoke a grant that is mapped, make it read-only, notify a port nobody bound).
+// The simulated hypervisor: guest domains whose memory is a memfd, grant tables whose map is a real shared
+// mapping of that memfd and whose copy is a memcpy, and event channels made of eventfds. It stands behind the
+// same interfaces (ring/hypervisor.h) the backend uses on Xen, validates what Xen validates, and counts what
+// Xen would have been asked for. A test drives the guest side through SimDomain, and may misbehave there on
+// purpose (revoke a grant that is mapped, make it read-only, notify a port nobody bound).
 //
 // Threading: every method of SimHypervisor and SimDomain may be called from any thread. One mutex (per
 // hypervisor) guards the grant tables and event channels, taken once per Map, per Copy batch, per grant or
-// event operation. Guest memory itself is not guarded: the guest and the backend share it as on real hardware.
-// Lifetime: every GrantMapping and EventChannel obtained from a SimHypervisor must be destroyed before it.
+// event operation. Guest memory itself is not guarded: the guest and the backend share it as on real
+// hardware. Lifetime: every GrantMapping and EventChannel obtained from a SimHypervisor must be destroyed
+// before it.
 #pragma once
 
 #include <cstddef>
@@ -58,9 +59,10 @@ class SimDomain {
   Status EndAccess(GrantRef ref);
   // Hostile: flips GTF_readonly without looking at existing mappings (they keep their access, as on Xen).
   Status SetReadOnly(GrantRef ref, bool readonly);
-  // Hostile: invalidates the entry even while mapped. Existing mappings stay valid until unmapped. As on Xen, the
-  // entry is only looked at again when it is not pinned (or pinned read-only and wanted writable): while a mapping
-  // pins it, further maps and copies of the same access still succeed. The ref is free again once unpinned.
+  // Hostile: invalidates the entry even while mapped. Existing mappings stay valid until unmapped. As on Xen,
+  // the entry is only looked at again when it is not pinned (or pinned read-only and wanted writable): while
+  // a mapping pins it, further maps and copies of the same access still succeed. The ref is free again once
+  // unpinned.
   Status Revoke(GrantRef ref);
   // Live mappings of `ref` by its grantee (Xen's pin count), 0 for an unknown ref.
   uint32_t MapCount(GrantRef ref) const;
@@ -83,16 +85,16 @@ class SimDomain {
   friend class SimBoundChannel;
 
   struct GrantEntry {
-    bool in_use = false;  // GTF_permit_access
+    bool in_use = false;    // GTF_permit_access
     bool readonly = false;  // GTF_readonly
     DomId grantee = 0;
     uint32_t frame = 0;
-    uint32_t pins = 0;  // live mappings by the grantee (Xen's active entry pin count)
+    uint32_t pins = 0;        // live mappings by the grantee (Xen's active entry pin count)
     uint32_t write_pins = 0;  // of which writable
   };
   struct Port {
     DomId remote = 0;
-    UniqueFd guest_fd;  // signalled by the remote end
+    UniqueFd guest_fd;   // signalled by the remote end
     int remote_fd = -1;  // the bound remote end's eventfd, owned by its SimBoundChannel; -1 while unbound
   };
 
@@ -110,7 +112,7 @@ class SimDomain {
   Mapping guest_view_;
   Mapping hypervisor_view_;  // what grant copy reads and writes through
 
-  mutable std::mutex alloc_mu_;  // the page allocator only
+  mutable std::mutex alloc_mu_;        // the page allocator only
   std::vector<uint32_t> free_frames_;  // a stack, lowest frame on top
   std::vector<bool> frame_allocated_;
 
@@ -155,7 +157,7 @@ class SimHypervisor {
   HypervisorCounters counters_;
   std::mutex mu_;
   std::map<DomId, std::unique_ptr<SimDomain>> domains_;  // guarded by mu_
-  EvtchnPort next_backend_port_ = 1;  // guarded by mu_
+  EvtchnPort next_backend_port_ = 1;                     // guarded by mu_
   std::unique_ptr<SimGrantTable> grant_table_;
   std::unique_ptr<SimEventChannels> event_channels_;
 };

@@ -1,5 +1,5 @@
-// The simulated hypervisor's implementations of the backend-facing interfaces of ring/hypervisor.h. Private to
-// ring/sim/: users reach them through SimHypervisor::grants() and events().
+// The simulated hypervisor's implementations of the backend-facing interfaces of ring/hypervisor.h. Private
+// to ring/sim/: users reach them through SimHypervisor::grants() and events().
 //
 // Threading: as ring/hypervisor.h promises; every method takes the hypervisor's mutex where it touches shared
 // state (once per Map, once per Copy batch).
@@ -51,7 +51,10 @@ class SimBoundChannel final : public EventChannel {
  public:
   SimBoundChannel(SimHypervisor& hypervisor, SimDomain& remote, EvtchnPort remote_port, UniqueFd fd,
                   EvtchnPort local_port)
-      : hypervisor_(hypervisor), remote_(remote), remote_port_(remote_port), fd_(std::move(fd)),
+      : hypervisor_(hypervisor),
+        remote_(remote),
+        remote_port_(remote_port),
+        fd_(std::move(fd)),
         local_port_(local_port) {}
   ~SimBoundChannel() override;
 

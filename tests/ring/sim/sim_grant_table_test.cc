@@ -1,5 +1,5 @@
-// Tests of ring/sim/sim_grant_table.cc and the guest side of grants in sim_domain.cc: map and copy, and every way
-// Xen would refuse them.
+// Tests of ring/sim/sim_grant_table.cc and the guest side of grants in sim_domain.cc: map and copy, and every
+// way Xen would refuse them.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -185,7 +185,8 @@ TEST_F(SimGrantTableTest, RevokedGrantStaysMappedUntilUnmappedAsOnXen) {
 TEST_F(SimGrantTableTest, SetReadOnlyRefusesLaterWrites) {
   GrantRef ref = GrantPage(false, 0);
   ASSERT_TRUE(guest_->SetReadOnly(ref, true).ok());
-  EXPECT_EQ(sim_.grants().Map(kGuest, std::span(&ref, 1), true).status().code(), Status::Code::kPermissionDenied);
+  EXPECT_EQ(sim_.grants().Map(kGuest, std::span(&ref, 1), true).status().code(),
+            Status::Code::kPermissionDenied);
   uint8_t data[8] = {};
   GrantCopySegment copy{GrantCopySegment::Direction::kToGuest, kGuest, ref, 0, 8, data, 0};
   ASSERT_TRUE(sim_.grants().Copy(std::span(&copy, 1)).ok());
@@ -224,20 +225,21 @@ TEST_F(SimGrantTableTest, CopyGivesEachSegmentItsOwnStatus) {
   uint8_t buffer[4096] = {};
   using D = GrantCopySegment::Direction;
   GrantCopySegment segments[] = {
-      {D::kFromGuest, 5, good, 0, 8, buffer, 1},                                   // no such domain
-      {D::kFromGuest, kGuest, good, 4000, 97, buffer, 1},                          // crosses the page end
+      {D::kFromGuest, 5, good, 0, 8, buffer, 1},                                      // no such domain
+      {D::kFromGuest, kGuest, good, 4000, 97, buffer, 1},                             // crosses the page end
       {D::kFromGuest, kGuest, SimDomain::kDefaultGrantEntries + 1, 0, 8, buffer, 1},  // ref out of range
       {D::kFromGuest, kGuest, SimDomain::kFirstFreeGrantRef + 60, 0, 8, buffer, 1},   // ref not in use
-      {D::kFromGuest, kGuest, to_other, 0, 8, buffer, 1},                          // granted to d3
-      {D::kToGuest, kGuest, readonly, 0, 8, buffer, 1},                            // write to read-only
-      {D::kFromGuest, kGuest, readonly, 0, 8, buffer + 8, 1},                      // read of read-only: fine
-      {D::kFromGuest, kGuest, good, 4000, 96, buffer + 16, 1},                     // exactly to the page end
+      {D::kFromGuest, kGuest, to_other, 0, 8, buffer, 1},                             // granted to d3
+      {D::kToGuest, kGuest, readonly, 0, 8, buffer, 1},                               // write to read-only
+      {D::kFromGuest, kGuest, readonly, 0, 8, buffer + 8, 1},   // read of read-only: fine
+      {D::kFromGuest, kGuest, good, 4000, 96, buffer + 16, 1},  // exactly to the page end
   };
   ASSERT_TRUE(sim_.grants().Copy(segments).ok());
   const int16_t expected[] = {GNTST_bad_domain,    GNTST_bad_copy_arg,  GNTST_bad_gntref, GNTST_general_error,
                               GNTST_general_error, GNTST_general_error, GNTST_okay,       GNTST_okay};
   for (size_t i = 0; i < std::size(segments); ++i) {
-    EXPECT_EQ(segments[i].status, expected[i]) << "segment " << i << ": " << GrantStatusName(segments[i].status);
+    EXPECT_EQ(segments[i].status, expected[i])
+        << "segment " << i << ": " << GrantStatusName(segments[i].status);
   }
   EXPECT_EQ(buffer[16 + 95], 0x44);
   EXPECT_EQ(buffer[0], 0);  // failed segments copy nothing
@@ -265,8 +267,8 @@ TEST_F(SimGrantTableTest, GuestAllocatorAndGrantTableBounds) {
   ASSERT_TRUE(small.ok());
   EXPECT_TRUE((*small)->GrantAccess(0, 0, false).ok());
   EXPECT_EQ((*small)->GrantAccess(0, 0, false).status().code(), Status::Code::kBusy);
-  EXPECT_FALSE(sim_.CreateDomain(2, 1).ok());   // exists
-  EXPECT_FALSE(sim_.CreateDomain(0, 1).ok());   // the backend's own
+  EXPECT_FALSE(sim_.CreateDomain(2, 1).ok());  // exists
+  EXPECT_FALSE(sim_.CreateDomain(0, 1).ok());  // the backend's own
   EXPECT_FALSE(sim_.CreateDomain(DOMID_SELF, 1).ok());
   EXPECT_FALSE(sim_.CreateDomain(3, 0).ok());
 }
