@@ -1,0 +1,165 @@
+// The simulated hypervisor: guest domains whose memory is a memfd, grant tables whose map is a real shared
+// mapping of that memfd and whose copy is a memcpy, and event channels made of eventfds. It stands behind the
+// same interfaces (ring/hypervisor.h) the backend uses on Xen, validates what Xen validates, and counts what
+// Xen would have been asked for. A test drives the guest side through SimDomain, and may misbehave there on
+// purpose (revoke a grant that is mapped, make it read-only, notify a port nobody bound).
+//
+// Threading: every method of SimHypervisor and SimDomain may be called from any thread. One mutex (per
+// hypervisor) guards the grant tables and event channels, taken once per Map, per Copy batch, per grant or
+// event operation. Guest memory itself is not guarded: the guest and the backend share it as on real
+// hardware. Lifetime: every GrantMapping and EventChannel obtained from a SimHypervisor must be destroyed
+// before it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "base/status.h"
+#include "base/unique_fd.h"
+#include "ring/blkif_abi.h"
+#include "ring/hypervisor.h"
+
+namespace blk {
+
+class SimHypervisor;
+
+// The name of a GNTST_* value ("GNTST_bad_gntref"), for messages.
+const char* GrantStatusName(int16_t status);
+
+// One guest: its memory, a page allocator over it, its grant table and its event channel ports.
+class SimDomain {
+ public:
+  // Xen's frontends keep the first grant refs for the console and xenstore; so does this one.
+  static constexpr GrantRef kFirstFreeGrantRef = 8;
+  static constexpr size_t kDefaultGrantEntries = 16384;  // 32 grant frames of v1 entries
+
+  SimDomain(const SimDomain&) = delete;
+  SimDomain& operator=(const SimDomain&) = delete;
+  ~SimDomain();
+
+  DomId domid() const { return domid_; }
+  size_t pages() const { return pages_; }
+
+  // The guest's own view of its memory (a shared mapping of the memfd).
+  uint8_t* memory() const { return guest_view_.as<uint8_t>(); }
+  uint8_t* PageAddress(uint32_t frame) const { return memory() + size_t{frame} * kPageSize; }
+
+  // A frame allocator for the guest: lowest free frame first, so a fresh domain hands out 0, 1, 2...
+  Result<uint32_t> AllocPage();
+  Status FreePage(uint32_t frame);
+  size_t free_pages() const;
+
+  // Grant table, guest side (gnttab_grant_foreign_access and friends).
+  Result<GrantRef> GrantAccess(DomId to, uint32_t frame, bool readonly);
+  // Fails (kBusy) while the grantee still has the page mapped, as Xen reports the entry in use.
+  Status EndAccess(GrantRef ref);
+  // Hostile: flips GTF_readonly without looking at existing mappings (they keep their access, as on Xen).
+  Status SetReadOnly(GrantRef ref, bool readonly);
+  // Hostile: invalidates the entry even while mapped. Existing mappings stay valid until unmapped. As on Xen,
+  // the entry is only looked at again when it is not pinned (or pinned read-only and wanted writable): while
+  // a mapping pins it, further maps and copies of the same access still succeed. The ref is free again once
+  // unpinned.
+  Status Revoke(GrantRef ref);
+  // Live mappings of `ref` by its grantee (Xen's pin count), 0 for an unknown ref.
+  uint32_t MapCount(GrantRef ref) const;
+  size_t grants_in_use() const;
+
+  // Event channels, guest side.
+  Result<EvtchnPort> AllocUnbound(DomId remote);
+  // Readable while an event from the remote end is pending on `port`; -1 for an unknown port.
+  int EventFd(EvtchnPort port) const;
+  // Sends an event; dropped silently (as by Xen) while the port is unbound.
+  Status Notify(EvtchnPort port);
+  // Consumes the pending event of `port`.
+  Status Acknowledge(EvtchnPort port);
+  bool IsBound(EvtchnPort port) const;
+
+ private:
+  friend class SimHypervisor;
+  friend class SimGrantTable;
+  friend class SimEventChannels;
+  friend class SimBoundChannel;
+
+  struct GrantEntry {
+    bool in_use = false;    // GTF_permit_access
+    bool readonly = false;  // GTF_readonly
+    DomId grantee = 0;
+    uint32_t frame = 0;
+    uint32_t pins = 0;        // live mappings by the grantee (Xen's active entry pin count)
+    uint32_t write_pins = 0;  // of which writable
+  };
+  struct Port {
+    DomId remote = 0;
+    UniqueFd guest_fd;   // signalled by the remote end
+    int remote_fd = -1;  // the bound remote end's eventfd, owned by its SimBoundChannel; -1 while unbound
+  };
+
+  SimDomain(SimHypervisor& hypervisor, DomId domid, size_t pages, size_t grant_entries);
+  Status Init();
+  // The hypervisor's mutex must be held by the callers of these.
+  GrantEntry* EntryLocked(GrantRef ref);
+  void ReleaseRefLocked(GrantRef ref);
+  Port* PortLocked(EvtchnPort port) const;
+
+  SimHypervisor& hypervisor_;
+  const DomId domid_;
+  const size_t pages_;
+  UniqueFd memfd_;
+  Mapping guest_view_;
+  Mapping hypervisor_view_;  // what grant copy reads and writes through
+
+  mutable std::mutex alloc_mu_;        // the page allocator only
+  std::vector<uint32_t> free_frames_;  // a stack, lowest frame on top
+  std::vector<bool> frame_allocated_;
+
+  // Guarded by the hypervisor's mutex.
+  std::vector<GrantEntry> grants_;
+  std::vector<GrantRef> free_refs_;  // a stack, lowest ref on top
+  size_t grants_in_use_ = 0;
+  std::vector<std::unique_ptr<Port>> ports_;  // index = port number; port 0 is never allocated
+};
+
+class SimGrantTable;
+class SimEventChannels;
+
+class SimHypervisor {
+ public:
+  explicit SimHypervisor(DomId backend_domid = 0);
+  SimHypervisor(const SimHypervisor&) = delete;
+  SimHypervisor& operator=(const SimHypervisor&) = delete;
+  ~SimHypervisor();
+
+  // A guest with `pages` pages of zeroed memory. The domain lives as long as the hypervisor.
+  Result<SimDomain*> CreateDomain(DomId domid, size_t pages,
+                                  size_t grant_entries = SimDomain::kDefaultGrantEntries);
+  SimDomain* FindDomain(DomId domid);
+
+  DomId backend_domid() const { return backend_domid_; }
+  // What the backend is given: grant table, event channels and counters, all acting as `backend_domid`.
+  Hypervisor hypervisor();
+  GrantTable& grants();
+  EventChannels& events();
+  HypervisorCounters& counters() { return counters_; }
+
+ private:
+  friend class SimDomain;
+  friend class SimGrantTable;
+  friend class SimEventChannels;
+  friend class SimBoundChannel;
+
+  SimDomain* FindDomainLocked(DomId domid);
+
+  const DomId backend_domid_;
+  HypervisorCounters counters_;
+  std::mutex mu_;
+  std::map<DomId, std::unique_ptr<SimDomain>> domains_;  // guarded by mu_
+  EvtchnPort next_backend_port_ = 1;                     // guarded by mu_
+  std::unique_ptr<SimGrantTable> grant_table_;
+  std::unique_ptr<SimEventChannels> event_channels_;
+};
+
+}  // namespace blk
