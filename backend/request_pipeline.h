@@ -117,7 +117,7 @@ class RequestPipeline final : public CompletionHandler {
   uint32_t SlotIndex(const Slot& slot) const { return static_cast<uint32_t>(&slot - slots_.data()); }
 
   std::string name_;
-  Hypervisor& hypervisor_;
+  Hypervisor hypervisor_;  // a bundle of references: held by value, as callers build it on the fly
   GrantMapping ring_mapping_;
   BackRing ring_;
   std::unique_ptr<EventChannel> channel_;
