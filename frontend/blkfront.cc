@@ -1,0 +1,471 @@
+// Blkfront: ring set-up, request building, pushing and reaping, in the manner of Linux's xen-blkfront.
+#include "frontend/blkfront.h"
+
+#include <poll.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <cinttypes>
+#include <cstdarg>
+#include <cstdio>
+#include <cstring>
+
+namespace blk {
+namespace {
+
+uint32_t LoadShared(const uint32_t& field) {
+  return std::atomic_ref<uint32_t>(const_cast<uint32_t&>(field)).load(std::memory_order_acquire);
+}
+void StoreShared(uint32_t& field, uint32_t value) {
+  std::atomic_ref<uint32_t>(field).store(value, std::memory_order_release);
+}
+
+// Orders a response status from best to worst; anything unknown counts as an error.
+int Severity(int16_t status) {
+  switch (status) {
+    case BLKIF_RSP_OKAY:
+      return 0;
+    case BLKIF_RSP_EOPNOTSUPP:
+      return 1;
+    default:
+      return 2;
+  }
+}
+
+std::string Format(const char* format, ...) __attribute__((format(printf, 1, 2)));
+std::string Format(const char* format, ...) {
+  char buffer[160];
+  va_list args;
+  va_start(args, format);
+  vsnprintf(buffer, sizeof(buffer), format, args);
+  va_end(args);
+  return buffer;
+}
+
+bool WritesData(IoOp op) { return op != IoOp::kRead; }
+
+uint32_t PagesSpanned(const Io& io) {
+  size_t first = reinterpret_cast<uintptr_t>(io.buffer) % kPageSize;
+  return static_cast<uint32_t>((first + io.length + kPageSize - 1) / kPageSize);
+}
+
+}  // namespace
+
+struct Blkfront::Shadow {
+  bool in_use = false;
+  uint8_t operation = 0;
+  uint8_t nr_segments = 0;
+  uint32_t io = 0;           // index into ios_
+  size_t buffer_offset = 0;  // where this request's data starts in the I/O's buffer
+  std::array<GrantRef, kMaxDirectSegments> refs{};
+  std::array<uint32_t, kMaxDirectSegments> frames{};
+  std::array<uint16_t, kMaxDirectSegments> page_offset{};
+  std::array<uint16_t, kMaxDirectSegments> bytes{};
+};
+
+struct Blkfront::IoState {
+  Io io;
+  size_t issued = 0;  // bytes already turned into requests
+  bool fully_issued = false;
+  uint32_t in_flight = 0;  // requests on the ring
+  int16_t status = BLKIF_RSP_OKAY;
+};
+
+Blkfront::Blkfront(SimDomain& domain, const BlkfrontConfig& config)
+    : domain_(domain),
+      config_(config),
+      slots_(RingSlots(config.abi, config.ring_pages)),
+      req_prod_pvt_(config.start_index),
+      rsp_cons_(config.start_index) {}
+
+Result<std::unique_ptr<Blkfront>> Blkfront::Create(SimHypervisor& hypervisor, const BlkfrontConfig& config) {
+  if (config.ring_pages == 0 || config.ring_pages > 16 ||
+      (config.ring_pages & (config.ring_pages - 1)) != 0) {
+    return Status::InvalidArgument("blkfront: ring pages must be 1, 2, 4, 8 or 16");
+  }
+  if (config.max_outstanding == 0)
+    return Status::InvalidArgument("blkfront: max_outstanding must be positive");
+  const uint32_t slots = RingSlots(config.abi, config.ring_pages);
+  const size_t pages = config.ring_pages + size_t{slots} * kMaxDirectSegments + config.spare_pages;
+  const size_t grant_entries =
+      std::max(SimDomain::kDefaultGrantEntries, SimDomain::kFirstFreeGrantRef + pages * 2);
+  auto domain = hypervisor.CreateDomain(config.domid, pages, grant_entries);
+  if (!domain.ok()) return domain.status();
+  std::unique_ptr<Blkfront> front(new Blkfront(**domain, config));
+  BLK_RETURN_IF_ERROR(front->Init());
+  return front;
+}
+
+Status Blkfront::Init() {
+  // The ring must be contiguous in the guest's view: a fresh domain hands out consecutive frames.
+  for (uint32_t i = 0; i < config_.ring_pages; ++i) {
+    auto frame = domain_.AllocPage();
+    if (!frame.ok()) return frame.status();
+    if (i > 0 && *frame != ring_frames_.back() + 1)
+      return Status::Busy("blkfront: ring frames not contiguous");
+    ring_frames_.push_back(*frame);
+    auto ref = domain_.GrantAccess(config_.backend_domid, *frame, false);
+    if (!ref.ok()) return ref.status();
+    ring_refs_.push_back(*ref);
+  }
+  uint8_t* ring = domain_.PageAddress(ring_frames_[0]);
+  std::memset(ring, 0, config_.ring_pages * kPageSize);
+  ring_header_ = reinterpret_cast<abi::SharedRingHeader*>(ring);
+  ring_entries_ = ring + sizeof(abi::SharedRingHeader);
+  // SHARED_RING_INIT, moved to the starting index: producers at it, events one past it, padding zeroed.
+  ring_header_->req_prod = config_.start_index;
+  ring_header_->rsp_prod = config_.start_index;
+  ring_header_->req_event = config_.start_index + 1;
+  ring_header_->rsp_event = config_.start_index + 1;
+
+  auto port = domain_.AllocUnbound(config_.backend_domid);
+  if (!port.ok()) return port.status();
+  port_ = *port;
+  event_fd_ = domain_.EventFd(port_);
+
+  shadows_.resize(slots_);
+  free_shadows_.reserve(slots_);
+  for (uint32_t id = slots_; id > 0; --id) free_shadows_.push_back(id - 1);
+  ios_.resize(config_.max_outstanding);
+  free_ios_.reserve(config_.max_outstanding);
+  for (uint32_t i = config_.max_outstanding; i > 0; --i) free_ios_.push_back(i - 1);
+  pending_.resize(config_.max_outstanding);
+  completed_.resize(config_.max_outstanding);
+  return Status::Ok();
+}
+
+Blkfront::~Blkfront() {
+  // Grants the backend still maps cannot be ended; their pages stay with the domain, which outlives us.
+  for (Shadow& shadow : shadows_) {
+    if (shadow.in_use) ReleaseSegments(shadow, shadow.nr_segments);
+  }
+  for (GrantRef ref : ring_refs_) (void)domain_.EndAccess(ref);
+}
+
+uint32_t Blkfront::ring_page_order() const {
+  uint32_t order = 0;
+  while ((1u << order) < config_.ring_pages) ++order;
+  return order;
+}
+
+std::vector<std::pair<std::string, std::string>> Blkfront::XenstoreEntries() const {
+  std::vector<std::pair<std::string, std::string>> entries;
+  if (config_.ring_pages == 1) {
+    entries.emplace_back("ring-ref", std::to_string(ring_refs_[0]));
+  } else {
+    entries.emplace_back("ring-page-order", std::to_string(ring_page_order()));
+    for (size_t i = 0; i < ring_refs_.size(); ++i) {
+      entries.emplace_back(Format("ring-ref%zu", i), std::to_string(ring_refs_[i]));
+    }
+  }
+  entries.emplace_back("event-channel", std::to_string(port_));
+  entries.emplace_back("protocol", protocol());
+  entries.emplace_back("feature-persistent", "0");
+  return entries;
+}
+
+int Blkfront::fd() const { return event_fd_; }
+
+uint8_t* Blkfront::RingEntry(uint32_t index) const {
+  return ring_entries_ + size_t{index & (slots_ - 1)} * RingEntrySize(config_.abi);
+}
+
+Status Blkfront::Break(Status why) {
+  if (broken_.ok()) broken_ = why.Annotate("blkfront: backend broke the protocol: ");
+  return broken_;
+}
+
+Status Blkfront::Queue(const Io& io) {
+  if (!broken_.ok()) return broken_;
+  if (io.length % (1u << kSectorShift) != 0)
+    return Status::InvalidArgument("blkfront: length not a multiple of 512");
+  if (io.length != 0 && (io.buffer == nullptr || reinterpret_cast<uintptr_t>(io.buffer) % 512 != 0)) {
+    return Status::InvalidArgument("blkfront: buffer missing or not 512-byte aligned");
+  }
+  switch (io.op) {
+    case IoOp::kRead:
+    case IoOp::kWrite:
+      if (io.length == 0) return Status::InvalidArgument("blkfront: a read or write needs data");
+      break;
+    case IoOp::kWriteBarrier:
+    case IoOp::kFlushDiskCache:
+      if (io.length != 0 && PagesSpanned(io) > kMaxDirectSegments) {
+        return Status::InvalidArgument("blkfront: a flush or barrier carries at most 11 pages");
+      }
+      break;
+    default:
+      return Status::InvalidArgument("blkfront: unknown operation");
+  }
+  if (free_ios_.empty()) return Status::Busy("blkfront: too many outstanding I/Os");
+  uint32_t index = free_ios_.back();
+  free_ios_.pop_back();
+  ios_[index] = IoState{io, 0, false, 0, BLKIF_RSP_OKAY};
+  pending_[(pending_head_ + pending_count_) % pending_.size()] = index;
+  ++pending_count_;
+  ++io_count_;
+  ++stats_.ios_queued;
+  return Status::Ok();
+}
+
+Status Blkfront::Submit(const Io& io) {
+  BLK_RETURN_IF_ERROR(Queue(io));
+  return Push();
+}
+
+void Blkfront::ReleaseSegments(Shadow& shadow, uint32_t count) {
+  for (uint32_t i = 0; i < count; ++i) {
+    if (domain_.EndAccess(shadow.refs[i]).ok()) (void)domain_.FreePage(shadow.frames[i]);
+  }
+}
+
+// Turns the next part of `io` into one request in the next ring slot. False if guest resources (pages, grant
+// refs) ran out; the I/O then stays queued.
+bool Blkfront::BuildRequest(IoState& state, uint32_t io_index) {
+  const Io& io = state.io;
+  const uint32_t id = free_shadows_.back();
+  Shadow& shadow = shadows_[id];
+  shadow.operation = static_cast<uint8_t>(io.op);
+  shadow.io = io_index;
+  shadow.buffer_offset = state.issued;
+  std::array<abi::Segment, kMaxDirectSegments> segments{};
+  uint32_t count = 0;
+  size_t issued = state.issued;
+  const bool readonly = WritesData(io.op);
+  while (count < kMaxDirectSegments && issued < io.length) {
+    const uint8_t* source = static_cast<const uint8_t*>(io.buffer) + issued;
+    const size_t offset = reinterpret_cast<uintptr_t>(source) % kPageSize;
+    const size_t bytes = std::min(kPageSize - offset, io.length - issued);
+    auto frame = domain_.AllocPage();
+    if (!frame.ok()) break;
+    if (readonly) std::memcpy(domain_.PageAddress(*frame) + offset, source, bytes);
+    auto ref = domain_.GrantAccess(config_.backend_domid, *frame, readonly);
+    if (!ref.ok()) {
+      (void)domain_.FreePage(*frame);
+      break;
+    }
+    shadow.refs[count] = *ref;
+    shadow.frames[count] = *frame;
+    shadow.page_offset[count] = static_cast<uint16_t>(offset);
+    shadow.bytes[count] = static_cast<uint16_t>(bytes);
+    segments[count] = abi::Segment{*ref, static_cast<uint8_t>(offset >> kSectorShift),
+                                   static_cast<uint8_t>(((offset + bytes) >> kSectorShift) - 1), 0};
+    issued += bytes;
+    ++count;
+  }
+  // Out of guest resources in mid-request: a read or write goes with the segments it got; a flush or barrier
+  // carries all its data in one request or waits.
+  const bool single_request = io.op == IoOp::kWriteBarrier || io.op == IoOp::kFlushDiskCache;
+  if (issued < io.length && count < kMaxDirectSegments && (count == 0 || single_request)) {
+    ReleaseSegments(shadow, count);
+    return false;
+  }
+  shadow.nr_segments = static_cast<uint8_t>(count);
+  shadow.in_use = true;
+  free_shadows_.pop_back();
+
+  uint8_t* slot = RingEntry(req_prod_pvt_);
+  const uint64_t sector = io.sector + (state.issued >> kSectorShift);
+  if (config_.abi == Abi::kX86_64) {
+    abi::x86_64::Request request{};
+    request.operation = shadow.operation;
+    request.nr_segments = shadow.nr_segments;
+    request.id = id;
+    request.sector_number = sector;
+    std::copy_n(segments.begin(), count, request.seg);
+    std::memcpy(slot, &request, sizeof(request));
+  } else {
+    abi::x86_32::Request request{};
+    request.operation = shadow.operation;
+    request.nr_segments = shadow.nr_segments;
+    request.id = id;
+    request.sector_number = sector;
+    std::copy_n(segments.begin(), count, request.seg);
+    std::memcpy(slot, &request, sizeof(request));
+  }
+  ++req_prod_pvt_;
+  state.issued = issued;
+  state.fully_issued = issued == io.length;
+  ++state.in_flight;
+  ++stats_.requests_pushed;
+  return true;
+}
+
+Status Blkfront::Push() {
+  if (!broken_.ok()) return broken_;
+  while (pending_count_ > 0) {
+    if (req_prod_pvt_ - rsp_cons_ >= slots_ || free_shadows_.empty()) {
+      ++stats_.ring_full;
+      break;
+    }
+    const uint32_t index = pending_[pending_head_];
+    if (!BuildRequest(ios_[index], index)) break;
+    if (ios_[index].fully_issued) {
+      pending_head_ = (pending_head_ + 1) % pending_.size();
+      --pending_count_;
+    }
+  }
+  return Publish();
+}
+
+// RING_PUSH_REQUESTS_AND_CHECK_NOTIFY.
+Status Blkfront::Publish() {
+  const uint32_t old_prod = LoadShared(ring_header_->req_prod);
+  const uint32_t new_prod = req_prod_pvt_;
+  if (old_prod == new_prod) return Status::Ok();
+  StoreShared(ring_header_->req_prod, new_prod);
+  std::atomic_thread_fence(
+      std::memory_order_seq_cst);  // the backend sees the requests before we read req_event
+  ++stats_.publishes;
+  const uint32_t req_event = LoadShared(ring_header_->req_event);
+  if (static_cast<uint32_t>(new_prod - req_event) < static_cast<uint32_t>(new_prod - old_prod)) {
+    ++stats_.notifications;
+    return domain_.Notify(port_);
+  }
+  return Status::Ok();
+}
+
+Status Blkfront::NotifyBackend() { return domain_.Notify(port_); }
+
+Status Blkfront::PlaceRaw(std::span<const uint8_t> entry) {
+  const size_t size = RingEntrySize(config_.abi);
+  if (entry.size() > size) return Status::InvalidArgument("blkfront: raw entry larger than a ring slot");
+  if (req_prod_pvt_ - rsp_cons_ >= slots_) return Status::Busy("blkfront: ring full");
+  uint8_t* slot = RingEntry(req_prod_pvt_);
+  std::memset(slot, 0, size);
+  std::memcpy(slot, entry.data(), entry.size());
+  const size_t id_offset =
+      config_.abi == Abi::kX86_64 ? offsetof(abi::x86_64::Request, id) : offsetof(abi::x86_32::Request, id);
+  if (entry.size() >= id_offset + sizeof(uint64_t)) {
+    uint64_t id;
+    std::memcpy(&id, entry.data() + id_offset, sizeof(id));
+    raw_ids_.push_back(id);
+  }
+  ++req_prod_pvt_;
+  return Status::Ok();
+}
+
+std::optional<RawResponse> Blkfront::TakeRawResponse(uint64_t id) {
+  auto it = std::find_if(raw_responses_.begin(), raw_responses_.end(),
+                         [id](const RawResponse& response) { return response.id == id; });
+  if (it == raw_responses_.end()) return std::nullopt;
+  RawResponse response = *it;
+  raw_responses_.erase(it);
+  return response;
+}
+
+Status Blkfront::CompleteRequest(uint32_t id, int16_t status) {
+  Shadow& shadow = shadows_[id];
+  IoState& state = ios_[shadow.io];
+  // Without persistent grants every grant must be unmapped by now; one still mapped is the backend's bug
+  // (Linux's blkfront fails the device the same way).
+  for (uint32_t i = 0; i < shadow.nr_segments; ++i) {
+    Status ended = domain_.EndAccess(shadow.refs[i]);
+    if (!ended.ok()) {
+      return Break(
+          Status::ProtocolError(Format("grant still in use at response: %s", ended.message().c_str())));
+    }
+    if (state.io.op == IoOp::kRead && status == BLKIF_RSP_OKAY) {
+      uint8_t* target = static_cast<uint8_t*>(state.io.buffer) + shadow.buffer_offset;
+      std::memcpy(target, domain_.PageAddress(shadow.frames[i]) + shadow.page_offset[i], shadow.bytes[i]);
+      shadow.buffer_offset += shadow.bytes[i];
+    }
+    (void)domain_.FreePage(shadow.frames[i]);
+  }
+  shadow.in_use = false;
+  free_shadows_.push_back(id);
+  if (Severity(status) > Severity(state.status))
+    state.status = Severity(status) == 2 ? BLKIF_RSP_ERROR : status;
+  --state.in_flight;
+  if (state.in_flight == 0 && state.fully_issued) {
+    completed_[(completed_head_ + completed_count_) % completed_.size()] = shadow.io;
+    ++completed_count_;
+  }
+  return Status::Ok();
+}
+
+Status Blkfront::ProcessResponse(const uint8_t* slot) {
+  uint64_t id;
+  uint8_t operation;
+  int16_t status;
+  if (config_.abi == Abi::kX86_64) {
+    abi::x86_64::Response response;
+    std::memcpy(&response, slot, sizeof(response));
+    id = response.id, operation = response.operation, status = response.status;
+  } else {
+    abi::x86_32::Response response;
+    std::memcpy(&response, slot, sizeof(response));
+    id = response.id, operation = response.operation, status = response.status;
+  }
+  ++stats_.responses;
+  if (!raw_ids_.empty()) {
+    auto it = std::find(raw_ids_.begin(), raw_ids_.end(), id);
+    if (it != raw_ids_.end()) {
+      raw_ids_.erase(it);
+      raw_responses_.push_back(RawResponse{id, operation, status});
+      return Status::Ok();
+    }
+  }
+  if (id >= slots_) return Break(Status::ProtocolError(Format("response has incorrect id %" PRIu64, id)));
+  const Shadow& shadow = shadows_[id];
+  if (!shadow.in_use) {
+    return Break(Status::ProtocolError(Format("response id %" PRIu64 " references no pending request", id)));
+  }
+  if (operation != shadow.operation) {
+    return Break(Status::ProtocolError(
+        Format("response id %" PRIu64 " has operation %u, not %u", id, operation, shadow.operation)));
+  }
+  return CompleteRequest(static_cast<uint32_t>(id), status);
+}
+
+Result<size_t> Blkfront::Reap(std::span<IoCompletion> out) {
+  if (!broken_.ok()) return broken_;
+  // Acknowledge before looking, so that a notification sent after the look wakes the next Wait.
+  BLK_RETURN_IF_ERROR(domain_.Acknowledge(port_));
+  for (;;) {
+    const uint32_t rsp_prod = LoadShared(ring_header_->rsp_prod);
+    if (static_cast<uint32_t>(rsp_prod - rsp_cons_) > slots_) {
+      return Break(Status::ProtocolError(
+          Format("illegal number of responses (rsp_prod %u, rsp_cons %u)", rsp_prod, rsp_cons_)));
+    }
+    for (; rsp_cons_ != rsp_prod; ++rsp_cons_) BLK_RETURN_IF_ERROR(ProcessResponse(RingEntry(rsp_cons_)));
+    // RING_FINAL_CHECK_FOR_RESPONSES while requests are out; with none out, just re-arm rsp_event.
+    if (rsp_cons_ == req_prod_pvt_) {
+      StoreShared(ring_header_->rsp_event, rsp_cons_ + 1);
+      break;
+    }
+    if (LoadShared(ring_header_->rsp_prod) != rsp_cons_) continue;
+    StoreShared(ring_header_->rsp_event, rsp_cons_ + 1);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (LoadShared(ring_header_->rsp_prod) == rsp_cons_) break;
+  }
+  BLK_RETURN_IF_ERROR(Push());  // slots were freed: requests waiting for them go now
+
+  size_t count = 0;
+  while (count < out.size() && completed_count_ > 0) {
+    const uint32_t index = completed_[completed_head_];
+    completed_head_ = (completed_head_ + 1) % completed_.size();
+    --completed_count_;
+    out[count++] = IoCompletion{ios_[index].io.tag, ios_[index].status};
+    free_ios_.push_back(index);
+    --io_count_;
+  }
+  return count;
+}
+
+Result<size_t> Blkfront::Wait(std::span<IoCompletion> out, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    auto reaped = Reap(out);
+    if (!reaped.ok() || *reaped > 0 || out.empty() || io_count_ == 0) return reaped;
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return size_t{0};
+    pollfd waiter{event_fd_, POLLIN, 0};
+    int ready = ::poll(&waiter, 1, static_cast<int>(left.count()) + 1);
+    if (ready < 0 && errno != EINTR) return Status::FromErrno(errno, "blkfront: poll");
+  }
+}
+
+}  // namespace blk

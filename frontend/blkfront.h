@@ -1,0 +1,182 @@
+// A userspace blkfront: the guest's half of a blkif ring, driving the simulated hypervisor the way Linux's
+// xen-blkfront drives Xen (without persistent grants or indirect descriptors, for now).
+//
+// It owns a guest domain: the shared ring in granted pages, an unbound event channel for the backend, and
+// data pages that each request grants afresh (read-only to the backend for writes, writable for reads) and
+// ends again when the response arrives. It publishes what blkfront writes to xenstore; the test or benchmark
+// hands that to the backend. A backend that breaks the protocol (a response id that is not ours, a response
+// count beyond the ring, a grant still mapped when its response arrives) breaks the frontend, as it does
+// Linux's: every later call fails with the Status that explains why.
+//
+// Hostile mode lets a test act as a malicious guest: place arbitrary bytes as a request, read its response by
+// id, write the shared indices directly.
+//
+// Threading: a Blkfront belongs to one thread (the guest's). The backend works concurrently in other threads;
+// the two share only the ring and the granted pages, ordered with the barriers of <xen/io/ring.h>.
+// Hot path: Queue, Push, Reap and Wait allocate nothing; all per-request and per-I/O state is made at Create.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "base/status.h"
+#include "ring/blkif_abi.h"
+#include "ring/hypervisor.h"
+#include "ring/sim/sim_hypervisor.h"
+
+namespace blk {
+
+struct BlkfrontConfig {
+  DomId domid = 1;
+  DomId backend_domid = 0;
+  Abi abi = kNativeAbi;
+  uint32_t ring_pages = 1;  // 1, 2, 4, 8 or 16 (ring-page-order 0..4)
+  // Where the ring's indices start. Tests start near 2^32 to exercise wrap-around; the backend must attach
+  // with BACK_RING_ATTACH semantics (its private indices from the shared rsp_prod).
+  uint32_t start_index = 0;
+  uint32_t max_outstanding = 64;  // I/Os queued or in flight at once
+  uint32_t spare_pages = 16;      // guest pages left free for a test to grant by hand
+};
+
+enum class IoOp : uint8_t {
+  kRead = BLKIF_OP_READ,
+  kWrite = BLKIF_OP_WRITE,
+  kWriteBarrier = BLKIF_OP_WRITE_BARRIER,
+  kFlushDiskCache = BLKIF_OP_FLUSH_DISKCACHE,
+};
+
+struct Io {
+  IoOp op = IoOp::kRead;
+  uint64_t sector = 0;  // 512-byte units
+  size_t length = 0;    // bytes, a multiple of 512; 0 only for a flush or barrier without data
+  // 512-byte aligned. Its offset within a 4 KiB page is kept on the ring (a buffer starting mid-page yields a
+  // first segment with first_sect > 0), as blkfront keeps the offsets of a bio's pages. Must stay valid until
+  // the I/O completes. A flush or barrier with data writes it (preflush), in one request of at most 11 pages.
+  void* buffer = nullptr;
+  uint64_t tag = 0;  // returned with the completion
+};
+
+struct IoCompletion {
+  uint64_t tag;
+  int16_t status;  // the worst BLKIF_RSP_* of the I/O's requests (ERROR over EOPNOTSUPP over OKAY)
+};
+
+// A response to a request placed with PlaceRaw, kept until taken.
+struct RawResponse {
+  uint64_t id;
+  uint8_t operation;
+  int16_t status;
+};
+
+struct BlkfrontStats {
+  uint64_t ios_queued = 0;
+  uint64_t requests_pushed = 0;
+  uint64_t publishes = 0;      // req_prod updates
+  uint64_t notifications = 0;  // publishes that had to notify (req_event said so)
+  uint64_t responses = 0;
+  uint64_t ring_full = 0;  // times a queued request waited for a free slot
+};
+
+class Blkfront {
+ public:
+  static Result<std::unique_ptr<Blkfront>> Create(SimHypervisor& hypervisor, const BlkfrontConfig& config);
+  Blkfront(const Blkfront&) = delete;
+  Blkfront& operator=(const Blkfront&) = delete;
+  ~Blkfront();
+
+  // What blkfront publishes in xenstore.
+  std::span<const GrantRef> ring_refs() const { return ring_refs_; }
+  EvtchnPort event_channel() const { return port_; }
+  const char* protocol() const { return AbiName(config_.abi); }
+  uint32_t ring_page_order() const;
+  // The keys and values blkfront writes to its xenstore directory: "ring-ref" (or "ring-page-order" and
+  // "ring-refN"), "event-channel", "protocol", "feature-persistent".
+  std::vector<std::pair<std::string, std::string>> XenstoreEntries() const;
+
+  const BlkfrontConfig& config() const { return config_; }
+  uint32_t ring_slots() const { return slots_; }
+  SimDomain& domain() const { return domain_; }
+
+  // Accepts an I/O (kBusy when max_outstanding I/Os are already queued or in flight); nothing reaches the
+  // ring before Push.
+  Status Queue(const Io& io);
+  // Puts as many queued requests on the ring as fit, publishes them and notifies the backend if req_event
+  // asks.
+  Status Push();
+  Status Submit(const Io& io);  // Queue + Push
+
+  // Consumes the responses on the ring, then pushes requests that were waiting for a free slot. Writes the
+  // I/Os that completed into `out` (those that do not fit stay for the next call); returns how many.
+  Result<size_t> Reap(std::span<IoCompletion> out);
+  // Reaps, and if nothing completed, sleeps on fd() until something does or `timeout` passes (then returns
+  // 0).
+  Result<size_t> Wait(std::span<IoCompletion> out, std::chrono::milliseconds timeout);
+  // Readable while the backend has notified us.
+  int fd() const;
+
+  size_t outstanding() const { return io_count_; }  // I/Os queued, in flight, or completed but not reaped
+  const BlkfrontStats& stats() const { return stats_; }
+  // Ok while healthy; otherwise why the backend broke the frontend.
+  const Status& broken() const { return broken_; }
+
+  // --- Hostile mode ---
+  // Places `entry` (at most one ring slot of bytes, in whatever ABI layout the test wants) in the next slot
+  // without publishing; the rest of the slot is zeroed. Its response is kept for TakeRawResponse, matched by
+  // the id read at the ABI's id offset (when `entry` is long enough to hold one).
+  Status PlaceRaw(std::span<const uint8_t> entry);
+  std::optional<RawResponse> TakeRawResponse(uint64_t id);
+  // The shared ring: write any index here (e.g. req_prod far ahead), then NotifyBackend.
+  abi::SharedRingHeader& shared_ring() const { return *ring_header_; }
+  uint8_t* RingEntry(uint32_t index) const;
+  uint32_t req_prod_pvt() const { return req_prod_pvt_; }
+  uint32_t rsp_cons() const { return rsp_cons_; }
+  Status NotifyBackend();
+
+ private:
+  struct Shadow;
+  struct IoState;
+  Blkfront(SimDomain& domain, const BlkfrontConfig& config);
+  Status Init();
+
+  bool BuildRequest(IoState& io, uint32_t io_index);
+  void ReleaseSegments(Shadow& shadow, uint32_t count);
+  Status Publish();
+  Status ProcessResponse(const uint8_t* slot);
+  Status CompleteRequest(uint32_t id, int16_t status);
+  Status Break(Status why);
+
+  SimDomain& domain_;
+  const BlkfrontConfig config_;
+  uint32_t slots_ = 0;
+  std::vector<GrantRef> ring_refs_;
+  std::vector<uint32_t> ring_frames_;
+  abi::SharedRingHeader* ring_header_ = nullptr;
+  uint8_t* ring_entries_ = nullptr;
+  EvtchnPort port_ = 0;
+  int event_fd_ = -1;
+  uint32_t req_prod_pvt_ = 0;
+  uint32_t rsp_cons_ = 0;
+
+  std::vector<Shadow> shadows_;  // one per ring slot; a request's id is its shadow's index
+  std::vector<uint32_t> free_shadows_;
+  std::vector<IoState> ios_;
+  std::vector<uint32_t> free_ios_;
+  std::vector<uint32_t> pending_;  // FIFO of I/Os with requests still to put on the ring
+  size_t pending_head_ = 0, pending_count_ = 0;
+  std::vector<uint32_t> completed_;  // FIFO of I/Os done but not yet reaped
+  size_t completed_head_ = 0, completed_count_ = 0;
+  size_t io_count_ = 0;
+  std::vector<uint64_t> raw_ids_;  // ids of raw requests still waiting for a response
+  std::vector<RawResponse> raw_responses_;
+  BlkfrontStats stats_;
+  Status broken_;
+};
+
+}  // namespace blk
