@@ -1,0 +1,264 @@
+// RunBench: a guest's view of the backend, timed.
+#include "bench/workload.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <random>
+#include <vector>
+
+#include "backend/device.h"
+#include "backend/worker.h"
+#include "base/log.h"
+#include "base/unique_fd.h"
+#include "frontend/blkfront.h"
+#include "frontend/pattern.h"
+#include "ring/sim/sim_hypervisor.h"
+
+namespace blk {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr DomId kFrontendDomain = 1;
+constexpr const char* kDeviceName = "1/51712";  // domain 1, xvda
+
+Status EnsureFile(const std::string& path, uint64_t size) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0) {
+    if (S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) < size) {
+      return Status::InvalidArgument(path + " holds " + std::to_string(st.st_size) + " bytes, fewer than --size " +
+                                     std::to_string(size));
+    }
+    return Status::Ok();
+  }
+  if (errno != ENOENT) return Status::FromErrno(errno, "stat " + path);
+  UniqueFd fd(::open(path.c_str(), O_CREAT | O_RDWR | O_CLOEXEC, 0600));
+  if (!fd.valid()) return Status::FromErrno(errno, "create " + path);
+  if (::ftruncate(fd.get(), static_cast<off_t>(size)) != 0) return Status::FromErrno(errno, "size " + path);
+  return Status::Ok();
+}
+
+HypervisorOps Snapshot(const HypervisorCounters& c) {
+  return {c.map_calls.load(),      c.pages_mapped.load(),          c.copy_calls.load(),
+          c.copy_segments.load(), c.backend_notifications.load(), c.frontend_notifications.load()};
+}
+
+HypervisorOps Difference(const HypervisorOps& after, const HypervisorOps& before) {
+  return {after.map_calls - before.map_calls,
+          after.pages_mapped - before.pages_mapped,
+          after.copy_calls - before.copy_calls,
+          after.copy_segments - before.copy_segments,
+          after.backend_notifications - before.backend_notifications,
+          after.frontend_notifications - before.frontend_notifications};
+}
+
+// The frontend's side of the job: chooses I/Os, keeps `iodepth` in flight, checks what comes back.
+class Driver {
+ public:
+  Driver(const BenchOptions& options, Blkfront& front, BenchResult& result)
+      : options_(options),
+        front_(front),
+        result_(result),
+        blocks_(options.size / options.bs),
+        random_(options.seed),
+        generation_(blocks_, 0),
+        busy_(blocks_, false),
+        slots_(options.iodepth) {
+    size_t bytes = static_cast<size_t>(options.iodepth) * options.bs;
+    void* memory = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    buffers_ = Mapping(memory == MAP_FAILED ? nullptr : memory, memory == MAP_FAILED ? 0 : bytes);
+    for (unsigned i = 0; i < options.iodepth; ++i) free_.push_back(i);
+  }
+
+  bool ready() const { return buffers_.valid() && blocks_ > 0; }
+
+  // Writes every block once with its pattern, so that every later read can be checked.
+  Status Prefill() {
+    for (uint64_t block = 0; block < blocks_;) {
+      while (!free_.empty() && block < blocks_) BLK_RETURN_IF_ERROR(Start(block++, /*write=*/true));
+      BLK_RETURN_IF_ERROR(front_.Push());
+      BLK_RETURN_IF_ERROR(Collect(false));
+    }
+    while (free_.size() < slots_.size()) BLK_RETURN_IF_ERROR(Collect(false));
+    return Status::Ok();
+  }
+
+  Status Run(double seconds) {
+    auto deadline = Clock::now() + std::chrono::duration<double>(seconds);
+    uint64_t next_sequential = 0;
+    while (Clock::now() < deadline) {
+      while (!free_.empty()) {
+        bool write = ChooseWrite();
+        uint64_t block;
+        if (PatternRandom(options_.rw)) {
+          block = random_() % blocks_;
+          for (int tries = 0; busy_[block] && tries < 8; ++tries) block = random_() % blocks_;
+          if (busy_[block]) break;
+        } else {
+          block = next_sequential++ % blocks_;
+          if (busy_[block]) break;
+        }
+        BLK_RETURN_IF_ERROR(Start(block, write));
+      }
+      BLK_RETURN_IF_ERROR(front_.Push());
+      BLK_RETURN_IF_ERROR(Collect(true));
+    }
+    while (free_.size() < slots_.size()) BLK_RETURN_IF_ERROR(Collect(true));
+    return Status::Ok();
+  }
+
+ private:
+  struct Slot {
+    uint64_t block;
+    bool write;
+    Clock::time_point started;
+  };
+
+  bool ChooseWrite() {
+    switch (options_.rw) {
+      case Pattern::kRead:
+      case Pattern::kRandRead: return false;
+      case Pattern::kWrite:
+      case Pattern::kRandWrite: return true;
+      case Pattern::kRandRw:
+      case Pattern::kReadWrite: return random_() % 100 >= options_.rwmixread;
+    }
+    return false;
+  }
+
+  uint8_t* Buffer(unsigned slot) { return buffers_.as<uint8_t>() + static_cast<size_t>(slot) * options_.bs; }
+  uint64_t FirstSector(uint64_t block) const { return block * (options_.bs >> kSectorShift); }
+
+  Status Start(uint64_t block, bool write) {
+    unsigned index = free_.back();
+    free_.pop_back();
+    Slot& slot = slots_[index];
+    slot = {block, write, Clock::now()};
+    busy_[block] = true;
+    if (write && options_.verify) {
+      FillPattern(std::span(Buffer(index), options_.bs), FirstSector(block), generation_[block] + 1);
+    }
+    Io io;
+    io.op = write ? IoOp::kWrite : IoOp::kRead;
+    io.sector = FirstSector(block);
+    io.length = options_.bs;
+    io.buffer = Buffer(index);
+    io.tag = index;
+    return front_.Queue(io);
+  }
+
+  // Waits for at least one completion and handles every completion available.
+  Status Collect(bool measured) {
+    IoCompletion done[256];
+    auto got = front_.Wait(done, std::chrono::milliseconds(10000));
+    if (!got.ok()) return got.status();
+    if (*got == 0) return Status::IoError("no completion for 10 s: the backend stopped answering");
+    auto now = Clock::now();
+    for (size_t i = 0; i < *got; ++i) {
+      unsigned index = static_cast<unsigned>(done[i].tag);
+      Slot& slot = slots_[index];
+      if (done[i].status != BLKIF_RSP_OKAY) {
+        ++result_.io_errors;
+        if (result_.first_problem.empty()) {
+          result_.first_problem = std::string(slot.write ? "write" : "read") + " of block " +
+                                  std::to_string(slot.block) + " failed with status " +
+                                  std::to_string(done[i].status);
+        }
+      } else if (slot.write) {
+        if (options_.verify) ++generation_[slot.block];
+      } else if (options_.verify) {
+        auto mismatch = CheckPattern(std::span<const uint8_t>(Buffer(index), options_.bs),
+                                     FirstSector(slot.block), generation_[slot.block]);
+        result_.verified_sectors += options_.bs >> kSectorShift;
+        if (mismatch) {
+          ++result_.verify_errors;
+          if (result_.first_problem.empty()) {
+            result_.first_problem = "verify: sector " + std::to_string(mismatch->sector) + " " + mismatch->reason;
+          }
+        }
+      }
+      if (measured) {
+        result_.latency.Record(static_cast<uint64_t>(
+            std::chrono::duration_cast<std::chrono::nanoseconds>(now - slot.started).count()));
+        (slot.write ? result_.write_ios : result_.read_ios) += 1;
+        result_.bytes += options_.bs;
+      }
+      busy_[slot.block] = false;
+      free_.push_back(index);
+    }
+    return Status::Ok();
+  }
+
+  const BenchOptions& options_;
+  Blkfront& front_;
+  BenchResult& result_;
+  uint64_t blocks_;
+  std::mt19937_64 random_;
+  std::vector<uint32_t> generation_;  // per block: how many times it was written (its pattern's seed)
+  std::vector<bool> busy_;  // per block: an I/O is in flight (two in flight on one block would race)
+  std::vector<Slot> slots_;
+  std::vector<unsigned> free_;
+  Mapping buffers_;
+};
+
+}  // namespace
+
+Result<BenchResult> RunBench(const BenchOptions& options, const std::string& filename) {
+  if (options.size < options.bs) return Status::InvalidArgument("--size is smaller than --bs");
+  BLK_RETURN_IF_ERROR(EnsureFile(filename, options.size));
+  DeviceConfig config;
+  config.name = kDeviceName;
+  config.path = filename;
+  config.direct = options.direct;
+  config.logical_block_size = options.sector_size;
+  auto device = Device::Open(config);
+  if (!device.ok()) return device.status();
+  if ((*device)->image().size_bytes() < options.size) {
+    return Status::InvalidArgument(filename + " is smaller than --size");
+  }
+
+  SimHypervisor sim;
+  BlkfrontConfig front_config;
+  front_config.domid = kFrontendDomain;
+  front_config.abi = *ParseProtocol(options.abi);
+  front_config.max_outstanding = options.iodepth;
+  auto front = Blkfront::Create(sim, front_config);
+  if (!front.ok()) return front.status();
+  auto worker = Worker::Create("worker0", RingSlots(front_config.abi, front_config.ring_pages) * 2);
+  if (!worker.ok()) return worker.status();
+  (*worker)->Start();
+  Hypervisor hypervisor = sim.hypervisor();
+  RingConnection connection;
+  connection.frontend_domid = kFrontendDomain;
+  connection.ring_refs.assign((*front)->ring_refs().begin(), (*front)->ring_refs().end());
+  connection.event_channel = (*front)->event_channel();
+  connection.abi = front_config.abi;
+  BLK_RETURN_IF_ERROR((*device)->Connect(hypervisor, connection, **worker));
+
+  BenchResult result;
+  result.filename = filename;
+  result.direct_io = (*device)->image().direct_io();
+  Driver driver(options, **front, result);
+  if (!driver.ready()) return Status::InvalidArgument("cannot allocate " + std::to_string(options.iodepth) +
+                                                      " buffers of " + std::to_string(options.bs) + " bytes");
+  Status status;
+  if (options.verify) status = driver.Prefill();
+  HypervisorOps before = Snapshot(sim.counters());
+  uint64_t cpu_before = (*worker)->CpuTimeNs();
+  auto started = Clock::now();
+  if (status.ok()) status = driver.Run(options.runtime_s);
+  result.seconds = std::chrono::duration<double>(Clock::now() - started).count();
+  result.backend_cpu_ns = (*worker)->CpuTimeNs() - cpu_before;
+  result.ops = Difference(Snapshot(sim.counters()), before);
+  (*device)->Disconnect();
+  (*worker)->Stop();
+  if (!status.ok()) return status;
+  return result;
+}
+
+}  // namespace blk
