@@ -6,6 +6,7 @@
 #pragma once
 
 #include <libaio.h>
+#include <sys/uio.h>
 
 #include <cstdint>
 #include <memory>
@@ -31,6 +32,9 @@ class AioEngine {
   void PrepareRead(iocb* cb, int fd, void* buffer, size_t length, uint64_t offset, void* tag) const;
   void PrepareWrite(iocb* cb, int fd, const void* buffer, size_t length, uint64_t offset, void* tag) const;
   void PrepareFdsync(iocb* cb, int fd, void* tag) const;
+  // Vectored forms: one iocb for several buffers that are contiguous on disk.
+  void PrepareReadv(iocb* cb, int fd, const iovec* iov, int count, uint64_t offset, void* tag) const;
+  void PrepareWritev(iocb* cb, int fd, const iovec* iov, int count, uint64_t offset, void* tag) const;
 
   // Submits `batch` with one io_submit (more only if the kernel took part of it). Returns how many were accepted,
   // from the front. When fewer than all were accepted, `*first_error` holds the reason the next one was refused

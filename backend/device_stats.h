@@ -18,6 +18,7 @@ struct DeviceStats {
   std::atomic<uint64_t> wr_sect{0};
   std::atomic<uint64_t> bad_req{0};  // requests answered with an error before any I/O (malformed)
   std::atomic<uint64_t> io_errors{0};  // requests whose I/O or grant copy failed
+  std::atomic<uint64_t> iocbs{0};  // I/Os submitted to the kernel: adjacent requests merge into one
 
   static void Add(std::atomic<uint64_t>& counter, uint64_t amount) {
     counter.store(counter.load(std::memory_order_relaxed) + amount, std::memory_order_relaxed);

@@ -12,6 +12,8 @@ namespace blk {
 namespace {
 
 constexpr size_t kSlotBufferBytes = kMaxDirectSegments * kPageSize;
+constexpr uint16_t kMaxMergedRequests = 64;
+constexpr uint32_t kMaxMergedBytes = 1u << 20;
 // A hostile frontend can send bad requests forever; the log gets the first ones and then a sample.
 constexpr uint64_t kBadRequestsLoggedInFull = 20;
 constexpr uint64_t kBadRequestLogSampling = 10000;
@@ -76,6 +78,9 @@ RequestPipeline::RequestPipeline(std::string name, Hypervisor& hypervisor, Grant
     slot.stage = Stage::kFree;
     free_slots_.push_back(slots - 1 - i);
   }
+  iovecs_.resize(static_cast<size_t>(slots) * kMaxMergedRequests);
+  for (uint32_t i = 0; i < slots; ++i) slots_[i].iovecs = &iovecs_[static_cast<size_t>(i) * kMaxMergedRequests];
+  ready_.reserve(slots);
   queue_.resize(slots);
   taken_.resize(slots);
   copies_.reserve(static_cast<size_t>(slots) * kMaxDirectSegments);
@@ -140,6 +145,7 @@ void RequestPipeline::Admit(const Request& request) {
   slot.pre_sync = request.operation == BLKIF_OP_WRITE_BARRIER && slot.length > 0;
   slot.post_sync = request.operation == BLKIF_OP_WRITE_BARRIER || request.operation == BLKIF_OP_FLUSH_DISKCACHE;
   slot.stage = Stage::kQueued;
+  slot.may_merge = true;
   queue_[(queue_head_ + queue_size_) % queue_.size()] = SlotIndex(slot);
   ++queue_size_;
 }
@@ -203,12 +209,54 @@ void RequestPipeline::StartQueued() {
 
 void RequestPipeline::PrepareData(Slot& slot) {
   slot.stage = Stage::kData;
-  if (slot.writes) {
-    aio_.PrepareWrite(&slot.cb, fd_, slot.buffer, slot.length, slot.offset, &slot.tag);
-  } else {
-    aio_.PrepareRead(&slot.cb, fd_, slot.buffer, slot.length, slot.offset, &slot.tag);
+  ready_.push_back(SlotIndex(slot));
+}
+
+void RequestPipeline::BuildDataIocbs() {
+  Slot* head = nullptr;
+  Slot* last = nullptr;
+  for (uint32_t index : ready_) {
+    Slot& slot = slots_[index];
+    slot.chain_count = 1;
+    slot.chain_bytes = slot.length;
+    slot.chain_next = kNoSlot;
+    bool plain = !slot.pre_sync && !slot.post_sync;
+    if (head != nullptr && plain && slot.may_merge && head->may_merge && !head->post_sync &&
+        !head->pre_sync && slot.writes == head->writes && last->offset + last->length == slot.offset &&
+        head->chain_count < kMaxMergedRequests && head->chain_bytes + slot.length <= kMaxMergedBytes) {
+      last->chain_next = index;
+      ++head->chain_count;
+      head->chain_bytes += slot.length;
+      last = &slot;
+      continue;
+    }
+    if (head != nullptr) SubmitChain(*head);
+    head = &slot;
+    last = &slot;
   }
-  submit_.push_back(&slot.cb);
+  if (head != nullptr) SubmitChain(*head);
+  ready_.clear();
+}
+
+void RequestPipeline::SubmitChain(Slot& head) {
+  if (head.chain_count == 1) {
+    if (head.writes) {
+      aio_.PrepareWrite(&head.cb, fd_, head.buffer, head.length, head.offset, &head.tag);
+    } else {
+      aio_.PrepareRead(&head.cb, fd_, head.buffer, head.length, head.offset, &head.tag);
+    }
+  } else {
+    int count = 0;
+    for (uint32_t index = SlotIndex(head); index != kNoSlot; index = slots_[index].chain_next) {
+      head.iovecs[count++] = {slots_[index].buffer, slots_[index].length};
+    }
+    if (head.writes) {
+      aio_.PrepareWritev(&head.cb, fd_, head.iovecs, count, head.offset, &head.tag);
+    } else {
+      aio_.PrepareReadv(&head.cb, fd_, head.iovecs, count, head.offset, &head.tag);
+    }
+  }
+  submit_.push_back(&head.cb);
 }
 
 void RequestPipeline::PrepareSync(Slot& slot) {
@@ -218,10 +266,13 @@ void RequestPipeline::PrepareSync(Slot& slot) {
 }
 
 void RequestPipeline::Submit() {
+  BuildDataIocbs();
   size_t next = 0;
   while (next < submit_.size()) {
     Status refused;
-    next += aio_.Submit(std::span(submit_).subspan(next), &refused);
+    size_t accepted = aio_.Submit(std::span(submit_).subspan(next), &refused);
+    DeviceStats::Add(stats_.iocbs, accepted);
+    next += accepted;
     if (next == submit_.size()) break;
     if (refused.retryable()) {
       DeviceStats::Add(stats_.oo_req, submit_.size() - next);
@@ -232,11 +283,26 @@ void RequestPipeline::Submit() {
     Slot& slot = *reinterpret_cast<Slot*>(submit_[next]->data);
     Log(LogLevel::kError, name_.c_str(), "%s id %llu: %s", OperationName(slot.request.operation),
         static_cast<unsigned long long>(slot.request.id), refused.ToString().c_str());
-    DeviceStats::Add(stats_.io_errors, 1);
-    Respond(slot, BLKIF_RSP_ERROR);
+    if (slot.stage == Stage::kData && slot.chain_count > 1) {
+      SplitChain(slot);
+    } else {
+      DeviceStats::Add(stats_.io_errors, 1);
+      Respond(slot, BLKIF_RSP_ERROR);
+    }
     ++next;
   }
   submit_.clear();
+  if (!ready_.empty()) Submit();  // requests of a refused merged I/O, now on their own
+}
+
+void RequestPipeline::SplitChain(Slot& head) {
+  uint32_t index = SlotIndex(head);
+  while (index != kNoSlot) {
+    Slot& member = slots_[index];
+    index = member.chain_next;
+    member.may_merge = false;
+    PrepareData(member);
+  }
 }
 
 void RequestPipeline::RetryDeferred() {
@@ -248,7 +314,12 @@ void RequestPipeline::RetryDeferred() {
 void RequestPipeline::OnCompletion(const io_event& event) {
   Slot& slot = *reinterpret_cast<Slot*>(event.data);
   long result = static_cast<long>(event.res);
-  bool failed = slot.stage == Stage::kData ? result != static_cast<long>(slot.length) : result < 0;
+  bool failed = slot.stage == Stage::kData ? result != static_cast<long>(slot.chain_bytes) : result < 0;
+  if (failed && slot.stage == Stage::kData && slot.chain_count > 1) {
+    // Which of the merged requests failed is not known: retry each alone.
+    SplitChain(slot);
+    return;
+  }
   if (failed) {
     if (result < 0) {
       Log(LogLevel::kError, name_.c_str(), "%s id %llu at byte %llu: %s", OperationName(slot.request.operation),
@@ -265,20 +336,30 @@ void RequestPipeline::OnCompletion(const io_event& event) {
   }
   switch (slot.stage) {
     case Stage::kPreSync: PrepareData(slot); break;
-    case Stage::kData:
-      if (!slot.writes) {
-        reads_done_.push_back(&slot);
-      } else if (slot.post_sync) {
-        PrepareSync(slot);
-      } else {
-        Respond(slot, BLKIF_RSP_OKAY);
+    case Stage::kData: {
+      uint32_t index = SlotIndex(slot);
+      while (index != kNoSlot) {
+        Slot& member = slots_[index];
+        index = member.chain_next;  // read before CompleteData may free the slot
+        CompleteData(member);
       }
       break;
+    }
     case Stage::kPostSync: Respond(slot, BLKIF_RSP_OKAY); break;
     case Stage::kFree:
     case Stage::kQueued:
       Log(LogLevel::kError, name_.c_str(), "completion for a slot that is not in flight");
       break;
+  }
+}
+
+void RequestPipeline::CompleteData(Slot& slot) {
+  if (!slot.writes) {
+    reads_done_.push_back(&slot);
+  } else if (slot.post_sync) {
+    PrepareSync(slot);
+  } else {
+    Respond(slot, BLKIF_RSP_OKAY);
   }
 }
 

@@ -5,6 +5,11 @@
 // the data of all reads out with one batched grant copy, write the responses, and notify the frontend only if it
 // asked (rsp_event). Slots, bounce buffers, iocbs and copy descriptors are allocated once, sized to the ring.
 //
+// Adjacent READs (or WRITEs) of one round that are contiguous on disk go to the kernel as one vectored iocb, up
+// to 1 MiB: a frontend without indirect descriptors splits a large I/O into 44 KiB requests, and the disk should
+// not see it that way. If a merged I/O fails, its requests are retried one by one, so that only the one that
+// really fails is answered with an error.
+//
 // Ordering: WRITE_BARRIER waits until everything taken before it has been answered, syncs, writes, syncs again,
 // and nothing taken after it starts before it is answered. FLUSH_DISKCACHE writes its data (if any) and then
 // syncs the file: everything answered before the flush was taken is durable when the flush is answered.
@@ -94,7 +99,13 @@ class RequestPipeline final : public CompletionHandler {
     bool pre_sync;
     bool post_sync;
     uint16_t first_copy;  // index of its first segment in a copy batch
+    bool may_merge;  // cleared when a merged I/O failed and this request is retried on its own
+    uint16_t chain_count;  // at the head of a merged I/O: how many requests it carries
+    uint32_t chain_bytes;  // at the head: bytes of the whole merged I/O
+    uint32_t chain_next;  // the next request of the merged I/O, or kNoSlot
+    iovec* iovecs;  // at the head: one per merged request
   };
+  static constexpr uint32_t kNoSlot = ~0u;
 
   RequestPipeline(std::string name, Hypervisor& hypervisor, GrantMapping ring_mapping, size_t ring_pages, Abi abi,
                   std::unique_ptr<EventChannel> channel, DomId frontend, const RawImage& image,
@@ -106,7 +117,13 @@ class RequestPipeline final : public CompletionHandler {
   void Admit(const Request& request);
   // Starts queued slots in ring order, honouring barriers, with one grant copy and one io_submit.
   void StartQueued();
+  // Marks the slot ready for its data I/O; Submit() turns ready slots into (merged) iocbs.
   void PrepareData(Slot& slot);
+  void BuildDataIocbs();
+  void SubmitChain(Slot& head);
+  void CompleteData(Slot& slot);
+  // Retries each request of a merged I/O on its own.
+  void SplitChain(Slot& head);
   void PrepareSync(Slot& slot);
   void Submit();
   void Respond(Slot& slot, int16_t status);
@@ -138,6 +155,8 @@ class RequestPipeline final : public CompletionHandler {
   std::vector<Request> taken_;
   std::vector<GrantCopySegment> copies_;
   std::vector<Slot*> copy_slots_;
+  std::vector<uint32_t> ready_;  // slots whose data I/O is ready, in ring order
+  std::vector<iovec> iovecs_;
   std::vector<iocb*> submit_;
   std::vector<iocb*> deferred_;
   std::vector<Slot*> reads_done_;

@@ -544,6 +544,45 @@ TEST_F(SteppedDatapathTest, IndicesWrapAroundThroughTheWholePipeline) {
   EXPECT_LT(front().shared_ring().rsp_prod, 0xFFFFFF80u) << "the indices did not wrap";
 }
 
+TEST_F(SteppedDatapathTest, ContiguousRequestsGoToTheKernelAsOneIo) {
+  BlkfrontConfig config;
+  config.max_outstanding = 4;
+  Connect(config);
+  Bytes data(1 << 20), back(1 << 20);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i * 7 + i / 4096);
+  ASSERT_TRUE(front().Submit({IoOp::kWrite, 2048, data.size(), data.data(), 1}).ok());
+  auto done = Step(1);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].status, BLKIF_RSP_OKAY);
+  DeviceStats& stats = guest_->device->stats();
+  // 1 MiB is 24 requests of at most 11 pages; they are contiguous, so the kernel sees one or two I/Os.
+  EXPECT_EQ(stats.wr_req.load(), 24u);
+  EXPECT_LE(stats.iocbs.load(), 2u);
+  uint64_t before = stats.iocbs.load();
+  ASSERT_TRUE(front().Submit({IoOp::kRead, 2048, back.size(), back.data(), 2}).ok());
+  done = Step(1);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].status, BLKIF_RSP_OKAY);
+  EXPECT_LE(stats.iocbs.load() - before, 2u);
+  EXPECT_EQ(back, data);
+}
+
+TEST_F(SteppedDatapathTest, MergedIoThatFailsIsRetriedRequestByRequest) {
+  Connect();
+  // The image shrinks under the connected device: a merged read that crosses the new end comes back short.
+  ASSERT_EQ(::truncate(path_.c_str(), kDiskBytes - 20480), 0);
+  Bytes first(45056), second(20480);
+  ASSERT_TRUE(front().Queue({IoOp::kRead, (kDiskBytes - 65536) >> kSectorShift, first.size(), first.data(), 1}).ok());
+  ASSERT_TRUE(front().Queue({IoOp::kRead, (kDiskBytes - 20480) >> kSectorShift, second.size(), second.data(), 2}).ok());
+  ASSERT_TRUE(front().Push().ok());
+  auto done = Step(2);
+  ASSERT_EQ(done.size(), 2u);
+  for (const auto& completion : done) {
+    EXPECT_EQ(completion.status, completion.tag == 1 ? BLKIF_RSP_OKAY : BLKIF_RSP_ERROR) << completion.tag;
+  }
+  EXPECT_EQ(guest_->device->stats().io_errors.load(), 1u);
+}
+
 TEST(BrokenFrontendTest, ReqProdFarAheadStopsThatDeviceOnlyWithOneClearLogLine) {
   LogCapture log;
   std::string bad_path = MakeDiskFile("/var/tmp", "broken_test_bad", kDiskBytes, 0);
