@@ -141,10 +141,12 @@ class XsTestServer::Loop {
   }
 
   void Close(uint64_t id, bool protocol_error) {
-    if (connections_.erase(id) == 0) return;
+    if (!connections_.contains(id)) return;
     store_.DropConnection(id);
+    // Counted before the socket closes, so that a test seeing EOF also sees the count.
     server_->open_connections_.fetch_sub(1);
     if (protocol_error) server_->protocol_errors_.fetch_add(1);
+    connections_.erase(id);
   }
 
   // False if the peer is gone.
