@@ -215,11 +215,11 @@ Status LibXenStoreClient::Watch(std::string_view path, std::string_view token) {
   Result<std::string> c_token = CPath("watch token for", token);
   if (!c_token.ok()) return c_token.status();
   // Registered first so that the initial event, which may arrive before xs_watch returns, is attributed.
-  queue_.AddWatch(path, token);
+  bool added = queue_.AddWatch(path, token);
   errno = 0;
   if (!xs_watch(handle_.get(), c_path->c_str(), c_token->c_str())) {
     Status status = ErrnoStatus("watch", path, kNoTransaction);
-    queue_.RemoveWatch(path, token);
+    if (added) queue_.RemoveWatch(path, token);  // a duplicate must not unregister the original
     return status;
   }
   return Status::Ok();

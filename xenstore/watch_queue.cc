@@ -19,9 +19,11 @@ std::string WatchEventQueue::Key(std::string_view token, std::string_view path) 
   return key;
 }
 
-void WatchEventQueue::AddWatch(std::string_view path, std::string_view token) {
+bool WatchEventQueue::AddWatch(std::string_view path, std::string_view token) {
   auto& paths = watches_[std::string(token)];
-  if (std::find(paths.begin(), paths.end(), path) == paths.end()) paths.emplace_back(path);
+  if (std::find(paths.begin(), paths.end(), path) != paths.end()) return false;
+  paths.emplace_back(path);
+  return true;
 }
 
 void WatchEventQueue::RemoveWatch(std::string_view path, std::string_view token) {

@@ -45,8 +45,8 @@ class WatchEventQueue {
 
   explicit WatchEventQueue(size_t capacity = kDefaultCapacity) : capacity_(capacity == 0 ? 1 : capacity) {}
 
-  // The queue must know what each token watches to stand in for dropped events.
-  void AddWatch(std::string_view path, std::string_view token);
+  // The queue must know what each token watches to stand in for dropped events. False if already known.
+  bool AddWatch(std::string_view path, std::string_view token);
   void RemoveWatch(std::string_view path, std::string_view token);
 
   void Push(std::string_view path, std::string_view token);

@@ -188,6 +188,22 @@ TEST_F(LibXenStoreClientTest, UnwatchStopsEventsAndUnknownWatchIsAnError) {
   EXPECT_FALSE(HasEvent(events, "/a/x", "a"));
 }
 
+TEST_F(LibXenStoreClientTest, FailedDuplicateWatchKeepsTheOriginalForOverflowRescans) {
+  std::unique_ptr<LibXenStoreClient> watcher = OpenClient(*server_, /*capacity=*/1);
+  ASSERT_TRUE(watcher->Watch("/a", "a").ok());
+  EXPECT_FALSE(watcher->Watch("/a", "a").ok());
+  std::vector<WatchEvent> events;
+  ASSERT_TRUE(WaitForEvents(*watcher, &events, [](const auto& e) { return !e.empty(); }));
+  events.clear();
+  ASSERT_TRUE(client_->Write("/a/1", "x").ok());
+  ASSERT_TRUE(client_->Write("/a/2", "x").ok());  // more distinct events than the capacity of one
+  // A round trip on the watcher's connection: the server sent both events before this reply, so libxenstore
+  // holds both and one ReadWatchEvents drains them together.
+  ASSERT_TRUE(watcher->Read("/a/2").ok());
+  ASSERT_TRUE(watcher->ReadWatchEvents(&events, 10).ok());
+  EXPECT_EQ(events, (std::vector<WatchEvent>{{"/a", "a", true}}));
+}
+
 TEST_F(LibXenStoreClientTest, FdIsReadableExactlyWhileEventsArePending) {
   ASSERT_TRUE(client_->Watch("/w", "w").ok());
   std::vector<WatchEvent> events;

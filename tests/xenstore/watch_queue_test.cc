@@ -91,6 +91,13 @@ TEST(WatchEventQueueTest, PendingRescanAbsorbsEventsBelowItOnly) {
   EXPECT_EQ(queue.size(), 2u);
 }
 
+TEST(WatchEventQueueTest, AddWatchReportsDuplicates) {
+  WatchEventQueue queue(1);
+  EXPECT_TRUE(queue.AddWatch("/a", "a"));
+  EXPECT_FALSE(queue.AddWatch("/a", "a"));
+  EXPECT_TRUE(queue.AddWatch("/b", "a"));
+}
+
 TEST(WatchEventQueueTest, OverflowDropsEventsOfUnwatchedTokens) {
   WatchEventQueue queue(2);
   queue.AddWatch("/a", "a");
