@@ -13,7 +13,7 @@
 namespace blk {
 namespace {
 
-constexpr uint32_t kFirstReservedDomid = 0x7FF0;  // DOMID_FIRST_RESERVED
+constexpr uint32_t kFirstReservedDomid = 0x7FF0;      // DOMID_FIRST_RESERVED
 constexpr uint32_t kMaxEventChannelPorts = 1u << 17;  // the FIFO ABI's limit, the larger of the two
 constexpr size_t kMaxQuotedValue = 40;
 
@@ -124,7 +124,8 @@ Result<DiskParams> ParseDiskParams(std::string_view params) {
   std::string_view path = params;
   if (!params.starts_with('/')) {
     size_t colon = params.find(':');
-    if (colon == std::string_view::npos) return Status::InvalidArgument("params " + Quote(params) + ": not a path");
+    if (colon == std::string_view::npos)
+      return Status::InvalidArgument("params " + Quote(params) + ": not a path");
     std::string_view prefix = params.substr(0, colon);
     path = params.substr(colon + 1);
     if (prefix == "aio" || prefix == "raw") {
@@ -135,7 +136,8 @@ Result<DiskParams> ParseDiskParams(std::string_view params) {
       return Status::NotSupported("params " + Quote(params) + ": unsupported disk format " + Quote(prefix));
     }
   }
-  if (!path.starts_with('/')) return Status::InvalidArgument("params " + Quote(params) + ": path is not absolute");
+  if (!path.starts_with('/'))
+    return Status::InvalidArgument("params " + Quote(params) + ": path is not absolute");
   if (path.find('\0') != std::string_view::npos) {
     return Status::InvalidArgument("params " + Quote(params) + ": path contains NUL");
   }
@@ -192,7 +194,8 @@ Result<BackendConfig> ReadBackendConfig(const KeyReader& backend) {
 
 std::optional<std::string> CanonicalProtocol(std::optional<std::string_view> protocol) {
   if (!protocol.has_value()) return std::string(XEN_IO_PROTO_ABI_NATIVE);
-  if (*protocol == XEN_IO_PROTO_ABI_X86_32 || *protocol == XEN_IO_PROTO_ABI_X86_64) return std::string(*protocol);
+  if (*protocol == XEN_IO_PROTO_ABI_X86_32 || *protocol == XEN_IO_PROTO_ABI_X86_64)
+    return std::string(*protocol);
   return std::nullopt;
 }
 
@@ -216,13 +219,14 @@ Status ReadQueue(const KeyReader& frontend, const std::string& dir, uint32_t ord
     Result<std::optional<std::string>> beyond = frontend.ReadOptional(extra);
     if (!beyond.ok()) return beyond.status();
     if (beyond->has_value()) {
-      return Invalid(frontend.PathOf(extra), "present but ring-page-order " + std::to_string(order) + " means " +
-                                                 std::to_string(pages) + " ring pages");
+      return Invalid(frontend.PathOf(extra), "present but ring-page-order " + std::to_string(order) +
+                                                 " means " + std::to_string(pages) + " ring pages");
     }
   }
   Result<uint64_t> port = ReadNumber(frontend, dir + "event-channel", kMaxEventChannelPorts - 1);
   if (!port.ok()) return port.status();
-  if (*port == 0) return Invalid(frontend.PathOf(dir + "event-channel"), "port 0 is never a valid event channel");
+  if (*port == 0)
+    return Invalid(frontend.PathOf(dir + "event-channel"), "port 0 is never a valid event channel");
   queue->event_channel = static_cast<uint32_t>(*port);
   return Status::Ok();
 }
@@ -286,7 +290,8 @@ Result<FrontendTransport> ReadFrontendTransport(const KeyReader& frontend, const
     Result<std::optional<std::string>> beyond = frontend.ReadOptional(extra);
     if (!beyond.ok()) return beyond.status();
     if (beyond->has_value()) {
-      return Invalid(frontend.PathOf(extra), "present but multi-queue-num-queues is " + std::to_string(queues));
+      return Invalid(frontend.PathOf(extra),
+                     "present but multi-queue-num-queues is " + std::to_string(queues));
     }
   }
 

@@ -1,12 +1,13 @@
 // Parsing and validation of the blkif handshake keys: what the toolstack writes in the backend directory
-// (params, mode, device-type, frontend, frontend-id, online) and what the frontend writes in its own directory
-// (ring-ref / ring-page-order + ring-refN, multi-queue-num-queues + queue-N/..., event-channel, protocol,
-// feature-persistent, feature-large-sector-size), after <xen/io/blkif.h> and as Linux blkfront and libxl write them.
+// (params, mode, device-type, frontend, frontend-id, online) and what the frontend writes in its own
+// directory (ring-ref / ring-page-order + ring-refN, multi-queue-num-queues + queue-N/..., event-channel,
+// protocol, feature-persistent, feature-large-sector-size), after <xen/io/blkif.h> and as Linux blkfront and
+// libxl write them.
 //
-// Frontend keys are hostile. Numbers are decimal digits only (no sign, space, leading zero, or overflow), every
-// count is bounded by what the backend advertised, and every failure is a Status naming the full key path and
-// why, never a crash. Pure functions over a KeyReader, so tests drive them from a map and the daemon from a
-// XenStore or a Transaction. Thread-compatible.
+// Frontend keys are hostile. Numbers are decimal digits only (no sign, space, leading zero, or overflow),
+// every count is bounded by what the backend advertised, and every failure is a Status naming the full key
+// path and why, never a crash. Pure functions over a KeyReader, so tests drive them from a map and the daemon
+// from a XenStore or a Transaction. Thread-compatible.
 #pragma once
 
 #include <cstdint>
@@ -45,8 +46,8 @@ class KeyReader {
   ReadFunction read_;
 };
 
-// A decimal number as blkfront and libxl write it ("%u"): digits only, no leading zero unless the number is 0,
-// at most `max`. `path` names the key in the error.
+// A decimal number as blkfront and libxl write it ("%u"): digits only, no leading zero unless the number is
+// 0, at most `max`. `path` names the key in the error.
 Result<uint64_t> ParseXsDecimal(std::string_view text, uint64_t max, std::string_view path);
 // "0" or "1".
 Result<bool> ParseXsBool(std::string_view text, std::string_view path);
@@ -68,7 +69,7 @@ Result<DiskParams> ParseDiskParams(std::string_view params);
 
 struct BackendConfig {
   DiskParams disk;
-  bool writable = false;  // mode "w" or "w!"
+  bool writable = false;         // mode "w" or "w!"
   bool shared_writable = false;  // mode "w!": the toolstack allows other writers of the same image
   DeviceType device_type = DeviceType::kDisk;
   std::string frontend_path;
@@ -105,9 +106,10 @@ struct FrontendTransport {
 // not speak it (anything but the x86_32 and x86_64 ABIs).
 std::optional<std::string> CanonicalProtocol(std::optional<std::string_view> protocol);
 
-// Reads and validates the frontend's transport keys (the backend reads them when the frontend is Initialised).
-// Follows blkback's reading: ring-page-order absent means one page in "ring-ref"; present means ring-ref0..N-1;
-// multi-queue-num-queues absent or 1 means the keys sit in the frontend directory itself, N > 1 in queue-0..N-1.
+// Reads and validates the frontend's transport keys (the backend reads them when the frontend is
+// Initialised). Follows blkback's reading: ring-page-order absent means one page in "ring-ref"; present means
+// ring-ref0..N-1; multi-queue-num-queues absent or 1 means the keys sit in the frontend directory itself, N >
+// 1 in queue-0..N-1.
 Result<FrontendTransport> ReadFrontendTransport(const KeyReader& frontend, const TransportLimits& limits);
 
 }  // namespace blk

@@ -28,7 +28,8 @@ std::vector<std::string_view> SplitComponents(std::string_view rest) {
 // The children of `path`; a missing directory has none.
 Result<std::vector<std::string>> ChildrenOrNone(XenStore& store, const std::string& path) {
   Result<std::vector<std::string>> children = store.Directory(path);
-  if (!children.ok() && children.status().code() == Status::Code::kNotFound) return std::vector<std::string>();
+  if (!children.ok() && children.status().code() == Status::Code::kNotFound)
+    return std::vector<std::string>();
   return children;
 }
 
@@ -44,7 +45,8 @@ std::string DeviceDiscovery::BackendRoot(std::string_view kind) const {
 }
 
 std::string DeviceDiscovery::BackendPath(const DeviceId& device) const {
-  return BackendRoot(device.kind) + "/" + std::to_string(device.frontend_id) + "/" + std::to_string(device.devid);
+  return BackendRoot(device.kind) + "/" + std::to_string(device.frontend_id) + "/" +
+         std::to_string(device.devid);
 }
 
 std::string DeviceDiscovery::Token(std::string_view kind) const {
@@ -93,7 +95,8 @@ void DeviceDiscovery::Remove(const DeviceId& device, std::vector<DeviceChange>* 
   }
 }
 
-bool DeviceDiscovery::HandleEvent(const WatchEvent& event, std::vector<DeviceChange>* changes, Status* status) {
+bool DeviceDiscovery::HandleEvent(const WatchEvent& event, std::vector<DeviceChange>* changes,
+                                  Status* status) {
   if (!std::string_view(event.token).starts_with(kTokenPrefix)) return false;
   std::string kind = event.token.substr(kTokenPrefix.size());
   if (std::find(kinds_.begin(), kinds_.end(), kind) == kinds_.end()) return false;
@@ -131,7 +134,8 @@ Status DeviceDiscovery::Rescan(std::string_view kind, std::vector<DeviceChange>*
     if (device.kind == kind && !present.contains(device.frontend_id)) gone.push_back(device);
   }
   for (const DeviceId& device : gone) Remove(device, changes);
-  for (uint32_t frontend_id : present) BLK_RETURN_IF_ERROR(RescanDomain(std::string(kind), frontend_id, changes));
+  for (uint32_t frontend_id : present)
+    BLK_RETURN_IF_ERROR(RescanDomain(std::string(kind), frontend_id, changes));
   return Status::Ok();
 }
 

@@ -1,11 +1,11 @@
 // DeviceDiscovery: finds the backend devices the toolstack creates for us and notices when it removes them.
 //
-// For each configured kind ("vbd", "qdisk", ...) it watches /local/domain/<own domid>/backend/<kind>; devices are
-// the <frontend domid>/<devid> directories below. Watch events share the XenStore's one fd with the daemon's
-// other watches, so the caller reads events and offers each to HandleEvent, which claims only its own tokens.
-// Each event triggers a re-read of the part of the tree it names and a diff against the known devices, so
-// coalesced or collapsed (rescan) events lose nothing and a device is reported added or removed exactly once.
-// Directory names that are not strict decimal domids/devids are logged and ignored.
+// For each configured kind ("vbd", "qdisk", ...) it watches /local/domain/<own domid>/backend/<kind>; devices
+// are the <frontend domid>/<devid> directories below. Watch events share the XenStore's one fd with the
+// daemon's other watches, so the caller reads events and offers each to HandleEvent, which claims only its
+// own tokens. Each event triggers a re-read of the part of the tree it names and a diff against the known
+// devices, so coalesced or collapsed (rescan) events lose nothing and a device is reported added or removed
+// exactly once. Directory names that are not strict decimal domids/devids are logged and ignored.
 //
 // Threading: used by the thread that owns the XenStore.
 #pragma once

@@ -78,7 +78,8 @@ Result<std::unique_ptr<LibXenStoreClient>> LibXenStoreClient::Open(const Options
   errno = 0;
   std::unique_ptr<xs_handle, HandleCloser> handle(OpenHandle(options.socket_path));
   if (!handle) {
-    std::string where = options.socket_path.empty() ? std::string("the xenstore daemon") : options.socket_path;
+    std::string where =
+        options.socket_path.empty() ? std::string("the xenstore daemon") : options.socket_path;
     return Status::FromErrno(errno != 0 ? errno : EIO, "xenstore open " + where);
   }
   int watch_pipe = xs_fileno(handle.get());
@@ -101,7 +102,10 @@ Result<std::unique_ptr<LibXenStoreClient>> LibXenStoreClient::Open(const Options
 
 LibXenStoreClient::LibXenStoreClient(std::unique_ptr<xs_handle, HandleCloser> handle, UniqueFd epoll,
                                      UniqueFd queue_ready, size_t capacity)
-    : handle_(std::move(handle)), epoll_(std::move(epoll)), queue_ready_(std::move(queue_ready)), queue_(capacity) {}
+    : handle_(std::move(handle)),
+      epoll_(std::move(epoll)),
+      queue_ready_(std::move(queue_ready)),
+      queue_(capacity) {}
 
 LibXenStoreClient::~LibXenStoreClient() = default;
 
@@ -154,7 +158,8 @@ Result<std::vector<std::string>> LibXenStoreClient::DoDirectory(TransactionId t,
   return children;
 }
 
-Result<std::vector<XsPermission>> LibXenStoreClient::DoGetPermissions(TransactionId t, std::string_view path) {
+Result<std::vector<XsPermission>> LibXenStoreClient::DoGetPermissions(TransactionId t,
+                                                                      std::string_view path) {
   Result<std::string> c_path = CPath("get-perms", path);
   if (!c_path.ok()) return c_path.status();
   unsigned int count = 0;
@@ -175,7 +180,8 @@ Status LibXenStoreClient::DoSetPermissions(TransactionId t, std::string_view pat
   Result<std::string> c_path = CPath("set-perms", path);
   if (!c_path.ok()) return c_path.status();
   if (permissions.empty()) {
-    return Status::InvalidArgument(Context("set-perms", path, t) + ": a permission list needs an owner entry");
+    return Status::InvalidArgument(Context("set-perms", path, t) +
+                                   ": a permission list needs an owner entry");
   }
   std::vector<xs_permissions> entries;
   entries.reserve(permissions.size());

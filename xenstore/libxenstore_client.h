@@ -1,10 +1,12 @@
 // LibXenStoreClient: the XenStore seam on Xen's libxenstore (the daemon's socket, or /dev/xen/xenbus).
 //
-// Watch events are drained from libxenstore into a bounded WatchEventQueue on every ReadWatchEvents call; fd() is
-// an epoll fd that is readable while libxenstore holds events or our queue does. The daemon must therefore call
-// ReadWatchEvents whenever fd() is readable, which also keeps libxenstore's own (unbounded) list short.
+// Watch events are drained from libxenstore into a bounded WatchEventQueue on every ReadWatchEvents call;
+// fd() is an epoll fd that is readable while libxenstore holds events or our queue does. The daemon must
+// therefore call ReadWatchEvents whenever fd() is readable, which also keeps libxenstore's own (unbounded)
+// list short.
 //
-// Threading: one thread at a time uses the object; libxenstore runs its own reader thread once a watch exists.
+// Threading: one thread at a time uses the object; libxenstore runs its own reader thread once a watch
+// exists.
 #pragma once
 
 #include <cstddef>
@@ -24,9 +26,9 @@ namespace blk {
 class LibXenStoreClient final : public XenStore {
  public:
   struct Options {
-    // Empty: libxenstore's default (XENSTORED_PATH, then the standard socket, then /dev/xen/xenbus). Otherwise the
-    // daemon socket to use; set through XENSTORED_PATH around xs_open, so meant for tests and tools, not for
-    // processes where other threads call getenv/setenv concurrently.
+    // Empty: libxenstore's default (XENSTORED_PATH, then the standard socket, then /dev/xen/xenbus).
+    // Otherwise the daemon socket to use; set through XENSTORED_PATH around xs_open, so meant for tests and
+    // tools, not for processes where other threads call getenv/setenv concurrently.
     std::string socket_path;
     size_t watch_queue_capacity = WatchEventQueue::kDefaultCapacity;
   };
@@ -52,7 +54,8 @@ class LibXenStoreClient final : public XenStore {
   Status DoRemove(TransactionId t, std::string_view path) override;
   Result<std::vector<std::string>> DoDirectory(TransactionId t, std::string_view path) override;
   Result<std::vector<XsPermission>> DoGetPermissions(TransactionId t, std::string_view path) override;
-  Status DoSetPermissions(TransactionId t, std::string_view path, std::span<const XsPermission> permissions) override;
+  Status DoSetPermissions(TransactionId t, std::string_view path,
+                          std::span<const XsPermission> permissions) override;
   Result<TransactionId> DoTransactionStart() override;
   Status DoTransactionEnd(TransactionId t, bool commit) override;
 
@@ -67,7 +70,7 @@ class LibXenStoreClient final : public XenStore {
   Status UpdateQueueReady();
 
   std::unique_ptr<xs_handle, HandleCloser> handle_;
-  UniqueFd epoll_;  // watches libxenstore's watch pipe and queue_ready_
+  UniqueFd epoll_;        // watches libxenstore's watch pipe and queue_ready_
   UniqueFd queue_ready_;  // an eventfd, readable while queue_ is not empty
   bool queue_ready_set_ = false;
   WatchEventQueue queue_;

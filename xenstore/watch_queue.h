@@ -1,10 +1,11 @@
 // WatchEventQueue: the bounded, coalescing queue between a xenstore connection and its consumer (XSA-349).
 //
-// A guest can write its own nodes in a loop; every write fires our watches. The queue keeps at most one pending
-// event per (token, path): a duplicate is dropped, since the consumer re-reads the node anyway and so sees the
-// latest value. When distinct events still exceed the capacity, every pending event of a token is replaced by
-// one `rescan` event per path that token watches, and further events under a pending rescan are absorbed by it.
-// Memory is thus bounded by the capacity plus the number of registered watches, which the daemon controls.
+// A guest can write its own nodes in a loop; every write fires our watches. The queue keeps at most one
+// pending event per (token, path): a duplicate is dropped, since the consumer re-reads the node anyway and so
+// sees the latest value. When distinct events still exceed the capacity, every pending event of a token is
+// replaced by one `rescan` event per path that token watches, and further events under a pending rescan are
+// absorbed by it. Memory is thus bounded by the capacity plus the number of registered watches, which the
+// daemon controls.
 //
 // Not thread-safe: owned and used by one thread.
 #pragma once
@@ -37,8 +38,8 @@ class WatchEventQueue {
 
   struct Stats {
     uint64_t pushed = 0;
-    uint64_t coalesced = 0;  // duplicates of a pending event, or absorbed by a pending rescan
-    uint64_t overflows = 0;  // times the queue collapsed into rescan events
+    uint64_t coalesced = 0;          // duplicates of a pending event, or absorbed by a pending rescan
+    uint64_t overflows = 0;          // times the queue collapsed into rescan events
     uint64_t dropped_unwatched = 0;  // events of tokens no longer registered, dropped on overflow
     size_t high_water = 0;
   };

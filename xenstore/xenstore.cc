@@ -30,7 +30,8 @@ Transaction& Transaction::operator=(Transaction&& other) noexcept {
 Transaction::~Transaction() {
   if (!active_) return;
   Status status = Abort();
-  if (!status.ok()) Log(LogLevel::kWarning, "xenstore", "abandoning transaction %u: %s", id_, status.ToString().c_str());
+  if (!status.ok())
+    Log(LogLevel::kWarning, "xenstore", "abandoning transaction %u: %s", id_, status.ToString().c_str());
 }
 
 Status Transaction::Commit() {

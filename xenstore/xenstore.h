@@ -2,11 +2,12 @@
 //
 // Every operation returns a Status or Result naming the path it was about. Operations run either directly or
 // inside a Transaction (an RAII object that aborts unless committed); RunTransaction retries a body when the
-// daemon reports a conflict (EAGAIN). Watch events arrive on a pollable fd and are read without blocking through
-// a bounded, coalescing queue (WatchEventQueue): a guest rewriting its nodes in a loop cannot grow our memory.
+// daemon reports a conflict (EAGAIN). Watch events arrive on a pollable fd and are read without blocking
+// through a bounded, coalescing queue (WatchEventQueue): a guest rewriting its nodes in a loop cannot grow
+// our memory.
 //
-// Threading: one XenStore object is used by one thread at a time (the daemon's xenstore thread). Implementations
-// may run internal threads but the interface makes no promise of concurrent use.
+// Threading: one XenStore object is used by one thread at a time (the daemon's xenstore thread).
+// Implementations may run internal threads but the interface makes no promise of concurrent use.
 #pragma once
 
 #include <cstddef>
@@ -50,7 +51,9 @@ class XenStore {
   // Removes the node and everything under it.
   Status Remove(std::string_view path) { return DoRemove(kNoTransaction, path); }
   // The names (not paths) of the node's children.
-  Result<std::vector<std::string>> Directory(std::string_view path) { return DoDirectory(kNoTransaction, path); }
+  Result<std::vector<std::string>> Directory(std::string_view path) {
+    return DoDirectory(kNoTransaction, path);
+  }
   Result<std::vector<XsPermission>> GetPermissions(std::string_view path) {
     return DoGetPermissions(kNoTransaction, path);
   }
@@ -66,7 +69,8 @@ class XenStore {
   // Readable while watch events are pending. Level-triggered; valid for the lifetime of the object.
   virtual int fd() const = 0;
   // Appends up to `max` pending events to `out` without blocking and returns how many it appended. Duplicate
-  // pending events are coalesced, so an event means "re-read this path (and below)", not "one write happened".
+  // pending events are coalesced, so an event means "re-read this path (and below)", not "one write
+  // happened".
   virtual Result<size_t> ReadWatchEvents(std::vector<WatchEvent>* out, size_t max) = 0;
 
  protected:
@@ -84,8 +88,8 @@ class XenStore {
   virtual Status DoTransactionEnd(TransactionId t, bool commit) = 0;
 };
 
-// A xenstore transaction: reads see a consistent snapshot, writes become visible together at Commit. Aborts on
-// destruction unless Commit or Abort ran. Movable, not copyable; must not outlive its XenStore.
+// A xenstore transaction: reads see a consistent snapshot, writes become visible together at Commit. Aborts
+// on destruction unless Commit or Abort ran. Movable, not copyable; must not outlive its XenStore.
 class Transaction {
  public:
   static Result<Transaction> Begin(XenStore& store);
@@ -126,9 +130,10 @@ bool IsTransactionConflict(const Status& status);
 
 inline constexpr int kDefaultTransactionAttempts = 16;
 
-// Runs `body` in a fresh transaction and commits it. On a conflict, starts over with a new transaction, at most
-// `max_attempts` times in all; the last conflict is returned if every attempt conflicted. Any other failure of
-// `body` aborts the transaction and is returned as is. `body` must therefore be safe to run more than once.
+// Runs `body` in a fresh transaction and commits it. On a conflict, starts over with a new transaction, at
+// most `max_attempts` times in all; the last conflict is returned if every attempt conflicted. Any other
+// failure of `body` aborts the transaction and is returned as is. `body` must therefore be safe to run more
+// than once.
 Status RunTransaction(XenStore& store, const std::function<Status(Transaction&)>& body,
                       int max_attempts = kDefaultTransactionAttempts);
 

@@ -87,13 +87,13 @@ TEST(ParseDiskParamsTest, UnknownPrefixesAndNonAbsolutePathsFail) {
     const char* params;
     Status::Code code;
   };
-  for (const Case& c : {Case{"qcow2:/images/a.qcow2", Status::Code::kNotSupported},
-                        Case{"tapdisk:aio:/images/a.img", Status::Code::kNotSupported},
-                        Case{"file:/images/a.img", Status::Code::kNotSupported},
-                        Case{"aio:images/a.img", Status::Code::kInvalidArgument},
-                        Case{"aio:", Status::Code::kInvalidArgument},
-                        Case{"images/a.img", Status::Code::kInvalidArgument},
-                        Case{"", Status::Code::kInvalidArgument}}) {
+  for (const Case& c :
+       {Case{"qcow2:/images/a.qcow2", Status::Code::kNotSupported},
+        Case{"tapdisk:aio:/images/a.img", Status::Code::kNotSupported},
+        Case{"file:/images/a.img", Status::Code::kNotSupported},
+        Case{"aio:images/a.img", Status::Code::kInvalidArgument},
+        Case{"aio:", Status::Code::kInvalidArgument}, Case{"images/a.img", Status::Code::kInvalidArgument},
+        Case{"", Status::Code::kInvalidArgument}}) {
     Result<DiskParams> disk = ParseDiskParams(c.params);
     ASSERT_FALSE(disk.ok()) << c.params;
     EXPECT_EQ(disk.status().code(), c.code) << c.params << ": " << disk.status().ToString();
@@ -101,9 +101,12 @@ TEST(ParseDiskParamsTest, UnknownPrefixesAndNonAbsolutePathsFail) {
   EXPECT_FALSE(ParseDiskParams(std::string("aio:/a\0b", 8)).ok());
 }
 
-const Keys kValidBackend = {{"params", "aio:/images/guest.img"}, {"mode", "w"},
-                            {"device-type", "disk"},            {"frontend", kFrontend},
-                            {"frontend-id", "5"},               {"online", "1"}};
+const Keys kValidBackend = {{"params", "aio:/images/guest.img"},
+                            {"mode", "w"},
+                            {"device-type", "disk"},
+                            {"frontend", kFrontend},
+                            {"frontend-id", "5"},
+                            {"online", "1"}};
 
 TEST(ReadBackendConfigTest, ReadsWhatLibxlWrites) {
   Result<BackendConfig> config = ReadBackendConfig(MapReader(kValidBackend, kBackend));
@@ -125,7 +128,8 @@ TEST(ReadBackendConfigTest, OptionalKeysAndVariants) {
   EXPECT_TRUE(config->online);
   EXPECT_FALSE(config->writable);
 
-  keys = Apply(kValidBackend, {{"device-type", "cdrom"}, {"online", "0"}, {"mode", "w!"}, {"params", "vhd:/a.vhd"}});
+  keys = Apply(kValidBackend,
+               {{"device-type", "cdrom"}, {"online", "0"}, {"mode", "w!"}, {"params", "vhd:/a.vhd"}});
   config = ReadBackendConfig(MapReader(keys, kBackend));
   ASSERT_TRUE(config.ok()) << config.status().ToString();
   EXPECT_EQ(config->device_type, DeviceType::kCdrom);
@@ -154,10 +158,18 @@ TEST(ReadBackendConfigTest, EveryBadValueFailsNamingTheKey) {
       {"negative frontend-id", {{"frontend-id", "-5"}}, Status::Code::kInvalidArgument, "frontend-id"},
       {"reserved domid", {{"frontend-id", "32752"}}, Status::Code::kInvalidArgument, "frontend-id"},
       {"missing frontend", {{"frontend", std::nullopt}}, Status::Code::kNotFound, "frontend"},
-      {"other domain's frontend", {{"frontend", "/local/domain/6/device/vbd/768"}}, Status::Code::kInvalidArgument,
+      {"other domain's frontend",
+       {{"frontend", "/local/domain/6/device/vbd/768"}},
+       Status::Code::kInvalidArgument,
        "frontend"},
-      {"frontend is the domain", {{"frontend", "/local/domain/5"}}, Status::Code::kInvalidArgument, "frontend"},
-      {"dotted frontend", {{"frontend", "/local/domain/5/../0/x"}}, Status::Code::kInvalidArgument, "frontend"},
+      {"frontend is the domain",
+       {{"frontend", "/local/domain/5"}},
+       Status::Code::kInvalidArgument,
+       "frontend"},
+      {"dotted frontend",
+       {{"frontend", "/local/domain/5/../0/x"}},
+       Status::Code::kInvalidArgument,
+       "frontend"},
       {"online 2", {{"online", "2"}}, Status::Code::kInvalidArgument, "online"},
   };
   for (const BadKeyCase& c : cases) {
@@ -172,14 +184,14 @@ TEST(ReadBackendConfigTest, EveryBadValueFailsNamingTheKey) {
 
 const TransportLimits kLimits{/*max_ring_page_order=*/4, /*max_queues=*/4};
 const Keys kSinglePage = {{"ring-ref", "8"}, {"event-channel", "17"}, {"protocol", "x86_64-abi"}};
-const Keys kMultiPage = {{"ring-page-order", "2"}, {"ring-ref0", "8"},      {"ring-ref1", "9"},
-                         {"ring-ref2", "10"},      {"ring-ref3", "11"},     {"event-channel", "17"},
+const Keys kMultiPage = {{"ring-page-order", "2"},   {"ring-ref0", "8"},         {"ring-ref1", "9"},
+                         {"ring-ref2", "10"},        {"ring-ref3", "11"},        {"event-channel", "17"},
                          {"protocol", "x86_32-abi"}, {"feature-persistent", "1"}};
 const Keys kMultiQueue = {{"multi-queue-num-queues", "2"}, {"ring-page-order", "1"},
                           {"queue-0/ring-ref0", "8"},      {"queue-0/ring-ref1", "9"},
                           {"queue-0/event-channel", "17"}, {"queue-1/ring-ref0", "10"},
                           {"queue-1/ring-ref1", "11"},     {"queue-1/event-channel", "18"},
-                          {"protocol", "x86_64-abi"},     {"feature-large-sector-size", "1"}};
+                          {"protocol", "x86_64-abi"},      {"feature-large-sector-size", "1"}};
 
 TEST(ReadFrontendTransportTest, SinglePageWithDefaults) {
   Keys keys = Apply(kSinglePage, {{"protocol", std::nullopt}});
@@ -229,7 +241,8 @@ TEST(ReadFrontendTransportTest, EveryMalformedValueFailsNamingTheKey) {
       {&kSinglePage, {"newline ref", {{"ring-ref", "8\n"}}, C::kInvalidArgument, "ring-ref"}},
       {&kSinglePage, {"empty ref", {{"ring-ref", ""}}, C::kInvalidArgument, "ring-ref"}},
       {&kSinglePage, {"ref over 32 bits", {{"ring-ref", "4294967296"}}, C::kInvalidArgument, "ring-ref"}},
-      {&kSinglePage, {"huge ref", {{"ring-ref", "999999999999999999999999"}}, C::kInvalidArgument, "ring-ref"}},
+      {&kSinglePage,
+       {"huge ref", {{"ring-ref", "999999999999999999999999"}}, C::kInvalidArgument, "ring-ref"}},
       {&kSinglePage, {"missing ref", {{"ring-ref", std::nullopt}}, C::kNotFound, "ring-ref"}},
       {&kSinglePage, {"port 0", {{"event-channel", "0"}}, C::kInvalidArgument, "event-channel"}},
       {&kSinglePage, {"port too big", {{"event-channel", "131072"}}, C::kInvalidArgument, "event-channel"}},
@@ -238,35 +251,49 @@ TEST(ReadFrontendTransportTest, EveryMalformedValueFailsNamingTheKey) {
       {&kSinglePage, {"arm protocol", {{"protocol", "arm-abi"}}, C::kNotSupported, "protocol"}},
       {&kSinglePage, {"empty protocol", {{"protocol", ""}}, C::kNotSupported, "protocol"}},
       {&kSinglePage, {"junk protocol", {{"protocol", "x86_64-abi "}}, C::kNotSupported, "protocol"}},
-      {&kSinglePage, {"persistent 2", {{"feature-persistent", "2"}}, C::kInvalidArgument, "feature-persistent"}},
-      {&kSinglePage, {"persistent yes", {{"feature-persistent", "yes"}}, C::kInvalidArgument,
-                      "feature-persistent"}},
-      {&kSinglePage, {"large sector 01", {{"feature-large-sector-size", "01"}}, C::kInvalidArgument,
-                      "feature-large-sector-size"}},
+      {&kSinglePage,
+       {"persistent 2", {{"feature-persistent", "2"}}, C::kInvalidArgument, "feature-persistent"}},
+      {&kSinglePage,
+       {"persistent yes", {{"feature-persistent", "yes"}}, C::kInvalidArgument, "feature-persistent"}},
+      {&kSinglePage,
+       {"large sector 01",
+        {{"feature-large-sector-size", "01"}},
+        C::kInvalidArgument,
+        "feature-large-sector-size"}},
       {&kSinglePage, {"order without refN", {{"ring-page-order", "0"}}, C::kNotFound, "ring-ref0"}},
-      {&kMultiPage, {"order above advertised", {{"ring-page-order", "5"}}, C::kInvalidArgument,
-                     "ring-page-order"}},
+      {&kMultiPage,
+       {"order above advertised", {{"ring-page-order", "5"}}, C::kInvalidArgument, "ring-page-order"}},
       {&kMultiPage, {"negative order", {{"ring-page-order", "-1"}}, C::kInvalidArgument, "ring-page-order"}},
-      {&kMultiPage, {"huge order", {{"ring-page-order", "4294967296"}}, C::kInvalidArgument, "ring-page-order"}},
+      {&kMultiPage,
+       {"huge order", {{"ring-page-order", "4294967296"}}, C::kInvalidArgument, "ring-page-order"}},
       {&kMultiPage, {"a ref short", {{"ring-ref3", std::nullopt}}, C::kNotFound, "ring-ref3"}},
       {&kMultiPage, {"a ref too many", {{"ring-ref4", "12"}}, C::kInvalidArgument, "ring-ref4"}},
       {&kMultiPage, {"repeated ref", {{"ring-ref2", "8"}}, C::kInvalidArgument, "ring-ref2"}},
       {&kMultiPage, {"bad middle ref", {{"ring-ref1", "9 "}}, C::kInvalidArgument, "ring-ref1"}},
-      {&kMultiQueue, {"zero queues", {{"multi-queue-num-queues", "0"}}, C::kInvalidArgument,
-                      "multi-queue-num-queues"}},
-      {&kMultiQueue, {"queues above advertised", {{"multi-queue-num-queues", "5"}}, C::kInvalidArgument,
-                      "multi-queue-num-queues"}},
-      {&kMultiQueue, {"junk queues", {{"multi-queue-num-queues", "2x"}}, C::kInvalidArgument,
-                      "multi-queue-num-queues"}},
-      {&kMultiQueue, {"queue port missing", {{"queue-1/event-channel", std::nullopt}}, C::kNotFound,
-                      "queue-1/event-channel"}},
-      {&kMultiQueue, {"queue ref missing", {{"queue-1/ring-ref1", std::nullopt}}, C::kNotFound,
-                      "queue-1/ring-ref1"}},
+      {&kMultiQueue,
+       {"zero queues", {{"multi-queue-num-queues", "0"}}, C::kInvalidArgument, "multi-queue-num-queues"}},
+      {&kMultiQueue,
+       {"queues above advertised",
+        {{"multi-queue-num-queues", "5"}},
+        C::kInvalidArgument,
+        "multi-queue-num-queues"}},
+      {&kMultiQueue,
+       {"junk queues", {{"multi-queue-num-queues", "2x"}}, C::kInvalidArgument, "multi-queue-num-queues"}},
+      {&kMultiQueue,
+       {"queue port missing",
+        {{"queue-1/event-channel", std::nullopt}},
+        C::kNotFound,
+        "queue-1/event-channel"}},
+      {&kMultiQueue,
+       {"queue ref missing", {{"queue-1/ring-ref1", std::nullopt}}, C::kNotFound, "queue-1/ring-ref1"}},
       {&kMultiQueue, {"extra queue", {{"queue-2", ""}}, C::kInvalidArgument, "queue-2"}},
-      {&kMultiQueue, {"ring shared by queues", {{"queue-1/ring-ref0", "9"}}, C::kInvalidArgument,
-                      "queue-1/ring-ref0"}},
-      {&kMultiQueue, {"port shared by queues", {{"queue-1/event-channel", "17"}}, C::kInvalidArgument,
-                      "queue-1/event-channel"}},
+      {&kMultiQueue,
+       {"ring shared by queues", {{"queue-1/ring-ref0", "9"}}, C::kInvalidArgument, "queue-1/ring-ref0"}},
+      {&kMultiQueue,
+       {"port shared by queues",
+        {{"queue-1/event-channel", "17"}},
+        C::kInvalidArgument,
+        "queue-1/event-channel"}},
   };
   for (const auto& [base, c] : cases) {
     Keys keys = Apply(*base, c.edits);
@@ -304,7 +331,8 @@ TEST(KeyReaderTest, OverTheRealClientAndInATransaction) {
   EXPECT_EQ(denied.status().code(), Status::Code::kPermissionDenied) << denied.status().ToString();
 
   Status status = RunTransaction(*dom0, [&](Transaction& transaction) -> Status {
-    Result<FrontendTransport> read = ReadFrontendTransport(KeyReader::ForTransaction(transaction, kFrontend), kLimits);
+    Result<FrontendTransport> read =
+        ReadFrontendTransport(KeyReader::ForTransaction(transaction, kFrontend), kLimits);
     if (!read.ok()) return read.status();
     return read->queues[1].event_channel == 18 ? Status::Ok() : Status::Corruption("wrong port");
   });

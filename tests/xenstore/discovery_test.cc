@@ -1,9 +1,8 @@
 // Tests of xenstore/discovery.cc against the test server: devices of many domains and kinds come and go.
 #include "xenstore/discovery.h"
 
-#include <poll.h>
-
 #include <gtest/gtest.h>
+#include <poll.h>
 
 #include <chrono>
 #include <map>
@@ -28,7 +27,8 @@ class DeviceDiscoveryTest : public ::testing::Test {
 
   // Creates a backend directory as libxl does: several keys in one transaction.
   void CreateBackend(const std::string& kind, uint32_t frontend, uint32_t devid) {
-    std::string base = "/local/domain/0/backend/" + kind + "/" + std::to_string(frontend) + "/" + std::to_string(devid);
+    std::string base =
+        "/local/domain/0/backend/" + kind + "/" + std::to_string(frontend) + "/" + std::to_string(devid);
     Status status = RunTransaction(*toolstack_, [&](Transaction& transaction) -> Status {
       BLK_RETURN_IF_ERROR(transaction.Write(base + "/frontend-id", std::to_string(frontend)));
       BLK_RETURN_IF_ERROR(transaction.Write(base + "/params", "aio:/images/x.img"));
@@ -53,7 +53,8 @@ class DeviceDiscoveryTest : public ::testing::Test {
       if (!read.ok()) return false;
       for (const WatchEvent& event : events) {
         if (event.token == "barrier") {
-          if (!barrier.empty() && (event.path == barrier || event.rescan)) return discovery.devices() == expected;
+          if (!barrier.empty() && (event.path == barrier || event.rescan))
+            return discovery.devices() == expected;
           continue;
         }
         Status status;
@@ -64,7 +65,8 @@ class DeviceDiscoveryTest : public ::testing::Test {
         barrier = "/barrier/" + std::to_string(++barriers_);
         if (!toolstack_->Write(barrier, "").ok()) return false;
       }
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
       if (left.count() <= 0) return false;
       pollfd fd{store.fd(), POLLIN, 0};
       poll(&fd, 1, static_cast<int>(left.count()));
@@ -84,8 +86,8 @@ DeviceChange Change(DeviceChange::Type type, const char* kind, uint32_t frontend
   change.device.kind = kind;
   change.device.frontend_id = frontend;
   change.device.devid = devid;
-  change.backend_path =
-      "/local/domain/0/backend/" + std::string(kind) + "/" + std::to_string(frontend) + "/" + std::to_string(devid);
+  change.backend_path = "/local/domain/0/backend/" + std::string(kind) + "/" + std::to_string(frontend) +
+                        "/" + std::to_string(devid);
   return change;
 }
 
@@ -184,10 +186,10 @@ TEST_F(DeviceDiscoveryTest, IgnoresMalformedNamesAndForeignTokens) {
   EXPECT_EQ(changes.size(), 1u);
 
   Status status;
-  EXPECT_FALSE(discovery.HandleEvent(WatchEvent{"/local/domain/0/backend/vbd/6/1", "device:6/1", false}, &changes,
-                                     &status));
-  EXPECT_FALSE(discovery.HandleEvent(WatchEvent{"/local/domain/0/backend/vif", "blkbackd-discovery:vif", false},
+  EXPECT_FALSE(discovery.HandleEvent(WatchEvent{"/local/domain/0/backend/vbd/6/1", "device:6/1", false},
                                      &changes, &status));
+  EXPECT_FALSE(discovery.HandleEvent(
+      WatchEvent{"/local/domain/0/backend/vif", "blkbackd-discovery:vif", false}, &changes, &status));
   EXPECT_EQ(changes.size(), 1u);
 }
 
@@ -210,7 +212,7 @@ TEST_F(DeviceDiscoveryTest, StopThenStartReportsOnlyTheDifference) {
 
 TEST_F(DeviceDiscoveryTest, OwnDomidSelectsTheBackendTree) {
   ASSERT_TRUE(toolstack_->Write("/local/domain/3/backend/vbd/5/768/state", "1").ok());  // a driver domain's
-  CreateBackend("vbd", 5, 832);  // dom0's
+  CreateBackend("vbd", 5, 832);                                                         // dom0's
   std::unique_ptr<LibXenStoreClient> daemon = OpenClient(*server_);
   DeviceDiscovery discovery(*daemon, 3, {"vbd"});
   ASSERT_TRUE(discovery.Start().ok());

@@ -119,8 +119,9 @@ TEST_F(LibXenStoreClientTest, PermissionsRoundTripAndDenyOtherDomains) {
   EXPECT_EQ(guest->Read("/local/domain/0/backend/vbd/5/768/params").value(), "aio:/img");
   EXPECT_EQ(guest->Write("/local/domain/0/backend/vbd/5/768/params", "aio:/etc/shadow").code(),
             Status::Code::kPermissionDenied);
-  EXPECT_EQ(guest->SetPermissions("/local/domain/0/backend/vbd/5/768/params",
-                                  std::vector<XsPermission>{{5, kXsReadWrite}})
+  EXPECT_EQ(guest
+                ->SetPermissions("/local/domain/0/backend/vbd/5/768/params",
+                                 std::vector<XsPermission>{{5, kXsReadWrite}})
                 .code(),
             Status::Code::kPermissionDenied);
   std::unique_ptr<LibXenStoreClient> other_guest = OpenClient(*server_);
@@ -131,7 +132,8 @@ TEST_F(LibXenStoreClientTest, PermissionsRoundTripAndDenyOtherDomains) {
 
 TEST_F(LibXenStoreClientTest, GuestOwnsWhatItCreatesInItsArea) {
   ASSERT_TRUE(client_->Mkdir("/local/domain/5/device").ok());
-  ASSERT_TRUE(client_->SetPermissions("/local/domain/5/device", std::vector<XsPermission>{{5, kXsNone}}).ok());
+  ASSERT_TRUE(
+      client_->SetPermissions("/local/domain/5/device", std::vector<XsPermission>{{5, kXsNone}}).ok());
   std::unique_ptr<LibXenStoreClient> guest = OpenClient(*server_);
   BecomeDomain(*guest, 5);
   ASSERT_TRUE(guest->Write("/local/domain/5/device/vbd/768/ring-ref", "8").ok());
@@ -184,7 +186,8 @@ TEST_F(LibXenStoreClientTest, UnwatchStopsEventsAndUnknownWatchIsAnError) {
   events.clear();
   ASSERT_TRUE(client_->Write("/a/x", "1").ok());
   ASSERT_TRUE(client_->Write("/barrier", "1").ok());
-  ASSERT_TRUE(WaitForEvents(*client_, &events, [](const auto& e) { return HasEvent(e, "/barrier", "barrier"); }));
+  ASSERT_TRUE(
+      WaitForEvents(*client_, &events, [](const auto& e) { return HasEvent(e, "/barrier", "barrier"); }));
   EXPECT_FALSE(HasEvent(events, "/a/x", "a"));
 }
 
@@ -258,7 +261,8 @@ TEST_F(LibXenStoreClientTest, TransactionThatReadAChangedNodeConflicts) {
   Status commit = transaction->Commit();
   EXPECT_TRUE(IsTransactionConflict(commit)) << commit.ToString();
   EXPECT_TRUE(commit.retryable());
-  EXPECT_EQ(client_->Read("/local/domain/0/backend/vbd/5/768/state").status().code(), Status::Code::kNotFound);
+  EXPECT_EQ(client_->Read("/local/domain/0/backend/vbd/5/768/state").status().code(),
+            Status::Code::kNotFound);
 }
 
 TEST_F(LibXenStoreClientTest, RunTransactionRetriesAConflictAndSeesTheNewValue) {
@@ -366,7 +370,8 @@ TEST_F(LibXenStoreClientTest, WriteFloodKeepsTheQueueBoundedAndTheLatestValueSee
   }
   ASSERT_TRUE(guest->Write("/barrier", "done").ok());
   events.clear();
-  ASSERT_TRUE(WaitForEvents(*watcher, &events, [](const auto& e) { return HasEvent(e, "/barrier", "barrier"); }));
+  ASSERT_TRUE(
+      WaitForEvents(*watcher, &events, [](const auto& e) { return HasEvent(e, "/barrier", "barrier"); }));
   ASSERT_TRUE(watcher->ReadWatchEvents(&events, SIZE_MAX).ok());
   for (WatchEvent& event : events) delivered.emplace_back(kWrites, std::move(event));
 

@@ -25,7 +25,7 @@
 namespace blk {
 namespace {
 
-constexpr size_t kMaxPendingOutput = 16u << 20;  // a client that stops reading is cut off
+constexpr size_t kMaxPendingOutput = 16u << 20;   // a client that stops reading is cut off
 constexpr uint32_t kFirstReservedDomid = 0x7FF0;  // DOMID_FIRST_RESERVED
 
 const char* ErrnoName(int err) {
@@ -65,11 +65,20 @@ bool ParsePermission(std::string_view text, XsPermission* permission) {
   if (text.size() < 2) return false;
   uint32_t access = 0;
   switch (text[0]) {
-    case 'n': access = kXsNone; break;
-    case 'r': access = kXsRead; break;
-    case 'w': access = kXsWrite; break;
-    case 'b': access = kXsReadWrite; break;
-    default: return false;
+    case 'n':
+      access = kXsNone;
+      break;
+    case 'r':
+      access = kXsRead;
+      break;
+    case 'w':
+      access = kXsWrite;
+      break;
+    case 'b':
+      access = kXsReadWrite;
+      break;
+    default:
+      return false;
   }
   uint64_t domid = 0;
   if (!ParseDecimal(text.substr(1), UINT32_MAX, &domid)) return false;
@@ -152,7 +161,8 @@ class XsTestServer::Loop {
   // False if the peer is gone.
   bool Flush(Connection& connection) {
     while (!connection.output.empty()) {
-      ssize_t sent = send(connection.fd.get(), connection.output.data(), connection.output.size(), MSG_NOSIGNAL);
+      ssize_t sent =
+          send(connection.fd.get(), connection.output.data(), connection.output.size(), MSG_NOSIGNAL);
       if (sent < 0) return errno == EAGAIN || errno == EINTR;
       connection.output.erase(0, static_cast<size_t>(sent));
     }
@@ -298,7 +308,8 @@ class XsTestServer::Loop {
       }
       case XS_CONTROL: {
         uint64_t domid = 0;
-        if (args.size() == 2 && args[0] == "set-domid" && ParseDecimal(args[1], kFirstReservedDomid - 1, &domid)) {
+        if (args.size() == 2 && args[0] == "set-domid" &&
+            ParseDecimal(args[1], kFirstReservedDomid - 1, &domid)) {
           connection.domid = static_cast<uint32_t>(domid);
         } else {
           err = EINVAL;
@@ -320,13 +331,14 @@ class XsTestServer::Loop {
     return true;
   }
 
-  int HandleDirectory(const XsCaller& caller, const xsd_sockmsg& header, const std::vector<std::string_view>& args,
-                      std::string* reply) {
+  int HandleDirectory(const XsCaller& caller, const xsd_sockmsg& header,
+                      const std::vector<std::string_view>& args, std::string* reply) {
     bool part = header.type == XS_DIRECTORY_PART;
     if (args.size() != (part ? 2u : 1u)) return EINVAL;
     std::vector<std::string> children;
     uint64_t generation = 0;
-    if (int err = store_.Directory(caller, header.tx_id, args[0], &children, &generation); err != 0) return err;
+    if (int err = store_.Directory(caller, header.tx_id, args[0], &children, &generation); err != 0)
+      return err;
     std::string names;
     for (const std::string& child : children) {
       names += child;
@@ -375,7 +387,8 @@ Result<std::unique_ptr<XsTestServer>> XsTestServer::Start(const std::string& soc
   if (listen(listener.get(), 64) != 0) return Status::FromErrno(errno, "listen " + socket_path);
   UniqueFd stop(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!stop.valid()) return Status::FromErrno(errno, "eventfd");
-  return std::unique_ptr<XsTestServer>(new XsTestServer(socket_path, "", std::move(listener), std::move(stop)));
+  return std::unique_ptr<XsTestServer>(
+      new XsTestServer(socket_path, "", std::move(listener), std::move(stop)));
 }
 
 Result<std::unique_ptr<XsTestServer>> XsTestServer::StartOnTempSocket() {

@@ -1,14 +1,15 @@
-// XsTestServer: a xenstore daemon for tests, speaking the <xen/io/xs_wire.h> protocol on a Unix socket so that
-// the real libxenstore client (XENSTORED_PATH) can talk to it without a hypervisor. Debian's xenstored cannot
-// serve here: the C daemon crashes on its first request without Xen, oxenstored stops on setrlimit.
+// XsTestServer: a xenstore daemon for tests, speaking the <xen/io/xs_wire.h> protocol on a Unix socket so
+// that the real libxenstore client (XENSTORED_PATH) can talk to it without a hypervisor. Debian's xenstored
+// cannot serve here: the C daemon crashes on its first request without Xen, oxenstored stops on setrlimit.
 //
 // Every connection starts as dom0. The XS_CONTROL command "set-domid" with a decimal argument (a test-server
-// extension; xs_control_command(h, "set-domid", "5", 2)) makes the connection act as that domain from then on, so
-// tests can exercise permissions as a guest would see them. A client that breaks the framing (a length above
-// XENSTORE_PAYLOAD_MAX, a missing NUL terminator) has its connection closed; the server goes on serving others.
+// extension; xs_control_command(h, "set-domid", "5", 2)) makes the connection act as that domain from then
+// on, so tests can exercise permissions as a guest would see them. A client that breaks the framing (a length
+// above XENSTORE_PAYLOAD_MAX, a missing NUL terminator) has its connection closed; the server goes on serving
+// others.
 //
-// Threading: Start runs the server on its own thread; the destructor stops and joins it and removes the socket.
-// The counters may be read from any thread.
+// Threading: Start runs the server on its own thread; the destructor stops and joins it and removes the
+// socket. The counters may be read from any thread.
 #pragma once
 
 #include <atomic>

@@ -1,18 +1,16 @@
 // Tests of tests/xenstore/xs_test_server.cc at the wire level: framing, malformed clients, error replies.
 #include "tests/xenstore/xs_test_server.h"
 
+#include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
+#include <xen/io/xs_wire.h>
 
 #include <cerrno>
 #include <cstring>
 #include <string>
-
-#include <xen/io/xs_wire.h>
 
 #include "base/unique_fd.h"
 #include "tests/xenstore/xs_test_util.h"
@@ -39,9 +37,11 @@ class RawClient {
   bool SendRaw(const std::string& bytes) {
     return send(fd_.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size());
   }
-  bool Send(uint32_t type, const std::string& payload, uint32_t tx = 0, uint32_t declared_length = UINT32_MAX) {
-    xsd_sockmsg header{type, ++req_id_, tx,
-                       declared_length == UINT32_MAX ? static_cast<uint32_t>(payload.size()) : declared_length};
+  bool Send(uint32_t type, const std::string& payload, uint32_t tx = 0,
+            uint32_t declared_length = UINT32_MAX) {
+    xsd_sockmsg header{
+        type, ++req_id_, tx,
+        declared_length == UINT32_MAX ? static_cast<uint32_t>(payload.size()) : declared_length};
     return SendRaw(std::string(reinterpret_cast<const char*>(&header), sizeof(header)) + payload);
   }
   // Reads `count` bytes; false on EOF or timeout.
@@ -136,15 +136,15 @@ TEST_F(XsTestServerTest, WellFramedButWrongRequestsGetErrorsAndKeepTheConnection
     const char* error;
   };
   const Case cases[] = {
-      {12345, Nul("/x"), 0, "EINVAL"},                      // unknown type
-      {XS_READ, Nul("/x") + Nul("/y"), 0, "EINVAL"},        // too many arguments
-      {XS_READ, Nul("relative//bad"), 0, "EINVAL"},         // invalid path
-      {XS_READ, Nul("/x"), 77, "ENOENT"},                   // unknown transaction
-      {XS_SET_PERMS, Nul("/") + Nul("q0"), 0, "EINVAL"},    // bad permission letter
-      {XS_SET_PERMS, Nul("/") + Nul("r-1"), 0, "EINVAL"},   // bad domid
-      {XS_SET_PERMS, Nul("/"), 0, "EINVAL"},                // no owner entry
-      {XS_WATCH, Nul("/x"), 0, "EINVAL"},                   // no token
-      {XS_WATCH, Nul("@bogus") + Nul("t"), 0, "EINVAL"},    // unknown special path
+      {12345, Nul("/x"), 0, "EINVAL"},                     // unknown type
+      {XS_READ, Nul("/x") + Nul("/y"), 0, "EINVAL"},       // too many arguments
+      {XS_READ, Nul("relative//bad"), 0, "EINVAL"},        // invalid path
+      {XS_READ, Nul("/x"), 77, "ENOENT"},                  // unknown transaction
+      {XS_SET_PERMS, Nul("/") + Nul("q0"), 0, "EINVAL"},   // bad permission letter
+      {XS_SET_PERMS, Nul("/") + Nul("r-1"), 0, "EINVAL"},  // bad domid
+      {XS_SET_PERMS, Nul("/"), 0, "EINVAL"},               // no owner entry
+      {XS_WATCH, Nul("/x"), 0, "EINVAL"},                  // no token
+      {XS_WATCH, Nul("@bogus") + Nul("t"), 0, "EINVAL"},   // unknown special path
       {XS_TRANSACTION_END, Nul("X"), 0, "EINVAL"},
       {XS_CONTROL, Nul("set-domid") + Nul("+5"), 0, "EINVAL"},
       {XS_RM, Nul("/"), 0, "EINVAL"},

@@ -54,9 +54,7 @@ std::string CanonicalXsPath(std::string_view path, uint32_t domid, bool allow_sp
   return absolute;
 }
 
-XsTestStore::XsTestStore() {
-  tree_["/"] = Node{"", {XsPermission{0, kXsNone}}, NextGeneration()};
-}
+XsTestStore::XsTestStore() { tree_["/"] = Node{"", {XsPermission{0, kXsNone}}, NextGeneration()}; }
 
 int XsTestStore::Resolve(const XsCaller& caller, uint32_t tx, Target* target, std::vector<Change>* changes) {
   if (tx == 0) {
@@ -148,10 +146,14 @@ int XsTestStore::ApplySetPermissions(Target& target, uint32_t domid, const std::
 
 int XsTestStore::ApplyOp(Target& target, const Op& op) {
   switch (op.kind) {
-    case OpKind::kWrite: return ApplyWrite(target, op.domid, op.path, op.value, false);
-    case OpKind::kMkdir: return ApplyWrite(target, op.domid, op.path, "", true);
-    case OpKind::kRemove: return ApplyRemove(target, op.domid, op.path);
-    case OpKind::kSetPermissions: return ApplySetPermissions(target, op.domid, op.path, op.permissions);
+    case OpKind::kWrite:
+      return ApplyWrite(target, op.domid, op.path, op.value, false);
+    case OpKind::kMkdir:
+      return ApplyWrite(target, op.domid, op.path, "", true);
+    case OpKind::kRemove:
+      return ApplyRemove(target, op.domid, op.path);
+    case OpKind::kSetPermissions:
+      return ApplySetPermissions(target, op.domid, op.path, op.permissions);
   }
   return EINVAL;
 }
@@ -217,7 +219,8 @@ int XsTestStore::Directory(const XsCaller& caller, uint32_t tx, std::string_view
   *generation = node->second.generation;
   children->clear();
   std::string prefix = ChildPrefix(absolute);
-  for (auto it = target.tree->lower_bound(prefix); it != target.tree->end() && it->first.starts_with(prefix); ++it) {
+  for (auto it = target.tree->lower_bound(prefix); it != target.tree->end() && it->first.starts_with(prefix);
+       ++it) {
     std::string_view rest = std::string_view(it->first).substr(prefix.size());
     if (!rest.empty() && rest.find('/') == std::string_view::npos) children->emplace_back(rest);
   }
@@ -239,8 +242,9 @@ int XsTestStore::GetPermissions(const XsCaller& caller, uint32_t tx, std::string
 }
 
 int XsTestStore::StartTransaction(const XsCaller& caller, uint32_t* tx) {
-  size_t open = std::count_if(transactions_.begin(), transactions_.end(),
-                              [&](const auto& entry) { return entry.second.connection == caller.connection; });
+  size_t open = std::count_if(transactions_.begin(), transactions_.end(), [&](const auto& entry) {
+    return entry.second.connection == caller.connection;
+  });
   if (open >= kMaxTransactionsPerConnection) return ENOSPC;
   while (next_transaction_ == 0 || transactions_.contains(next_transaction_)) ++next_transaction_;
   *tx = next_transaction_++;

@@ -1,12 +1,12 @@
-// XsTestStore: the data model of the test xenstore server: a tree of nodes with permissions, transactions with
-// conflict detection, and watches. No sockets here; XsTestServer feeds it decoded requests.
+// XsTestStore: the data model of the test xenstore server: a tree of nodes with permissions, transactions
+// with conflict detection, and watches. No sockets here; XsTestServer feeds it decoded requests.
 //
-// Semantics follow xenstored where tests depend on them: writes create missing parents (inheriting the nearest
-// existing ancestor's permissions, owned by the writer when it is not dom0); rm of a missing node succeeds if
-// its parent exists; a transaction works on a snapshot and fails with EAGAIN at commit if any node it read or
-// wrote (or whose children it listed) changed since it began; a watch fires once at registration, then for the
-// node and everything below it; rm fires the removed node's watchers and those of every removed descendant.
-// Relative paths are relative to /local/domain/<caller domid>/.
+// Semantics follow xenstored where tests depend on them: writes create missing parents (inheriting the
+// nearest existing ancestor's permissions, owned by the writer when it is not dom0); rm of a missing node
+// succeeds if its parent exists; a transaction works on a snapshot and fails with EAGAIN at commit if any
+// node it read or wrote (or whose children it listed) changed since it began; a watch fires once at
+// registration, then for the node and everything below it; rm fires the removed node's watchers and those of
+// every removed descendant. Relative paths are relative to /local/domain/<caller domid>/.
 //
 // Not thread-safe: owned by the server thread. Operations return 0 or a positive errno.
 #pragma once
@@ -43,12 +43,13 @@ class XsTestStore {
   XsTestStore();
 
   int Read(const XsCaller& caller, uint32_t tx, std::string_view path, std::string* value);
-  int Write(const XsCaller& caller, uint32_t tx, std::string_view path, std::string_view value, XsEvents* events);
+  int Write(const XsCaller& caller, uint32_t tx, std::string_view path, std::string_view value,
+            XsEvents* events);
   int Mkdir(const XsCaller& caller, uint32_t tx, std::string_view path, XsEvents* events);
   int Remove(const XsCaller& caller, uint32_t tx, std::string_view path, XsEvents* events);
   // `generation` changes whenever the node's children change (XS_DIRECTORY_PART needs one).
-  int Directory(const XsCaller& caller, uint32_t tx, std::string_view path, std::vector<std::string>* children,
-                uint64_t* generation);
+  int Directory(const XsCaller& caller, uint32_t tx, std::string_view path,
+                std::vector<std::string>* children, uint64_t* generation);
   int GetPermissions(const XsCaller& caller, uint32_t tx, std::string_view path,
                      std::vector<XsPermission>* permissions);
   int SetPermissions(const XsCaller& caller, uint32_t tx, std::string_view path,
@@ -120,7 +121,8 @@ class XsTestStore {
   std::vector<WatchRegistration> watches_;
 };
 
-// Canonical absolute form of a client's path, or empty if invalid (EINVAL). `allow_special` admits "@..." names.
+// Canonical absolute form of a client's path, or empty if invalid (EINVAL). `allow_special` admits "@..."
+// names.
 std::string CanonicalXsPath(std::string_view path, uint32_t domid, bool allow_special);
 
 }  // namespace blk

@@ -2,6 +2,7 @@
 // on the client's fd with a timeout (never sleeping as synchronisation).
 #pragma once
 
+#include <gtest/gtest.h>
 #include <poll.h>
 
 #include <chrono>
@@ -9,8 +10,6 @@
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 #include "tests/xenstore/xs_test_server.h"
 #include "xenstore/libxenstore_client.h"
@@ -45,14 +44,16 @@ inline bool WaitForEvents(XenStore& store, std::vector<WatchEvent>* events,
       return false;
     }
     if (done(*events)) return true;
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) return false;
     pollfd fd{store.fd(), POLLIN, 0};
     poll(&fd, 1, static_cast<int>(left.count()));
   }
 }
 
-inline bool HasEvent(const std::vector<WatchEvent>& events, const std::string& path, const std::string& token) {
+inline bool HasEvent(const std::vector<WatchEvent>& events, const std::string& path,
+                     const std::string& token) {
   for (const WatchEvent& event : events) {
     if (event.path == path && event.token == token) return true;
   }
