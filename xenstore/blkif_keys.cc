@@ -107,7 +107,8 @@ Result<uint64_t> ParseXsDecimal(std::string_view text, uint64_t max, std::string
   for (char c : text) {
     if (c < '0' || c > '9') return Invalid(path, Quote(text) + " is not a decimal number");
     uint64_t digit = static_cast<uint64_t>(c - '0');
-    if (value > (max - digit) / 10) return Invalid(path, Quote(text) + " exceeds " + std::to_string(max));
+    if (digit > max || value > (max - digit) / 10)
+      return Invalid(path, Quote(text) + " exceeds " + std::to_string(max));
     value = value * 10 + digit;
   }
   return value;
@@ -117,6 +118,12 @@ Result<bool> ParseXsBool(std::string_view text, std::string_view path) {
   if (text == "0") return false;
   if (text == "1") return true;
   return Invalid(path, Quote(text) + " is not 0 or 1");
+}
+
+Result<XenbusState> ParseXenbusState(std::string_view text, std::string_view path) {
+  Result<uint64_t> value = ParseXsDecimal(text, XenbusStateReconfigured, path);
+  if (!value.ok()) return value.status();
+  return static_cast<XenbusState>(*value);
 }
 
 Result<DiskParams> ParseDiskParams(std::string_view params) {

@@ -19,6 +19,9 @@
 
 #include "base/status.h"
 
+// Xen's public headers need the fixed-width integer types declared before them.
+#include <xen/io/xenbus.h>
+
 namespace blk {
 
 class XenStore;
@@ -51,6 +54,9 @@ class KeyReader {
 Result<uint64_t> ParseXsDecimal(std::string_view text, uint64_t max, std::string_view path);
 // "0" or "1".
 Result<bool> ParseXsBool(std::string_view text, std::string_view path);
+
+// A peer's `state` key: a decimal XenbusState (<xen/io/xenbus.h>), Unknown (0) to Reconfigured (8).
+Result<XenbusState> ParseXenbusState(std::string_view text, std::string_view path);
 
 // ---- Toolstack keys (backend directory) ----
 

@@ -54,6 +54,12 @@ TEST(ParseXsDecimalTest, AcceptsWhatBlkfrontWritesOnly) {
     EXPECT_EQ(parsed.status().message().rfind("/the/key: ", 0), 0u) << parsed.status().ToString();
   }
   EXPECT_FALSE(ParseXsDecimal(std::string("1\0", 2), 10, "/k").ok());
+  // Bounds below ten: a single digit can already exceed them.
+  EXPECT_EQ(ParseXsDecimal("8", 8, "/k").value(), 8u);
+  EXPECT_FALSE(ParseXsDecimal("9", 8, "/k").ok());
+  EXPECT_FALSE(ParseXsDecimal("1", 0, "/k").ok());
+  EXPECT_EQ(ParseXsDecimal("10", 10, "/k").value(), 10u);
+  EXPECT_FALSE(ParseXsDecimal("11", 10, "/k").ok());
 }
 
 TEST(ParseXsDecimalTest, ErrorQuotesHostileValuesShortAndPrintable) {
@@ -63,6 +69,17 @@ TEST(ParseXsDecimalTest, ErrorQuotesHostileValuesShortAndPrintable) {
   EXPECT_LT(parsed.status().message().size(), 120u);
   EXPECT_EQ(parsed.status().message().find('\x1b'), std::string::npos);
   EXPECT_NE(parsed.status().message().find("\\x1b"), std::string::npos);
+}
+
+TEST(ParseXenbusStateTest, AllStatesAndNothingElse) {
+  EXPECT_EQ(ParseXenbusState("0", "/s").value(), XenbusStateUnknown);
+  EXPECT_EQ(ParseXenbusState("3", "/s").value(), XenbusStateInitialised);
+  EXPECT_EQ(ParseXenbusState("8", "/s").value(), XenbusStateReconfigured);
+  for (const char* bad : {"9", "-1", "", "4 ", "04", "Connected", "4294967300"}) {
+    Result<XenbusState> state = ParseXenbusState(bad, "/fe/state");
+    ASSERT_FALSE(state.ok()) << bad;
+    EXPECT_EQ(state.status().message().rfind("/fe/state: ", 0), 0u);
+  }
 }
 
 TEST(ParseDiskParamsTest, KnownFormatsAndBarePaths) {
