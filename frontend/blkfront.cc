@@ -91,22 +91,26 @@ Result<std::unique_ptr<Blkfront>> Blkfront::Create(SimHypervisor& hypervisor, co
   const size_t pages = config.ring_pages + size_t{slots} * kMaxDirectSegments + config.spare_pages;
   const size_t grant_entries =
       std::max(SimDomain::kDefaultGrantEntries, SimDomain::kFirstFreeGrantRef + pages * 2);
-  auto domain = hypervisor.CreateDomain(config.domid, pages, grant_entries);
-  if (!domain.ok()) return domain.status();
-  std::unique_ptr<Blkfront> front(new Blkfront(**domain, config));
+  // A domain that already exists is reused, as a guest reconnects its disk after the previous frontend is
+  // gone.
+  SimDomain* domain = hypervisor.FindDomain(config.domid);
+  if (domain == nullptr) {
+    auto created = hypervisor.CreateDomain(config.domid, pages, grant_entries);
+    if (!created.ok()) return created.status();
+    domain = *created;
+  }
+  std::unique_ptr<Blkfront> front(new Blkfront(*domain, config));
   BLK_RETURN_IF_ERROR(front->Init());
   return front;
 }
 
 Status Blkfront::Init() {
-  // The ring must be contiguous in the guest's view: a fresh domain hands out consecutive frames.
+  // The ring must be contiguous in the guest's view.
+  auto first_frame = domain_.AllocContiguous(config_.ring_pages);
+  if (!first_frame.ok()) return first_frame.status();
   for (uint32_t i = 0; i < config_.ring_pages; ++i) {
-    auto frame = domain_.AllocPage();
-    if (!frame.ok()) return frame.status();
-    if (i > 0 && *frame != ring_frames_.back() + 1)
-      return Status::Busy("blkfront: ring frames not contiguous");
-    ring_frames_.push_back(*frame);
-    auto ref = domain_.GrantAccess(config_.backend_domid, *frame, false);
+    ring_frames_.push_back(*first_frame + i);
+    auto ref = domain_.GrantAccess(config_.backend_domid, *first_frame + i, false);
     if (!ref.ok()) return ref.status();
     ring_refs_.push_back(*ref);
   }
@@ -141,7 +145,9 @@ Blkfront::~Blkfront() {
   for (Shadow& shadow : shadows_) {
     if (shadow.in_use) ReleaseSegments(shadow, shadow.nr_segments);
   }
-  for (GrantRef ref : ring_refs_) (void)domain_.EndAccess(ref);
+  for (size_t i = 0; i < ring_refs_.size(); ++i) {
+    if (domain_.EndAccess(ring_refs_[i]).ok()) (void)domain_.FreePage(ring_frames_[i]);
+  }
 }
 
 uint32_t Blkfront::ring_page_order() const {
@@ -271,6 +277,7 @@ bool Blkfront::BuildRequest(IoState& state, uint32_t io_index) {
     abi::x86_64::Request request{};
     request.operation = shadow.operation;
     request.nr_segments = shadow.nr_segments;
+    request.handle = config_.handle;
     request.id = id;
     request.sector_number = sector;
     std::copy_n(segments.begin(), count, request.seg);
@@ -279,6 +286,7 @@ bool Blkfront::BuildRequest(IoState& state, uint32_t io_index) {
     abi::x86_32::Request request{};
     request.operation = shadow.operation;
     request.nr_segments = shadow.nr_segments;
+    request.handle = config_.handle;
     request.id = id;
     request.sector_number = sector;
     std::copy_n(segments.begin(), count, request.seg);

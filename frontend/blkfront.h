@@ -42,7 +42,8 @@ struct BlkfrontConfig {
   // with BACK_RING_ATTACH semantics (its private indices from the shared rsp_prod).
   uint32_t start_index = 0;
   uint32_t max_outstanding = 64;  // I/Os queued or in flight at once
-  uint32_t spare_pages = 16;      // guest pages left free for a test to grant by hand
+  uint16_t handle = 0;        // the `handle` of every request (blkfront puts its virtual-device number there)
+  uint32_t spare_pages = 16;  // guest pages left free for a test to grant by hand
 };
 
 enum class IoOp : uint8_t {
@@ -86,6 +87,7 @@ struct BlkfrontStats {
 
 class Blkfront {
  public:
+  // Creates the guest domain (or reuses it if it exists: a reconnect), the ring and the event channel.
   static Result<std::unique_ptr<Blkfront>> Create(SimHypervisor& hypervisor, const BlkfrontConfig& config);
   Blkfront(const Blkfront&) = delete;
   Blkfront& operator=(const Blkfront&) = delete;

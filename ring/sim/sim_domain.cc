@@ -5,6 +5,7 @@
 
 #include <cerrno>
 #include <string>
+#include <vector>
 
 #include "ring/sim/sim_internal.h"
 
@@ -61,6 +62,21 @@ Result<uint32_t> SimDomain::AllocPage() {
   return frame;
 }
 
+Result<uint32_t> SimDomain::AllocContiguous(size_t count) {
+  std::lock_guard lock(alloc_mu_);
+  size_t run = 0;
+  for (size_t frame = 0; frame < pages_ && count > 0; ++frame) {
+    run = frame_allocated_[frame] ? 0 : run + 1;
+    if (run < count) continue;
+    const uint32_t first = static_cast<uint32_t>(frame + 1 - count);
+    for (uint32_t taken = first; taken <= frame; ++taken) frame_allocated_[taken] = true;
+    std::erase_if(free_frames_, [this](uint32_t candidate) { return frame_allocated_[candidate]; });
+    return first;
+  }
+  return Status::Error(Status::Code::kNoSpace,
+                       StrFormat("d%u: no %zu consecutive free pages", domid_, count));
+}
+
 Status SimDomain::FreePage(uint32_t frame) {
   std::lock_guard lock(alloc_mu_);
   if (frame >= pages_ || !frame_allocated_[frame]) {
@@ -94,8 +110,13 @@ Result<GrantRef> SimDomain::GrantAccess(DomId to, uint32_t frame, bool readonly)
   if (free_refs_.empty()) return Status::Busy(StrFormat("d%u: grant table full", domid_));
   GrantRef ref = free_refs_.back();
   free_refs_.pop_back();
-  grants_[ref] = GrantEntry{
-      .in_use = true, .readonly = readonly, .grantee = to, .frame = frame, .pins = 0, .write_pins = 0};
+  grants_[ref] = GrantEntry{.allocated = true,
+                            .in_use = true,
+                            .readonly = readonly,
+                            .grantee = to,
+                            .frame = frame,
+                            .pins = 0,
+                            .write_pins = 0};
   ++grants_in_use_;
   return ref;
 }
@@ -103,8 +124,8 @@ Result<GrantRef> SimDomain::GrantAccess(DomId to, uint32_t frame, bool readonly)
 Status SimDomain::EndAccess(GrantRef ref) {
   std::lock_guard lock(hypervisor_.mu_);
   GrantEntry* entry = EntryLocked(ref);
-  if (entry == nullptr || !entry->in_use)
-    return Status::InvalidArgument(StrFormat("d%u grant ref %u is not in use", domid_, ref));
+  if (entry == nullptr || !entry->allocated)
+    return Status::InvalidArgument(StrFormat("d%u grant ref %u is not allocated", domid_, ref));
   if (entry->pins > 0) {
     return Status::Busy(StrFormat("d%u grant ref %u is still mapped by d%u", domid_, ref, entry->grantee));
   }
@@ -128,9 +149,6 @@ Status SimDomain::Revoke(GrantRef ref) {
   if (entry == nullptr || !entry->in_use)
     return Status::InvalidArgument(StrFormat("d%u grant ref %u is not in use", domid_, ref));
   entry->in_use = false;
-  --grants_in_use_;
-  // A mapped entry goes back to the free list when its last mapping goes (SimGrantTable::Unmap).
-  if (entry->pins == 0) ReleaseRefLocked(ref);
   return Status::Ok();
 }
 

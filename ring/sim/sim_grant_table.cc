@@ -137,7 +137,6 @@ void SimGrantTable::Unmap(void* addr, size_t pages) {
     SimDomain::GrantEntry* entry = domain->EntryLocked(ref);
     --entry->pins;
     if (it->second.writable) --entry->write_pins;
-    if (entry->pins == 0 && !entry->in_use) domain->ReleaseRefLocked(ref);  // revoked while mapped
   }
   ::munmap(addr, pages * kPageSize);
   mapped_.erase(it);
@@ -161,15 +160,17 @@ Status SimGrantTable::Copy(std::span<GrantCopySegment> segments) {
       segment.status = GNTST_bad_domain;
       continue;
     }
-    if (size_t{segment.offset} + segment.length > kPageSize) {
-      segment.status = GNTST_bad_copy_arg;
-      continue;
-    }
     const bool to_guest = segment.direction == GrantCopySegment::Direction::kToGuest;
     const SimDomain::GrantEntry* entry = domain->EntryLocked(segment.ref);
     const char* reason = "";
     segment.status = CheckAccess(entry, accessor, to_guest, &reason);
-    if (segment.status != GNTST_okay || segment.length == 0) continue;
+    if (segment.status != GNTST_okay) continue;
+    // Xen checks the bounds after acquiring the grant, so a bad ref wins over a bad offset.
+    if (size_t{segment.offset} + segment.length > kPageSize) {
+      segment.status = GNTST_bad_copy_arg;
+      continue;
+    }
+    if (segment.length == 0) continue;
     uint8_t* guest =
         domain->hypervisor_view_.as<uint8_t>() + size_t{entry->frame} * kPageSize + segment.offset;
     if (to_guest) {

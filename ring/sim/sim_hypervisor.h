@@ -50,23 +50,26 @@ class SimDomain {
 
   // A frame allocator for the guest: lowest free frame first, so a fresh domain hands out 0, 1, 2...
   Result<uint32_t> AllocPage();
+  // `count` consecutive frames (for a multi-page ring, which the guest needs contiguous); returns the first.
+  Result<uint32_t> AllocContiguous(size_t count);
   Status FreePage(uint32_t frame);
   size_t free_pages() const;
 
   // Grant table, guest side (gnttab_grant_foreign_access and friends).
   Result<GrantRef> GrantAccess(DomId to, uint32_t frame, bool readonly);
-  // Fails (kBusy) while the grantee still has the page mapped, as Xen reports the entry in use.
+  // Clears the entry and frees the ref (also after Revoke). Fails (kBusy) while the grantee still has the
+  // page mapped, as Xen reports the entry in use; the ref then stays allocated.
   Status EndAccess(GrantRef ref);
   // Hostile: flips GTF_readonly without looking at existing mappings (they keep their access, as on Xen).
   Status SetReadOnly(GrantRef ref, bool readonly);
-  // Hostile: invalidates the entry even while mapped. Existing mappings stay valid until unmapped. As on Xen,
-  // the entry is only looked at again when it is not pinned (or pinned read-only and wanted writable): while
-  // a mapping pins it, further maps and copies of the same access still succeed. The ref is free again once
-  // unpinned.
+  // Hostile: invalidates the entry (clears GTF_permit_access) even while mapped; the ref stays allocated
+  // until EndAccess. Existing mappings stay valid until unmapped. As on Xen, the entry is only looked at
+  // again when it is not pinned (or pinned read-only and wanted writable): while a mapping pins it, further
+  // maps and copies with the same access still succeed.
   Status Revoke(GrantRef ref);
   // Live mappings of `ref` by its grantee (Xen's pin count), 0 for an unknown ref.
   uint32_t MapCount(GrantRef ref) const;
-  size_t grants_in_use() const;
+  size_t grants_in_use() const;  // allocated refs
 
   // Event channels, guest side.
   Result<EvtchnPort> AllocUnbound(DomId remote);
@@ -85,8 +88,9 @@ class SimDomain {
   friend class SimBoundChannel;
 
   struct GrantEntry {
-    bool in_use = false;    // GTF_permit_access
-    bool readonly = false;  // GTF_readonly
+    bool allocated = false;  // handed out by GrantAccess, not yet freed by EndAccess
+    bool in_use = false;     // GTF_permit_access
+    bool readonly = false;   // GTF_readonly
     DomId grantee = 0;
     uint32_t frame = 0;
     uint32_t pins = 0;        // live mappings by the grantee (Xen's active entry pin count)

@@ -188,7 +188,7 @@ TEST_P(BlkfrontTest, GrantsEachRequestWithTheAccessItNeeds) {
 }
 
 TEST_P(BlkfrontTest, RequestBytesFollowTheAbi) {
-  Start();
+  Start({.handle = 51712});
   AlignedBuffer buffer(kPageSize);
   ASSERT_TRUE(front_->Submit({IoOp::kRead, 0x123456789ull, 1024, buffer.get() + 2048, 1}).ok());
   const uint8_t* slot = back_->ring_bytes() + sizeof(abi::SharedRingHeader);
@@ -198,6 +198,9 @@ TEST_P(BlkfrontTest, RequestBytesFollowTheAbi) {
   std::memcpy(&sector, slot + sector_at, 8);
   EXPECT_EQ(slot[0], BLKIF_OP_READ);
   EXPECT_EQ(slot[1], 1);  // nr_segments
+  uint16_t handle;
+  std::memcpy(&handle, slot + 2, 2);
+  EXPECT_EQ(handle, 51712);
   EXPECT_EQ(sector, 0x123456789ull);
   uint64_t id;
   std::memcpy(&id, slot + id_at, 8);
@@ -510,6 +513,52 @@ TEST_P(BlkfrontTest, ConcurrentBackendThreadServesEverything) {
   EXPECT_GE(sim_.counters().copy_calls.load(), kIos);
   EXPECT_LE(sim_.counters().frontend_notifications.load(), kIos);
   EXPECT_EQ(front_->domain().grants_in_use(), 2u);
+}
+
+// The guest closes its frontend and opens a new one on the same domain, as after a backend restart.
+TEST_P(BlkfrontTest, ReconnectsOnTheSameDomain) {
+  Start({.ring_pages = 2});
+  AlignedBuffer buffer(kPageSize);
+  FillPattern({buffer.get(), kPageSize}, 0, 1);
+  ASSERT_TRUE(front_->Submit({IoOp::kWrite, 0, kPageSize, buffer.get(), 1}).ok());
+  ASSERT_EQ(ServeAndReap(1)[1], BLKIF_RSP_OKAY);
+  std::vector<uint8_t> disk = back_->disk();
+  SimDomain* domain = &front_->domain();
+  const size_t free_before = domain->free_pages();
+  back_.reset();  // the backend unmaps the ring and unbinds first
+  front_.reset();
+  EXPECT_EQ(domain->grants_in_use(), 0u);
+  EXPECT_EQ(domain->free_pages(), free_before + 2);  // the ring's pages came back
+
+  Start({.ring_pages = 4, .start_index = 1000});
+  EXPECT_EQ(&front_->domain(), domain);
+  back_->disk() = disk;
+  std::memset(buffer.get(), 0, kPageSize);
+  ASSERT_TRUE(front_->Submit({IoOp::kRead, 0, kPageSize, buffer.get(), 2}).ok());
+  ASSERT_EQ(ServeAndReap(1)[2], BLKIF_RSP_OKAY);
+  EXPECT_FALSE(CheckPattern({buffer.get(), kPageSize}, 0, 1).has_value());
+}
+
+// A hostile guest revokes a page it granted for an in-flight write: the backend's copy fails, the I/O fails,
+// and the frontend itself carries on.
+TEST_P(BlkfrontTest, GuestRevokingAnInFlightGrantFailsOnlyThatIo) {
+  Start();
+  AlignedBuffer buffer(2 * kPageSize);
+  ASSERT_TRUE(front_->Queue({IoOp::kWrite, 0, kPageSize, buffer.get(), 1}).ok());
+  ASSERT_TRUE(front_->Submit({IoOp::kWrite, 8, kPageSize, buffer.get() + kPageSize, 2}).ok());
+  auto requests = back_->Consume();
+  ASSERT_EQ(requests.size(), 2u);
+  ASSERT_TRUE(front_->domain().Revoke(requests[0].seg[0].gref).ok());
+  for (const ParsedRequest& request : requests) {
+    back_->Respond(request.id, request.operation, back_->Execute(request));
+  }
+  back_->PushResponses();
+  IoCompletion completions[2];
+  ASSERT_EQ(front_->Reap(completions).value(), 2u);
+  EXPECT_EQ(completions[0].status, BLKIF_RSP_ERROR);
+  EXPECT_EQ(completions[1].status, BLKIF_RSP_OKAY);
+  EXPECT_TRUE(front_->broken().ok());
+  EXPECT_EQ(front_->domain().grants_in_use(), 1u);
 }
 
 INSTANTIATE_TEST_SUITE_P(BothAbis, BlkfrontTest, ::testing::Values(Abi::kX86_64, Abi::kX86_32),

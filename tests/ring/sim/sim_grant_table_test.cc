@@ -180,6 +180,9 @@ TEST_F(SimGrantTableTest, RevokedGrantStaysMappedUntilUnmappedAsOnXen) {
   GrantCopySegment copy{GrantCopySegment::Direction::kFromGuest, kGuest, ref, 0, 1, &byte, 0};
   ASSERT_TRUE(sim_.grants().Copy(std::span(&copy, 1)).ok());
   EXPECT_EQ(copy.status, GNTST_general_error);
+  EXPECT_EQ(guest_->grants_in_use(), 1u);  // revoked, not freed
+  EXPECT_TRUE(guest_->EndAccess(ref).ok());
+  EXPECT_EQ(guest_->grants_in_use(), 0u);
 }
 
 TEST_F(SimGrantTableTest, SetReadOnlyRefusesLaterWrites) {
@@ -233,10 +236,12 @@ TEST_F(SimGrantTableTest, CopyGivesEachSegmentItsOwnStatus) {
       {D::kToGuest, kGuest, readonly, 0, 8, buffer, 1},                               // write to read-only
       {D::kFromGuest, kGuest, readonly, 0, 8, buffer + 8, 1},   // read of read-only: fine
       {D::kFromGuest, kGuest, good, 4000, 96, buffer + 16, 1},  // exactly to the page end
+      {D::kFromGuest, kGuest, SimDomain::kFirstFreeGrantRef + 60, 4000, 200, buffer, 1},  // bad ref wins
   };
   ASSERT_TRUE(sim_.grants().Copy(segments).ok());
-  const int16_t expected[] = {GNTST_bad_domain,    GNTST_bad_copy_arg,  GNTST_bad_gntref, GNTST_general_error,
-                              GNTST_general_error, GNTST_general_error, GNTST_okay,       GNTST_okay};
+  const int16_t expected[] = {GNTST_bad_domain,    GNTST_bad_copy_arg,  GNTST_bad_gntref,
+                              GNTST_general_error, GNTST_general_error, GNTST_general_error,
+                              GNTST_okay,          GNTST_okay,          GNTST_general_error};
   for (size_t i = 0; i < std::size(segments); ++i) {
     EXPECT_EQ(segments[i].status, expected[i])
         << "segment " << i << ": " << GrantStatusName(segments[i].status);
@@ -259,6 +264,14 @@ TEST_F(SimGrantTableTest, GuestAllocatorAndGrantTableBounds) {
   EXPECT_FALSE(guest_->FreePage(*first).ok());
   EXPECT_FALSE(guest_->FreePage(64).ok());
   EXPECT_FALSE(guest_->GrantAccess(0, 64, false).ok());
+  // Frame 0 is free again but alone: four consecutive frames start after frame 1.
+  auto run = guest_->AllocContiguous(4);
+  ASSERT_TRUE(run.ok());
+  EXPECT_EQ(*run, 2u);
+  EXPECT_EQ(guest_->free_pages(), 64u - 5);
+  EXPECT_EQ(guest_->AllocPage().value(), 0u);
+  EXPECT_EQ(guest_->AllocPage().value(), 6u);
+  EXPECT_FALSE(guest_->AllocContiguous(60).ok());
   auto ref = guest_->GrantAccess(0, *second, false);
   ASSERT_TRUE(ref.ok());
   EXPECT_GE(*ref, SimDomain::kFirstFreeGrantRef);
