@@ -518,6 +518,24 @@ TEST_F(SteppedDatapathTest, GrantMadeReadOnlyMidRequestFailsOnlyThatRead) {
   EXPECT_EQ(back, data);
 }
 
+TEST_F(SteppedDatapathTest, GrantRevokedBeforeTheBackendLookedFailsOnlyThatWrite) {
+  Connect();
+  Bytes data(4096, 0x77), back(4096);
+  ASSERT_TRUE(front().Submit({IoOp::kWrite, 8, 4096, data.data(), 1}).ok());
+  Request placed;
+  DecodeRequest(front().config().abi, front().RingEntry(front().req_prod_pvt() - 1), &placed);
+  ASSERT_TRUE(front().domain().Revoke(placed.segments[0].gref).ok());
+  auto done = Step(1);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].status, BLKIF_RSP_ERROR);
+  ASSERT_TRUE(front().Submit({IoOp::kRead, 8, 4096, back.data(), 2}).ok());
+  done = Step(1);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].status, BLKIF_RSP_OKAY);
+  EXPECT_EQ(back, Bytes(4096, 0)) << "a write whose grant was revoked reached the disk";
+  EXPECT_TRUE(front().broken().ok()) << front().broken().ToString();
+}
+
 TEST_F(SteppedDatapathTest, IndicesWrapAroundThroughTheWholePipeline) {
   BlkfrontConfig config;
   config.start_index = 0xFFFFFF80u;
