@@ -163,6 +163,8 @@ void Worker::Start() {
     }
   });
   thread_handle_ = thread_.native_handle();
+  // Operators (top -H, perf) see which thread is which; the kernel keeps 15 characters.
+  pthread_setname_np(thread_handle_, ("blk-" + name_).substr(0, 15).c_str());
 }
 
 void Worker::Stop() {
