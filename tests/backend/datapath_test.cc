@@ -78,8 +78,9 @@ std::string MakeDiskFile(const std::string& dir, const std::string& name, uint64
 // One guest with one disk, served by a backend worker that runs on its own thread (or is stepped by hand).
 struct Guest {
   Guest(SimHypervisor& sim, const std::string& path, DomId domid, BlkfrontConfig front_config, bool read_only,
-        Worker& worker, bool expect_connect = true) {
+        Worker& worker, bool expect_connect = true, uint32_t logical_block_size = 0) {
     DeviceConfig config;
+    config.logical_block_size = logical_block_size;
     config.name = std::to_string(domid) + "/51712";
     config.path = path;
     config.read_only = read_only;
@@ -363,8 +364,8 @@ class SteppedDatapathTest : public ::testing::Test {
     guest_.reset();
     ::unlink(path_.c_str());
   }
-  void Connect(BlkfrontConfig config = {}, bool read_only = false) {
-    guest_ = std::make_unique<Guest>(sim_, path_, 1, config, read_only, *worker_);
+  void Connect(BlkfrontConfig config = {}, bool read_only = false, uint32_t logical_block_size = 0) {
+    guest_ = std::make_unique<Guest>(sim_, path_, 1, config, read_only, *worker_, true, logical_block_size);
   }
   Blkfront& front() { return *guest_->front; }
   // Steps the backend until the frontend has `count` completions (or raw responses) or a second passes.
@@ -560,6 +561,25 @@ TEST_F(SteppedDatapathTest, IndicesWrapAroundThroughTheWholePipeline) {
     }
   }
   EXPECT_LT(front().shared_ring().rsp_prod, 0xFFFFFF80u) << "the indices did not wrap";
+}
+
+TEST_F(SteppedDatapathTest, FourKilobyteSectorDiskServesAlignedIoAndRefusesTheRest) {
+  Connect({}, false, 4096);
+  EXPECT_EQ(guest_->device->limits().logical_block_size, 4096u);
+  Bytes data(8192, 0x4B), back(8192), small(512, 0x99);
+  ASSERT_TRUE(front().Submit({IoOp::kWrite, 16, data.size(), data.data(), 1}).ok());
+  ASSERT_TRUE(front().Submit({IoOp::kWrite, 17, small.size(), small.data(), 2}).ok());  // not on a 4 KiB boundary
+  ASSERT_TRUE(front().Submit({IoOp::kRead, 24, small.size(), small.data(), 3}).ok());  // aligned start, 512 bytes
+  auto done = Step(3);
+  ASSERT_EQ(done.size(), 3u);
+  for (const auto& completion : done) {
+    EXPECT_EQ(completion.status, completion.tag == 1 ? BLKIF_RSP_OKAY : BLKIF_RSP_ERROR) << completion.tag;
+  }
+  ASSERT_TRUE(front().Submit({IoOp::kRead, 16, back.size(), back.data(), 4}).ok());
+  done = Step(1);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].status, BLKIF_RSP_OKAY);
+  EXPECT_EQ(back, data);
 }
 
 TEST_F(SteppedDatapathTest, ContiguousRequestsGoToTheKernelAsOneIo) {

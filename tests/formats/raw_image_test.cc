@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 
@@ -108,6 +109,34 @@ TEST_F(RawImageTest, ReadOnlyOpenRefusesWrites) {
   EXPECT_TRUE((*image)->read_only());
   char byte = 0;
   EXPECT_LT(::pwrite((*image)->fd(), &byte, 1, 0), 0);
+}
+
+// A real block device: a loop device over a file, once with 512-byte and once with 4096-byte logical sectors.
+TEST_F(RawImageTest, OpensABlockDeviceWithItsSizeAndSectorSize) {
+  std::string backing = MakeFile("loop.img", 8 << 20);
+  for (unsigned sector : {512u, 4096u}) {
+    std::string command = "losetup --find --show --sector-size " + std::to_string(sector) + " " + backing;
+    FILE* pipe = ::popen(command.c_str(), "r");
+    ASSERT_NE(pipe, nullptr);
+    char device[64] = {};
+    bool got = std::fgets(device, sizeof(device), pipe) != nullptr;
+    int rc = ::pclose(pipe);
+    if (!got || rc != 0) GTEST_SKIP() << "no loop device can be set up here (" << command << " failed)";
+    std::string path(device);
+    path.erase(path.find_last_not_of('\n') + 1);
+    auto image = RawImage::Open(path, {});
+    RawOpenOptions smaller;
+    smaller.logical_block_size = 512;
+    auto presented_smaller = RawImage::Open(path, smaller);
+    std::system(("losetup -d " + path).c_str());
+    ASSERT_TRUE(image.ok()) << image.status().ToString();
+    EXPECT_TRUE((*image)->is_block_device());
+    EXPECT_EQ((*image)->size_bytes(), 8u << 20);
+    EXPECT_EQ((*image)->logical_block_size(), sector);
+    EXPECT_TRUE((*image)->direct_io());
+    // A device with 4096-byte sectors cannot pretend to have 512-byte ones.
+    EXPECT_EQ(presented_smaller.ok(), sector == 512) << path;
+  }
 }
 
 }  // namespace
