@@ -90,7 +90,9 @@ struct BlkfrontStats {
 
 class Blkfront {
  public:
-  // Creates the guest domain (or reuses it if it exists: a reconnect), the ring and the event channel.
+  // Creates the guest domain, sized for one full ring of 11-page requests plus spare_pages, then the ring and
+  // the event channel. An existing domain is reused (a reconnect, or a guest's second disk: create the domain
+  // beforehand with enough pages for all its disks; a request waits in the queue while pages run short).
   static Result<std::unique_ptr<Blkfront>> Create(SimHypervisor& hypervisor, const BlkfrontConfig& config);
   Blkfront(const Blkfront&) = delete;
   Blkfront& operator=(const Blkfront&) = delete;
