@@ -323,8 +323,8 @@ Status Blkfront::Publish() {
   const uint32_t new_prod = req_prod_pvt_;
   if (old_prod == new_prod) return Status::Ok();
   StoreShared(ring_header_->req_prod, new_prod);
-  std::atomic_thread_fence(
-      std::memory_order_seq_cst);  // the backend sees the requests before we read req_event
+  // The backend must see the new requests before we read req_event, or both could decide not to act.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
   ++stats_.publishes;
   const uint32_t req_event = LoadShared(ring_header_->req_event);
   if (static_cast<uint32_t>(new_prod - req_event) < static_cast<uint32_t>(new_prod - old_prod)) {

@@ -35,11 +35,14 @@ namespace blk {
 
 struct BlkfrontConfig {
   DomId domid = 1;
+  // Whom the ring, the data pages and the event channel are for. Normally the hypervisor's backend_domid();
+  // anything else makes a (deliberately) misconfigured guest whose grants the backend may not use.
   DomId backend_domid = 0;
   Abi abi = kNativeAbi;
   uint32_t ring_pages = 1;  // 1, 2, 4, 8 or 16 (ring-page-order 0..4)
-  // Where the ring's indices start. Tests start near 2^32 to exercise wrap-around; the backend must attach
-  // with BACK_RING_ATTACH semantics (its private indices from the shared rsp_prod).
+  // Where the ring's indices start: req_prod = rsp_prod = start_index and, as SHARED_RING_INIT sets them one
+  // past the producers, req_event = rsp_event = start_index + 1. Tests start near 2^32 to exercise
+  // wrap-around; the backend must attach with BACK_RING_ATTACH semantics (private indices from rsp_prod).
   uint32_t start_index = 0;
   uint32_t max_outstanding = 64;  // I/Os queued or in flight at once
   uint16_t handle = 0;        // the `handle` of every request (blkfront puts its virtual-device number there)
@@ -87,7 +90,9 @@ struct BlkfrontStats {
 
 class Blkfront {
  public:
-  // Creates the guest domain (or reuses it if it exists: a reconnect), the ring and the event channel.
+  // Creates the guest domain, sized for one full ring of 11-page requests plus spare_pages, then the ring and
+  // the event channel. An existing domain is reused (a reconnect, or a guest's second disk: create the domain
+  // beforehand with enough pages for all its disks; a request waits in the queue while pages run short).
   static Result<std::unique_ptr<Blkfront>> Create(SimHypervisor& hypervisor, const BlkfrontConfig& config);
   Blkfront(const Blkfront&) = delete;
   Blkfront& operator=(const Blkfront&) = delete;

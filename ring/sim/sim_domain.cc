@@ -106,7 +106,7 @@ Result<GrantRef> SimDomain::GrantAccess(DomId to, uint32_t frame, bool readonly)
     return Status::InvalidArgument(
         StrFormat("d%u: cannot grant frame %u beyond its %zu pages", domid_, frame, pages_));
   }
-  std::lock_guard lock(hypervisor_.mu_);
+  std::lock_guard lock(mu_);
   if (free_refs_.empty()) return Status::Busy(StrFormat("d%u: grant table full", domid_));
   GrantRef ref = free_refs_.back();
   free_refs_.pop_back();
@@ -122,7 +122,7 @@ Result<GrantRef> SimDomain::GrantAccess(DomId to, uint32_t frame, bool readonly)
 }
 
 Status SimDomain::EndAccess(GrantRef ref) {
-  std::lock_guard lock(hypervisor_.mu_);
+  std::lock_guard lock(mu_);
   GrantEntry* entry = EntryLocked(ref);
   if (entry == nullptr || !entry->allocated)
     return Status::InvalidArgument(StrFormat("d%u grant ref %u is not allocated", domid_, ref));
@@ -135,7 +135,7 @@ Status SimDomain::EndAccess(GrantRef ref) {
 }
 
 Status SimDomain::SetReadOnly(GrantRef ref, bool readonly) {
-  std::lock_guard lock(hypervisor_.mu_);
+  std::lock_guard lock(mu_);
   GrantEntry* entry = EntryLocked(ref);
   if (entry == nullptr || !entry->in_use)
     return Status::InvalidArgument(StrFormat("d%u grant ref %u is not in use", domid_, ref));
@@ -144,7 +144,7 @@ Status SimDomain::SetReadOnly(GrantRef ref, bool readonly) {
 }
 
 Status SimDomain::Revoke(GrantRef ref) {
-  std::lock_guard lock(hypervisor_.mu_);
+  std::lock_guard lock(mu_);
   GrantEntry* entry = EntryLocked(ref);
   if (entry == nullptr || !entry->in_use)
     return Status::InvalidArgument(StrFormat("d%u grant ref %u is not in use", domid_, ref));
@@ -153,12 +153,12 @@ Status SimDomain::Revoke(GrantRef ref) {
 }
 
 uint32_t SimDomain::MapCount(GrantRef ref) const {
-  std::lock_guard lock(hypervisor_.mu_);
+  std::lock_guard lock(mu_);
   return ref < grants_.size() ? grants_[ref].pins : 0;
 }
 
 size_t SimDomain::grants_in_use() const {
-  std::lock_guard lock(hypervisor_.mu_);
+  std::lock_guard lock(mu_);
   return grants_in_use_;
 }
 
@@ -169,7 +169,7 @@ SimDomain::Port* SimDomain::PortLocked(EvtchnPort port) const {
 Result<EvtchnPort> SimDomain::AllocUnbound(DomId remote) {
   UniqueFd fd(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
   if (!fd.valid()) return Status::FromErrno(errno, "eventfd");
-  std::lock_guard lock(hypervisor_.mu_);
+  std::lock_guard lock(mu_);
   auto port = std::make_unique<Port>();
   port->remote = remote;
   port->guest_fd = std::move(fd);
@@ -178,13 +178,13 @@ Result<EvtchnPort> SimDomain::AllocUnbound(DomId remote) {
 }
 
 int SimDomain::EventFd(EvtchnPort port) const {
-  std::lock_guard lock(hypervisor_.mu_);
+  std::lock_guard lock(mu_);
   Port* p = PortLocked(port);
   return p != nullptr ? p->guest_fd.get() : -1;
 }
 
 Status SimDomain::Notify(EvtchnPort port) {
-  std::lock_guard lock(hypervisor_.mu_);
+  std::lock_guard lock(mu_);
   Port* p = PortLocked(port);
   if (p == nullptr) return Status::InvalidArgument(StrFormat("d%u: no event channel port %u", domid_, port));
   hypervisor_.counters_.frontend_notifications.fetch_add(1, std::memory_order_relaxed);
@@ -199,7 +199,7 @@ Status SimDomain::Acknowledge(EvtchnPort port) {
 }
 
 bool SimDomain::IsBound(EvtchnPort port) const {
-  std::lock_guard lock(hypervisor_.mu_);
+  std::lock_guard lock(mu_);
   Port* p = PortLocked(port);
   return p != nullptr && p->remote_fd >= 0;
 }

@@ -13,9 +13,9 @@ Result<std::unique_ptr<EventChannel>> SimEventChannels::BindInterdomain(DomId re
   UniqueFd fd(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
   if (!fd.valid()) return Status::FromErrno(errno, "eventfd");
   const std::string what = StrFormat("bind interdomain d%u port %u", remote, remote_port);
-  std::lock_guard lock(hypervisor_.mu_);
-  SimDomain* domain = hypervisor_.FindDomainLocked(remote);
+  SimDomain* domain = hypervisor_.FindDomain(remote);
   if (domain == nullptr) return Status::FromErrno(ESRCH, what);
+  std::lock_guard lock(domain->mu_);
   SimDomain::Port* port = domain->PortLocked(remote_port);
   if (port == nullptr)
     return Status::Error(Status::Code::kInvalidArgument, StrFormat("%s: no such port", what.c_str()), EINVAL);
@@ -27,7 +27,7 @@ Result<std::unique_ptr<EventChannel>> SimEventChannels::BindInterdomain(DomId re
                          StrFormat("%s: allocated for d%u", what.c_str(), port->remote), EINVAL);
   }
   port->remote_fd = fd.get();
-  const EvtchnPort local_port = hypervisor_.next_backend_port_++;
+  const EvtchnPort local_port = hypervisor_.next_backend_port_.fetch_add(1);
   // Xen marks the new local port pending, since the guest may have notified before anyone was bound.
   BLK_RETURN_IF_ERROR(SignalEventFd(fd.get()));
   return std::unique_ptr<EventChannel>(
@@ -35,14 +35,14 @@ Result<std::unique_ptr<EventChannel>> SimEventChannels::BindInterdomain(DomId re
 }
 
 SimBoundChannel::~SimBoundChannel() {
-  std::lock_guard lock(hypervisor_.mu_);
+  std::lock_guard lock(remote_.mu_);
   SimDomain::Port* port = remote_.PortLocked(remote_port_);
   if (port != nullptr && port->remote_fd == fd_.get())
     port->remote_fd = -1;  // the guest's port is unbound again
 }
 
 Status SimBoundChannel::Notify() {
-  std::lock_guard lock(hypervisor_.mu_);
+  std::lock_guard lock(remote_.mu_);
   hypervisor_.counters_.backend_notifications.fetch_add(1, std::memory_order_relaxed);
   SimDomain::Port* port = remote_.PortLocked(remote_port_);
   return SignalEventFd(port->guest_fd.get());

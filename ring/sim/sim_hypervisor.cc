@@ -20,6 +20,7 @@ std::string StrFormat(const char* format, ...) {
 
 SimHypervisor::SimHypervisor(DomId backend_domid)
     : backend_domid_(backend_domid),
+      by_id_(std::make_unique<std::atomic<SimDomain*>[]>(DOMID_FIRST_RESERVED)),
       grant_table_(std::make_unique<SimGrantTable>(*this)),
       event_channels_(std::make_unique<SimEventChannels>(*this)) {}
 
@@ -40,17 +41,12 @@ Result<SimDomain*> SimHypervisor::CreateDomain(DomId domid, size_t pages, size_t
   std::lock_guard lock(mu_);
   auto [it, inserted] = domains_.emplace(domid, std::move(domain));
   if (!inserted) return Status::InvalidArgument(StrFormat("%s: the domain exists", name.c_str()));
+  by_id_[domid].store(it->second.get(), std::memory_order_release);
   return it->second.get();
 }
 
 SimDomain* SimHypervisor::FindDomain(DomId domid) {
-  std::lock_guard lock(mu_);
-  return FindDomainLocked(domid);
-}
-
-SimDomain* SimHypervisor::FindDomainLocked(DomId domid) {
-  auto it = domains_.find(domid);
-  return it == domains_.end() ? nullptr : it->second.get();
+  return domid < DOMID_FIRST_RESERVED ? by_id_[domid].load(std::memory_order_acquire) : nullptr;
 }
 
 Hypervisor SimHypervisor::hypervisor() { return Hypervisor{*grant_table_, *event_channels_, counters_}; }

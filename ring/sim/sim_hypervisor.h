@@ -4,13 +4,16 @@
 // Xen would have been asked for. A test drives the guest side through SimDomain, and may misbehave there on
 // purpose (revoke a grant that is mapped, make it read-only, notify a port nobody bound).
 //
-// Threading: every method of SimHypervisor and SimDomain may be called from any thread. One mutex (per
-// hypervisor) guards the grant tables and event channels, taken once per Map, per Copy batch, per grant or
-// event operation. Guest memory itself is not guarded: the guest and the backend share it as on real
-// hardware. Lifetime: every GrantMapping and EventChannel obtained from a SimHypervisor must be destroyed
+// Threading: every method of SimHypervisor and SimDomain may be called from any thread. Each domain has one
+// mutex over its grant table and ports: a Map takes it once (an unmap once more); a Copy batch takes it twice
+// per domain it touches, to validate and pin the entries and then to unpin them, with the memcpy in between
+// unlocked (Xen too copies with the entries pinned), so that backend workers copy in parallel and the guest
+// may grant meanwhile. Guest memory itself is not guarded: guest and backend share it as on real hardware.
+// Lifetime: every GrantMapping and EventChannel obtained from a SimHypervisor must be destroyed
 // before it.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -104,7 +107,7 @@ class SimDomain {
 
   SimDomain(SimHypervisor& hypervisor, DomId domid, size_t pages, size_t grant_entries);
   Status Init();
-  // The hypervisor's mutex must be held by the callers of these.
+  // mu_ must be held by the callers of these.
   GrantEntry* EntryLocked(GrantRef ref);
   void ReleaseRefLocked(GrantRef ref);
   Port* PortLocked(EvtchnPort port) const;
@@ -120,7 +123,7 @@ class SimDomain {
   std::vector<uint32_t> free_frames_;  // a stack, lowest frame on top
   std::vector<bool> frame_allocated_;
 
-  // Guarded by the hypervisor's mutex.
+  mutable std::mutex mu_;  // the grant table and the ports
   std::vector<GrantEntry> grants_;
   std::vector<GrantRef> free_refs_;  // a stack, lowest ref on top
   size_t grants_in_use_ = 0;
@@ -155,13 +158,13 @@ class SimHypervisor {
   friend class SimEventChannels;
   friend class SimBoundChannel;
 
-  SimDomain* FindDomainLocked(DomId domid);
-
   const DomId backend_domid_;
   HypervisorCounters counters_;
-  std::mutex mu_;
-  std::map<DomId, std::unique_ptr<SimDomain>> domains_;  // guarded by mu_
-  EvtchnPort next_backend_port_ = 1;                     // guarded by mu_
+  std::mutex mu_;                                        // creation of domains
+  std::map<DomId, std::unique_ptr<SimDomain>> domains_;  // owners; guarded by mu_
+  // Lookup without a lock: a domain, once published here, lives as long as the hypervisor.
+  std::unique_ptr<std::atomic<SimDomain*>[]> by_id_;
+  std::atomic<EvtchnPort> next_backend_port_{1};
   std::unique_ptr<SimGrantTable> grant_table_;
   std::unique_ptr<SimEventChannels> event_channels_;
 };

@@ -1,10 +1,10 @@
 // The simulated hypervisor's implementations of the backend-facing interfaces of ring/hypervisor.h. Private
 // to ring/sim/: users reach them through SimHypervisor::grants() and events().
 //
-// Threading: as ring/hypervisor.h promises; every method takes the hypervisor's mutex where it touches shared
-// state (once per Map, once per Copy batch).
+// Threading: as ring/hypervisor.h promises; see sim_hypervisor.h for which locks are taken when.
 #pragma once
 
+#include <mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -27,6 +27,9 @@ class SimGrantTable final : public GrantTable, public GrantUnmapper {
   static int16_t CheckAccess(const SimDomain::GrantEntry* entry, DomId accessor, bool want_write,
                              const char** reason);
 
+  // Drops the pins one mapping (or one copy) holds on `refs`.
+  static void Unpin(SimDomain& domain, std::span<const GrantRef> refs, bool writable);
+
   struct MappedRange {
     DomId domid;
     bool writable;
@@ -34,7 +37,8 @@ class SimGrantTable final : public GrantTable, public GrantUnmapper {
   };
 
   SimHypervisor& hypervisor_;
-  std::unordered_map<void*, MappedRange> mapped_;  // guarded by the hypervisor's mutex
+  std::mutex mapped_mu_;
+  std::unordered_map<void*, MappedRange> mapped_;  // guarded by mapped_mu_
 };
 
 class SimEventChannels final : public EventChannels {
