@@ -17,7 +17,8 @@ namespace {
 
 constexpr uint64_t kTableOffset = kFooterSize + kHeaderSize;
 constexpr uint32_t kCreatorOsWindows = 0x5769326B;  // "Wi2k", what every writer puts here
-constexpr uint32_t kTapdiskVersion = 0x00010003;   // a creator version whose images carry a batmap
+constexpr uint32_t kTapdiskVersion = 0x00010003;               // images of version 1.2 and later carry a batmap
+constexpr uint32_t kTapdiskVersionWithoutBatmap = 0x00010000;  // 1.0: a batmap only if one is found
 
 Status RandomUuid(Uuid* uuid) {
   if (getrandom(uuid->data(), uuid->size(), 0) != static_cast<ssize_t>(uuid->size())) {
@@ -77,8 +78,9 @@ Status CreateImage(const std::string& path, const CreateOptions& options) {
   }
 
   footer.timestamp = VhdTimestamp(std::time(nullptr));
-  footer.creator_app = options.batmap ? std::array<char, 4>{'t', 'a', 'p', '\0'} : std::array<char, 4>{'b', 'k', 'b', 'd'};
-  footer.creator_version = options.batmap ? kTapdiskVersion : 0x00010000;
+  bool batmap = options.batmap && options.type != DiskType::kFixed;
+  footer.creator_app = {'t', 'a', 'p', '\0'};
+  footer.creator_version = batmap ? kTapdiskVersion : kTapdiskVersionWithoutBatmap;
   footer.creator_os = kCreatorOsWindows;
   footer.original_size = size;
   footer.current_size = size;
@@ -105,15 +107,15 @@ Status CreateImage(const std::string& path, const CreateOptions& options) {
   header.block_size = block_size;
   uint64_t end = kTableOffset + BatBytes(header.max_table_entries);
   std::vector<uint8_t> bat(BatBytes(header.max_table_entries), 0xFF);
-  BatmapHeader batmap;
+  BatmapHeader batmap_header_fields;
   uint64_t batmap_header_offset = end;
   std::vector<uint8_t> batmap_bytes;
-  if (options.batmap) {
-    batmap.batmap_offset = end + kSectorSize;
+  if (batmap) {
+    batmap_header_fields.batmap_offset = end + kSectorSize;
     batmap_bytes.assign(RoundUp(RoundUp(header.max_table_entries, 8) / 8, kSectorSize), 0);
-    batmap.batmap_sectors = static_cast<uint32_t>(batmap_bytes.size() / kSectorSize);
-    batmap.checksum = BatmapChecksum(batmap_bytes);
-    end = batmap.batmap_offset + batmap_bytes.size();
+    batmap_header_fields.batmap_sectors = static_cast<uint32_t>(batmap_bytes.size() / kSectorSize);
+    batmap_header_fields.checksum = BatmapChecksum(batmap_bytes);
+    end = batmap_header_fields.batmap_offset + batmap_bytes.size();
   }
   for (size_t i = 0; i < locators.size(); ++i) {
     ParentLocator& locator = header.locators[i];
@@ -131,11 +133,11 @@ Status CreateImage(const std::string& path, const CreateOptions& options) {
   BLK_RETURN_IF_ERROR(file.WriteAt(0, footer_bytes));
   BLK_RETURN_IF_ERROR(file.WriteAt(kFooterSize, header_bytes));
   BLK_RETURN_IF_ERROR(file.WriteAt(kTableOffset, bat));
-  if (options.batmap) {
+  if (batmap) {
     std::array<uint8_t, kSectorSize> batmap_header;
-    EncodeBatmapHeader(batmap, batmap_header);
+    EncodeBatmapHeader(batmap_header_fields, batmap_header);
     BLK_RETURN_IF_ERROR(file.WriteAt(batmap_header_offset, batmap_header));
-    BLK_RETURN_IF_ERROR(file.WriteAt(batmap.batmap_offset, batmap_bytes));
+    BLK_RETURN_IF_ERROR(file.WriteAt(batmap_header_fields.batmap_offset, batmap_bytes));
   }
   for (size_t i = 0; i < locators.size(); ++i) {
     const std::string& bytes = locators[i].bytes;

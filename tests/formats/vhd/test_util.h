@@ -34,7 +34,7 @@ class TempDir {
 };
 
 // Runs a shell command; returns its exit status and (through `output`) what it printed on stdout and stderr.
-inline int Run(const std::string& command, std::string* output = nullptr) {
+inline int RunCommand(const std::string& command, std::string* output = nullptr) {
   std::string full = command + " 2>&1";
   FILE* pipe = ::popen(full.c_str(), "r");
   if (pipe == nullptr) return -1;
