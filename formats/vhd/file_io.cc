@@ -75,7 +75,7 @@ Status FaultInjectingFile::Crash() {
       BLK_RETURN_IF_ERROR(inner_->WriteAt(undo->offset, undo->old_bytes));
     }
     if (have_synced_size_) BLK_RETURN_IF_ERROR(inner_->Truncate(synced_size_));
-    BLK_RETURN_IF_ERROR(inner_->Sync());
+    if (real_syncs_) BLK_RETURN_IF_ERROR(inner_->Sync());
   }
   unsynced_.clear();
   return Dead();
@@ -113,7 +113,7 @@ Status FaultInjectingFile::WriteAt(uint64_t offset, std::span<const uint8_t> dat
 
 Status FaultInjectingFile::Sync() {
   if (crashed_) return Dead();
-  BLK_RETURN_IF_ERROR(inner_->Sync());
+  if (real_syncs_) BLK_RETURN_IF_ERROR(inner_->Sync());
   unsynced_.clear();
   Result<uint64_t> size = inner_->Size();
   if (!size.ok()) return size.status();

@@ -56,8 +56,10 @@ class FaultInjectingFile : public FileIo {
     kCrash,       // the Nth write never happens and neither does anything after it
     kPowerCut,    // as kCrash, and every write since the last successful Sync is undone
   };
-  FaultInjectingFile(std::unique_ptr<FileIo> inner, Fault fault, uint64_t fault_at_write)
-      : inner_(std::move(inner)), fault_(fault), fault_at_write_(fault_at_write) {}
+  // `real_syncs` false skips the inner fdatasync: the wrapper's own bookkeeping decides what a power cut loses, so
+  // tests need not wait for the disk.
+  FaultInjectingFile(std::unique_ptr<FileIo> inner, Fault fault, uint64_t fault_at_write, bool real_syncs = true)
+      : inner_(std::move(inner)), fault_(fault), fault_at_write_(fault_at_write), real_syncs_(real_syncs) {}
 
   Status ReadAt(uint64_t offset, std::span<uint8_t> out) override;
   Status WriteAt(uint64_t offset, std::span<const uint8_t> data) override;
@@ -80,6 +82,7 @@ class FaultInjectingFile : public FileIo {
   std::unique_ptr<FileIo> inner_;
   Fault fault_;
   uint64_t fault_at_write_;
+  bool real_syncs_;
   uint64_t writes_ = 0;
   bool crashed_ = false;
   bool have_synced_size_ = false;

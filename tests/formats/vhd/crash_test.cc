@@ -6,7 +6,11 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
+#include <set>
+#include <string>
 
+#include "base/log.h"
 #include "formats/vhd/chain.h"
 #include "formats/vhd/check.h"
 #include "formats/vhd/create.h"
@@ -70,7 +74,7 @@ class CrashTest : public ::testing::TestWithParam<Kind> {
     Outcome outcome;
     FaultInjectingFile* injector = nullptr;
     auto wrap = [&](std::unique_ptr<FileIo> inner) -> std::unique_ptr<FileIo> {
-      auto wrapped = std::make_unique<FaultInjectingFile>(std::move(inner), fault, fault_at);
+      auto wrapped = std::make_unique<FaultInjectingFile>(std::move(inner), fault, fault_at, /*real_syncs=*/false);
       injector = wrapped.get();
       return wrapped;
     };
@@ -119,7 +123,13 @@ class CrashTest : public ::testing::TestWithParam<Kind> {
     std::vector<uint8_t> expected = before_;
     for (const Op& op : kOps) std::memcpy(expected.data() + op.offset, ours.data() + op.offset, op.length);
     EXPECT_TRUE(SameBytes(ours, expected)) << label;
-    // An independent reader agrees.
+    // An independent reader agrees (asked once per distinct resulting file: many faults leave the same bytes).
+    std::string image_bytes;
+    for (const std::string& path : {top(), dir_.File("base.vhd")}) {
+      std::vector<uint8_t> bytes = ReadWholeFile(path);
+      image_bytes.append(bytes.begin(), bytes.end());
+    }
+    if (!verified_.insert(std::hash<std::string>()(image_bytes)).second) return;
     std::string raw = dir_.File("other.raw");
     std::string command = GetParam() == Kind::kDynamic
                               ? "qemu-img convert -f vpc -O raw " + top() + " " + raw
@@ -131,9 +141,12 @@ class CrashTest : public ::testing::TestWithParam<Kind> {
 
   TempDir dir_;
   std::vector<uint8_t> before_;
+  std::set<size_t> verified_;
 };
 
 TEST_P(CrashTest, EveryWriteOfTheSequenceCanBeTheLast) {
+  // Closing a crashed image logs an error each time; expected here, and noise in the test's output.
+  SetLogSink([](LogLevel, const char*, void*) {}, nullptr);
   MakeImage();
   std::vector<uint8_t> pristine = ReadWholeFile(top());
   Outcome clean = RunOps(FaultInjectingFile::Fault::kNone, 0);
@@ -154,9 +167,10 @@ TEST_P(CrashTest, EveryWriteOfTheSequenceCanBeTheLast) {
       }
       EXPECT_LT(outcome.acknowledged, std::size(kOps)) << label;
       Verify(outcome, label);
-      if (HasFailure()) return;  // one broken case explains the rest
+      if (HasFailure()) break;  // one broken case explains the rest
     }
   }
+  SetLogSink(nullptr, nullptr);
 }
 
 INSTANTIATE_TEST_SUITE_P(Kinds, CrashTest, ::testing::Values(Kind::kDynamic, Kind::kDifferencing),
