@@ -162,5 +162,31 @@ TEST(QemuInteropTest, QemuImagesOver127GiB) {
   }
 }
 
+// Virtual PC's images (and old qemu's) may carry a current_size that disagrees with their geometry; qemu reads the
+// geometry there, and so must we, saying so in a notice.
+TEST(QemuInteropTest, GeometryCreatorsFollowQemusSizeRule) {
+  TempDir dir;
+  for (const char* creator : {"qemu", "vpc "}) {
+    std::string vhd = dir.File("vpc.vhd");
+    RunOk("qemu-img create -q -f vpc -o subformat=dynamic " + vhd + " 10M");
+    std::vector<uint8_t> bytes = ReadWholeFile(vhd);
+    for (size_t at : {size_t{0}, bytes.size() - kFooterSize}) {
+      Result<Footer> footer = DecodeFooter(std::span<const uint8_t>(bytes).subspan(at, kFooterSize));
+      ASSERT_TRUE(footer.ok());
+      std::memcpy(footer->creator_app.data(), creator, 4);
+      footer->current_size = 10u << 20;  // the size asked for, not the geometry's
+      EncodeFooter(*footer, std::span<uint8_t, kFooterSize>(bytes.data() + at, kFooterSize));
+    }
+    testing::WriteWholeFile(vhd, bytes);
+    Result<std::unique_ptr<VhdChain>> chain = VhdChain::Open(vhd, false);
+    ASSERT_TRUE(chain.ok()) << chain.status().ToString();
+    const VhdImage& image = (*chain)->top();
+    EXPECT_EQ(image.virtual_size(), QemuVirtualSize(vhd)) << creator;
+    EXPECT_NE(image.virtual_size(), 10u << 20) << creator;
+    ASSERT_EQ(image.notes().size(), 1u) << creator;
+    EXPECT_NE(image.notes()[0].find("following the geometry"), std::string::npos) << image.notes()[0];
+  }
+}
+
 }  // namespace
 }  // namespace blk::vhd
