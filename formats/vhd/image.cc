@@ -161,7 +161,8 @@ Status VhdImage::LoadDynamic(uint64_t file_size) {
                    " overlaps the footer copy or the dynamic header");
   }
   metadata_end_ = std::max({kFooterSize + uint64_t{0}, header_end, bat_end});
-  bat_.resize(uint64_t{block_count_} * 4);
+  // Whole sectors, so a BAT sector can be rewritten from memory (entries past the disk's end included).
+  bat_.resize(BatBytes(block_count_));
   BLK_RETURN_IF_ERROR(file_->ReadAt(header_.table_offset, bat_));
 
   if (type() == DiskType::kDifferencing) {

@@ -6,6 +6,7 @@
 // Corruption naming the file and the field. Threading: one thread at a time per image (and its chain).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -78,6 +79,22 @@ class VhdImage {
   // Plans the write of [offset, offset + length), which must lie inside one block, given the bitmap (loaded).
   Result<BlockWritePlan> PlanWrite(uint64_t offset, uint64_t length) const;
 
+  // The steps of a kAllocate plan, for an engine that does its own I/O (Allocate below is the synchronous one):
+  //   1. if NeedsParentFill(plan), read the block's guest range [plan.block * block size, + block_sectors * 512)
+  //      from the parent into block[bitmap_bytes()...]; BuildNewBlock then lays the bitmap and the guest's data in;
+  //   2. write EncodedFooter() at plan.new_footer_offset and the block at plan.block_offset; fdatasync;
+  //   3. write BatSector(plan) at BatSectorOffset(plan); fdatasync; acknowledge; CommitAllocation(plan);
+  //   4. SetBatmapBit(plan.block) (synchronous for now: a sector and the batmap header).
+  // Two writes to one unallocated block must not both allocate it: the engine holds the second until step 3 ends.
+  uint64_t new_block_bytes() const { return bitmap_bytes_ + header_.block_size; }
+  bool NeedsParentFill(const BlockWritePlan& plan) const;
+  void BuildNewBlock(const BlockWritePlan& plan, std::span<const uint8_t> data, std::span<uint8_t> block) const;
+  std::array<uint8_t, kFooterSize> EncodedFooter() const;
+  uint64_t BatSectorOffset(const BlockWritePlan& plan) const;
+  std::array<uint8_t, kSectorSize> BatSector(const BlockWritePlan& plan) const;
+  void CommitAllocation(const BlockWritePlan& plan);
+  Status SetBatmapBit(uint32_t block);
+
   // Synchronous API.
   Status Read(uint64_t offset, std::span<uint8_t> out);
   Status Write(uint64_t offset, std::span<const uint8_t> data);
@@ -107,7 +124,6 @@ class VhdImage {
   Status ReadParent(uint64_t offset, std::span<uint8_t> out);
   Status WriteInBlock(uint64_t offset, std::span<const uint8_t> data);
   Status Allocate(const BlockWritePlan& plan, std::span<const uint8_t> data);
-  Status SetBatmapBit(uint32_t block);
   Status WriteFooters();
 
   std::unique_ptr<FileIo> file_;

@@ -99,40 +99,68 @@ Status VhdImage::WriteInBlock(uint64_t offset, std::span<const uint8_t> data) {
   return Status::Ok();
 }
 
-Status VhdImage::Allocate(const BlockWritePlan& plan, std::span<const uint8_t> data) {
-  const uint64_t block_start = uint64_t{plan.block} * header_.block_size;
-  const uint64_t sectors = block_sectors(plan.block);
-  std::vector<uint8_t> block(bitmap_bytes_ + header_.block_size, 0);
-  std::span<uint8_t> bitmap = std::span(block).first(bitmap_bytes_);
-  std::span<uint8_t> contents = std::span(block).subspan(bitmap_bytes_);
-  SetBits(bitmap, 0, sectors);
-  // A partial write to a new block of a differencing disk keeps the rest of the block as the parent has it.
-  uint64_t in_block = plan.guest_offset - block_start;
-  if (type() == DiskType::kDifferencing && data.size() < sectors * kSectorSize) {
-    BLK_RETURN_IF_ERROR(ReadParent(block_start, contents.first(sectors * kSectorSize)));
-  }
-  std::memcpy(contents.data() + in_block, data.data(), data.size());
+bool VhdImage::NeedsParentFill(const BlockWritePlan& plan) const {
+  return type() == DiskType::kDifferencing && plan.length < block_sectors(plan.block) * kSectorSize;
+}
 
-  // (1) The footer past the new block, then the block itself; neither is reachable until the BAT says so.
+void VhdImage::BuildNewBlock(const BlockWritePlan& plan, std::span<const uint8_t> data,
+                             std::span<uint8_t> block) const {
+  std::span<uint8_t> bitmap = block.first(bitmap_bytes_);
+  std::span<uint8_t> contents = block.subspan(bitmap_bytes_);
+  const uint64_t sectors = block_sectors(plan.block);
+  std::fill(bitmap.begin(), bitmap.end(), 0);
+  SetBits(bitmap, 0, sectors);
+  // Without a parent the block is zeros around the guest's data (qemu reads a dynamic block's data regardless of
+  // its bitmap); with one, the caller has put the parent's data there.
+  if (!NeedsParentFill(plan)) std::fill(contents.begin(), contents.end(), 0);
+  std::fill(contents.begin() + static_cast<ptrdiff_t>(sectors * kSectorSize), contents.end(), 0);
+  uint64_t in_block = plan.guest_offset - uint64_t{plan.block} * header_.block_size;
+  std::copy(data.begin(), data.end(), contents.begin() + static_cast<ptrdiff_t>(in_block));
+}
+
+std::array<uint8_t, kFooterSize> VhdImage::EncodedFooter() const {
   std::array<uint8_t, kFooterSize> footer;
   EncodeFooter(footer_, footer);
-  BLK_RETURN_IF_ERROR(file_->WriteAt(plan.new_footer_offset, footer));
+  return footer;
+}
+
+uint64_t VhdImage::BatSectorOffset(const BlockWritePlan& plan) const {
+  return header_.table_offset + uint64_t{plan.block} * 4 / kSectorSize * kSectorSize;
+}
+
+std::array<uint8_t, kSectorSize> VhdImage::BatSector(const BlockWritePlan& plan) const {
+  std::array<uint8_t, kSectorSize> sector;
+  uint64_t first = uint64_t{plan.block} * 4 / kSectorSize * kSectorSize;
+  std::copy_n(bat_.begin() + static_cast<ptrdiff_t>(first), kSectorSize, sector.begin());
+  SetBatEntry(sector, static_cast<uint32_t>(uint64_t{plan.block} * 4 % kSectorSize / 4),
+              static_cast<uint32_t>(plan.block_offset / kSectorSize));
+  return sector;
+}
+
+void VhdImage::CommitAllocation(const BlockWritePlan& plan) {
+  SetBatEntry(bat_, plan.block, static_cast<uint32_t>(plan.block_offset / kSectorSize));
+  footer_offset_ = std::max(footer_offset_, plan.new_footer_offset);
+  std::vector<uint8_t> bits(bitmap_bytes_, 0);
+  SetBits(bits, 0, block_sectors(plan.block));
+  bitmaps_[plan.block] = CachedBitmap{std::move(bits), true};
+}
+
+Status VhdImage::Allocate(const BlockWritePlan& plan, std::span<const uint8_t> data) {
+  std::vector<uint8_t> block(new_block_bytes());
+  if (NeedsParentFill(plan)) {
+    uint64_t block_start = uint64_t{plan.block} * header_.block_size;
+    BLK_RETURN_IF_ERROR(
+        ReadParent(block_start, std::span(block).subspan(bitmap_bytes_, block_sectors(plan.block) * kSectorSize)));
+  }
+  BuildNewBlock(plan, data, block);
+  // (1) The footer past the new block, then the block itself; neither is reachable until the BAT says so.
+  BLK_RETURN_IF_ERROR(file_->WriteAt(plan.new_footer_offset, EncodedFooter()));
   BLK_RETURN_IF_ERROR(file_->WriteAt(plan.block_offset, block));
   BLK_RETURN_IF_ERROR(file_->Sync());
-
-  // (2) The BAT sector that holds the entry, read back so entries we do not keep in memory survive.
-  uint64_t entry_byte = uint64_t{plan.block} * 4;
-  uint64_t sector_offset = header_.table_offset + entry_byte / kSectorSize * kSectorSize;
-  std::array<uint8_t, kSectorSize> bat_sector;
-  BLK_RETURN_IF_ERROR(file_->ReadAt(sector_offset, bat_sector));
-  auto sector_number = static_cast<uint32_t>(plan.block_offset / kSectorSize);
-  SetBatEntry(bat_sector, static_cast<uint32_t>(entry_byte % kSectorSize / 4), sector_number);
-  BLK_RETURN_IF_ERROR(file_->WriteAt(sector_offset, bat_sector));
+  // (2) The one BAT sector holding the entry.
+  BLK_RETURN_IF_ERROR(file_->WriteAt(BatSectorOffset(plan), BatSector(plan)));
   BLK_RETURN_IF_ERROR(file_->Sync());
-
-  SetBatEntry(bat_, plan.block, sector_number);
-  footer_offset_ = plan.new_footer_offset;
-  bitmaps_[plan.block] = CachedBitmap{std::vector<uint8_t>(bitmap.begin(), bitmap.end()), true};
+  CommitAllocation(plan);
   // (3) The batmap: a hint, so it may lag; it is never ahead of the bitmap it summarises.
   return SetBatmapBit(plan.block);
 }

@@ -224,5 +224,53 @@ TEST(ImageTest, AnOld511ByteFooterIsReadAndRewrittenWhole) {
   EXPECT_TRUE(OpenImage(path, false)->notes().empty());
 }
 
+// The allocation steps as an engine with its own I/O would run them, on a differencing child (parent fill included).
+TEST(ImageTest, AllocationStepsCanBeDrivenFromOutside) {
+  TempDir dir;
+  std::string base = dir.File("base.vhd");
+  ASSERT_TRUE(CreateImage(base, CreateOptions::Dynamic(4 * kBlock, kBlock)).ok());
+  {
+    auto image = OpenImage(base, true);
+    ASSERT_TRUE(image->Write(kBlock, Pattern(kBlock, 1)).ok());
+  }
+  std::string child = dir.File("child.vhd");
+  ASSERT_TRUE(CreateImage(child, CreateOptions::Differencing(base)).ok());
+  auto parent = OpenImage(base, false);
+  auto image = OpenImage(child, true);
+  image->set_parent(parent.get());
+
+  std::vector<uint8_t> data = Pattern(1024, 2);
+  Result<BlockWritePlan> plan = image->PlanWrite(kBlock + 2048, data.size());
+  ASSERT_TRUE(plan.ok());
+  ASSERT_EQ(plan->action, BlockWritePlan::Action::kAllocate);
+  ASSERT_TRUE(image->NeedsParentFill(*plan));
+  std::vector<uint8_t> block(image->new_block_bytes());
+  ASSERT_TRUE(parent->Read(kBlock, std::span(block).subspan(image->bitmap_bytes(), kBlock)).ok());
+  image->BuildNewBlock(*plan, data, block);
+  FileIo& file = image->file();
+  ASSERT_TRUE(file.WriteAt(plan->new_footer_offset, image->EncodedFooter()).ok());
+  ASSERT_TRUE(file.WriteAt(plan->block_offset, block).ok());
+  ASSERT_TRUE(file.Sync().ok());
+  ASSERT_TRUE(file.WriteAt(image->BatSectorOffset(*plan), image->BatSector(*plan)).ok());
+  ASSERT_TRUE(file.Sync().ok());
+  image->CommitAllocation(*plan);
+  ASSERT_TRUE(image->SetBatmapBit(plan->block).ok());
+  EXPECT_EQ(image->PlanWrite(kBlock, 512)->action, BlockWritePlan::Action::kInPlace);
+  ASSERT_TRUE(image->Close().ok());
+  image.reset();
+
+  std::vector<uint8_t> expected = Pattern(kBlock, 1);
+  std::copy(data.begin(), data.end(), expected.begin() + 2048);
+  auto reread = OpenImage(child, false);
+  reread->set_parent(parent.get());
+  std::array<Piece, 2> pieces;
+  ASSERT_EQ(reread->Resolve(kBlock, kBlock, pieces), 1u);
+  EXPECT_EQ(pieces[0].kind, Piece::Kind::kFile);  // the whole block is the child's now
+  std::vector<uint8_t> got(kBlock);
+  ASSERT_TRUE(reread->Read(kBlock, got).ok());
+  EXPECT_TRUE(SameBytes(got, expected));
+  EXPECT_TRUE(CheckImage(child).ok());
+}
+
 }  // namespace
 }  // namespace blk::vhd
