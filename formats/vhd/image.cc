@@ -12,6 +12,10 @@ namespace {
 // a + b, or false when it does not fit in 64 bits.
 bool Add(uint64_t a, uint64_t b, uint64_t* sum) { return !__builtin_add_overflow(a, b, sum); }
 
+// The BAT is held in memory: 16M entries (64 MiB) map 32 TiB in 2 MiB blocks, far beyond VHD's 2040 GiB, and
+// stop a hostile image with tiny blocks from asking for gigabytes.
+constexpr uint64_t kMaxBlocks = 16u << 20;
+
 bool Overlaps(uint64_t a, uint64_t a_length, uint64_t b, uint64_t b_length) {
   return a < b + b_length && b < a + a_length;
 }
@@ -146,6 +150,10 @@ Status VhdImage::LoadDynamic(uint64_t file_size) {
     return Corrupt("max_table_entries " + std::to_string(header_.max_table_entries) + " cannot map " +
                    std::to_string(virtual_size_) + " bytes in blocks of " + std::to_string(header_.block_size) +
                    " (needs " + std::to_string(needed) + ")");
+  }
+  if (needed > kMaxBlocks) {
+    return Corrupt(std::to_string(needed) + " blocks of " + std::to_string(header_.block_size) +
+                   " bytes: more than the " + std::to_string(kMaxBlocks) + " blocks this implementation maps");
   }
   block_count_ = static_cast<uint32_t>(needed);
   uint64_t bat_bytes = BatBytes(header_.max_table_entries);
@@ -287,13 +295,19 @@ Status VhdImage::LoadBitmap(uint32_t block) {
   CachedBitmap cached{std::vector<uint8_t>(bitmap_bytes_), false};
   BLK_RETURN_IF_ERROR(file_->ReadAt(uint64_t{sector} * kSectorSize, cached.bits));
   cached.full = AllBitsSet(cached.bits, block_sectors(block));
+  if (cached.full) cached.bits = {};  // a full block needs no bits kept: the common case costs a few bytes
   bitmaps_.emplace(block, std::move(cached));
   return Status::Ok();
 }
 
 Result<std::span<const uint8_t>> VhdImage::Bitmap(uint32_t block) {
   BLK_RETURN_IF_ERROR(LoadBitmap(block));
-  return std::span<const uint8_t>(bitmaps_.at(block).bits);
+  const CachedBitmap& cached = bitmaps_.at(block);
+  if (cached.full) {
+    if (full_bitmap_.empty()) full_bitmap_.assign(bitmap_bytes_, 0xFF);
+    return std::span<const uint8_t>(full_bitmap_);
+  }
+  return std::span<const uint8_t>(cached.bits);
 }
 
 size_t VhdImage::Resolve(uint64_t offset, uint64_t length, std::span<Piece> out) const {

@@ -142,6 +142,7 @@ class VhdImage {
   uint64_t batmap_header_offset_ = 0;
   std::vector<uint8_t> batmap_;
   std::unordered_map<uint32_t, CachedBitmap> bitmaps_;
+  std::vector<uint8_t> full_bitmap_;  // what Bitmap() shows for a full block
   std::vector<std::string> notes_;
   bool footer_dirty_ = false;
   VhdImage* parent_ = nullptr;

@@ -95,7 +95,10 @@ Status VhdImage::WriteInBlock(uint64_t offset, std::span<const uint8_t> data) {
                                                                                    (last - sector + 1) * kSectorSize)));
   BLK_RETURN_IF_ERROR(file_->Sync());
   cached.full = AllBitsSet(cached.bits, block_sectors(plan->block));
-  if (cached.full) BLK_RETURN_IF_ERROR(SetBatmapBit(plan->block));
+  if (cached.full) {
+    cached.bits = {};
+    BLK_RETURN_IF_ERROR(SetBatmapBit(plan->block));
+  }
   return Status::Ok();
 }
 
@@ -140,9 +143,7 @@ std::array<uint8_t, kSectorSize> VhdImage::BatSector(const BlockWritePlan& plan)
 void VhdImage::CommitAllocation(const BlockWritePlan& plan) {
   SetBatEntry(bat_, plan.block, static_cast<uint32_t>(plan.block_offset / kSectorSize));
   footer_offset_ = std::max(footer_offset_, plan.new_footer_offset);
-  std::vector<uint8_t> bits(bitmap_bytes_, 0);
-  SetBits(bits, 0, block_sectors(plan.block));
-  bitmaps_[plan.block] = CachedBitmap{std::move(bits), true};
+  bitmaps_[plan.block] = CachedBitmap{{}, true};
 }
 
 Status VhdImage::Allocate(const BlockWritePlan& plan, std::span<const uint8_t> data) {

@@ -118,6 +118,25 @@ TEST(CorruptionTest, HugeOrShortTablesAreRefused) {
   ExpectRefused(on_header, "overlaps");
 }
 
+TEST(CorruptionTest, TablesTooLargeToHoldAreRefused) {
+  TempDir dir;
+  // 2000 GiB in 512-byte blocks: four billion BAT entries; the file is made large (sparse) enough to hold them.
+  std::string path = MakeDynamic(dir, "tiny-blocks.vhd");
+  PatchHeader(path, [](DynamicHeader* h) {
+    h->block_size = 512;
+    h->max_table_entries = 0xFFFFFFFF;
+  });
+  PatchFooters(path, [](Footer* f) { f->current_size = 2000ull << 30; });
+  std::vector<uint8_t> bytes = ReadWholeFile(path);
+  std::vector<uint8_t> footer(bytes.end() - 512, bytes.end());
+  std::filesystem::resize_file(path, 20ull << 30);
+  Result<std::unique_ptr<FileIo>> file = PosixFile::Open(path, true);
+  ASSERT_TRUE(file.ok());
+  ASSERT_TRUE((*file)->WriteAt((20ull << 30) - 512, footer).ok());
+  file->reset();
+  ExpectRefused(path, "blocks this implementation maps");
+}
+
 TEST(CorruptionTest, BadBlockSizesAreRefused) {
   TempDir dir;
   for (uint32_t size : {0u, 3000u, 256u, 1u << 30}) {
