@@ -88,10 +88,11 @@ CheckReport CheckImage(const std::string& path, const std::function<void(uint64_
   for (const auto& image : (*chain)->images()) {
     for (const std::string& note : image->notes()) report.notes.push_back(image->path() + ": " + note);
   }
-  VhdImage& top = (*chain)->top();
-  if (top.type() == DiskType::kFixed) return report;
-  CheckFooterCopy(top, &report);
-  CheckBlocks(top, &report, progress);
+  for (const auto& image : (*chain)->images()) {
+    if (image->type() == DiskType::kFixed) continue;
+    CheckFooterCopy(*image, &report);
+    CheckBlocks(*image, &report, progress);
+  }
   return report;
 }
 

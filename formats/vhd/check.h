@@ -1,4 +1,4 @@
-// Checking a VHD (and its chain) for everything Open refuses, plus what Open does not read: the footer copy, the
+// Checking a VHD and every image of its chain for everything Open refuses, plus what Open does not read: the footer copy, the
 // batmap against the bitmaps, and, in dynamic disks, sectors whose bitmap bit is clear but whose data is not zero
 // (qemu, which ignores bitmaps, would read that data).
 //

@@ -149,6 +149,10 @@ TEST(ImageTest, CheckFindsDataBehindClearBitsAndBatmapLies) {
   WriteWholeFile(path, bytes);
   CheckReport report = CheckImage(path);
   ASSERT_EQ(report.problems.size(), 2u);
+  // Damage in a parent is found from the child too.
+  std::string child = dir.File("child.vhd");
+  ASSERT_TRUE(CreateImage(child, CreateOptions::Differencing(path)).ok());
+  EXPECT_EQ(CheckImage(child).problems.size(), 2u);
   EXPECT_NE(report.problems[0].find("batmap"), std::string::npos) << report.problems[0];
   EXPECT_NE(report.problems[1].find("sector 8"), std::string::npos) << report.problems[1];
 }
