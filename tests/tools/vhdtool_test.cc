@@ -148,6 +148,22 @@ TEST(VhdtoolTest, ConvertBothWaysAndFlattensChains) {
   EXPECT_NE(output.find("exists"), std::string::npos) << output;
 }
 
+// On a terminal (script(1) provides one; bsdutils is essential in Debian) convert draws a bar; in a pipe it does not.
+TEST(VhdtoolTest, ProgressBarOnlyOnATerminal) {
+  TempDir dir;
+  vhd::testing::WriteWholeFile(dir.File("src.raw"), Pattern(3 << 20, 4));
+  std::string output;
+  ASSERT_EQ(RunCommand("script -qec '" + kTool + " convert " + dir.File("src.raw") + " " + dir.File("a.vhd") +
+                           "' /dev/null",
+                       &output),
+            0)
+      << output;
+  EXPECT_NE(output.find("converting ["), std::string::npos) << output;
+  EXPECT_NE(output.find("100%"), std::string::npos) << output;
+  ASSERT_EQ(Tool("convert " + dir.File("src.raw") + " " + dir.File("b.vhd"), &output), 0) << output;
+  EXPECT_EQ(output, "");
+}
+
 TEST(VhdtoolTest, CoalesceWritesTheChildIntoItsParent) {
   TempDir dir;
   std::vector<uint8_t> model = MakeChain(dir);
