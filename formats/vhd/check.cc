@@ -26,11 +26,13 @@ void CheckFooterCopy(VhdImage& image, CheckReport* report) {
   EncodeFooter(*copy, copy_bytes);
   EncodeFooter(image.footer(), footer_bytes);
   if (copy_bytes != footer_bytes) {
-    report->problems.push_back(image.path() + ": the footer copy at offset 0 differs from the footer at the end");
+    report->problems.push_back(image.path() +
+                               ": the footer copy at offset 0 differs from the footer at the end");
   }
 }
 
-void CheckBlocks(VhdImage& image, CheckReport* report, const std::function<void(uint64_t, uint64_t)>& progress) {
+void CheckBlocks(VhdImage& image, CheckReport* report,
+                 const std::function<void(uint64_t, uint64_t)>& progress) {
   const uint32_t block_size = image.header().block_size;
   std::vector<uint8_t> data;
   for (uint32_t block = 0; block < image.block_count(); ++block) {
@@ -67,7 +69,8 @@ void CheckBlocks(VhdImage& image, CheckReport* report, const std::function<void(
       if (TestBit(*bitmap, s)) continue;
       auto first = data.begin() + static_cast<ptrdiff_t>(s * kSectorSize);
       if (std::any_of(first, first + kSectorSize, [](uint8_t byte) { return byte != 0; })) {
-        report->problems.push_back(image.path() + ": block " + std::to_string(block) + " sector " + std::to_string(s) +
+        report->problems.push_back(image.path() + ": block " + std::to_string(block) + " sector " +
+                                   std::to_string(s) +
                                    ": bitmap bit clear but the data is not zero (qemu would read it)");
         break;
       }

@@ -1,6 +1,6 @@
-// Checking a VHD and every image of its chain for everything Open refuses, plus what Open does not read: the footer copy, the
-// batmap against the bitmaps, and, in dynamic disks, sectors whose bitmap bit is clear but whose data is not zero
-// (qemu, which ignores bitmaps, would read that data).
+// Checking a VHD and every image of its chain for everything Open refuses, plus what Open does not read: the
+// footer copy, the batmap against the bitmaps, and, in dynamic disks, sectors whose bitmap bit is clear but
+// whose data is not zero (qemu, which ignores bitmaps, would read that data).
 //
 // Threading: stateless; one call per image.
 #pragma once
@@ -22,6 +22,7 @@ struct CheckReport {
 };
 
 // `progress(done, total)` is called as blocks are checked (vhdtool draws its bar with it); may be empty.
-CheckReport CheckImage(const std::string& path, const std::function<void(uint64_t, uint64_t)>& progress = nullptr);
+CheckReport CheckImage(const std::string& path,
+                       const std::function<void(uint64_t, uint64_t)>& progress = nullptr);
 
 }  // namespace blk::vhd

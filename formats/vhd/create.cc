@@ -17,7 +17,7 @@ namespace {
 
 constexpr uint64_t kTableOffset = kFooterSize + kHeaderSize;
 constexpr uint32_t kCreatorOsWindows = 0x5769326B;  // "Wi2k", what every writer puts here
-constexpr uint32_t kTapdiskVersion = 0x00010003;               // images of version 1.2 and later carry a batmap
+constexpr uint32_t kTapdiskVersion = 0x00010003;    // images of version 1.2 and later carry a batmap
 constexpr uint32_t kTapdiskVersionWithoutBatmap = 0x00010000;  // 1.0: a batmap only if one is found
 
 Status RandomUuid(Uuid* uuid) {
@@ -43,7 +43,8 @@ Status CreateImage(const std::string& path, const CreateOptions& options) {
   DynamicHeader header;
   std::vector<Locator> locators;
   if (options.type == DiskType::kDifferencing) {
-    if (options.parent.empty()) return Status::InvalidArgument(path + ": a differencing image needs a parent");
+    if (options.parent.empty())
+      return Status::InvalidArgument(path + ": a differencing image needs a parent");
     Result<std::unique_ptr<FileIo>> parent_file = PosixFile::Open(options.parent, false);
     if (!parent_file.ok()) return parent_file.status();
     Result<std::unique_ptr<VhdImage>> parent = VhdImage::Open(std::move(*parent_file), false);
@@ -121,7 +122,8 @@ Status CreateImage(const std::string& path, const CreateOptions& options) {
     ParentLocator& locator = header.locators[i];
     locator.platform_code = locators[i].code;
     locator.data_length = static_cast<uint32_t>(locators[i].bytes.size());
-    locator.data_space = static_cast<uint32_t>(RoundUp(locator.data_length, kSectorSize));  // bytes, as Windows does
+    locator.data_space =
+        static_cast<uint32_t>(RoundUp(locator.data_length, kSectorSize));  // bytes, as Windows does
     locator.data_offset = end;
     end += locator.data_space;
   }
@@ -141,8 +143,9 @@ Status CreateImage(const std::string& path, const CreateOptions& options) {
   }
   for (size_t i = 0; i < locators.size(); ++i) {
     const std::string& bytes = locators[i].bytes;
-    BLK_RETURN_IF_ERROR(file.WriteAt(header.locators[i].data_offset,
-                                     std::span(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size())));
+    BLK_RETURN_IF_ERROR(
+        file.WriteAt(header.locators[i].data_offset,
+                     std::span(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size())));
   }
   BLK_RETURN_IF_ERROR(file.WriteAt(end, footer_bytes));
   return file.Sync();

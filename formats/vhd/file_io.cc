@@ -38,7 +38,8 @@ Status PosixFile::ReadAt(uint64_t offset, std::span<uint8_t> out) {
 Status PosixFile::WriteAt(uint64_t offset, std::span<const uint8_t> data) {
   size_t done = 0;
   while (done < data.size()) {
-    ssize_t put = ::pwrite(fd_.get(), data.data() + done, data.size() - done, static_cast<off_t>(offset + done));
+    ssize_t put =
+        ::pwrite(fd_.get(), data.data() + done, data.size() - done, static_cast<off_t>(offset + done));
     if (put < 0) {
       if (errno == EINTR) continue;
       return Status::FromErrno(errno, "write " + path_);
@@ -54,7 +55,8 @@ Status PosixFile::Sync() {
 }
 
 Status PosixFile::Truncate(uint64_t size) {
-  if (::ftruncate(fd_.get(), static_cast<off_t>(size)) != 0) return Status::FromErrno(errno, "ftruncate " + path_);
+  if (::ftruncate(fd_.get(), static_cast<off_t>(size)) != 0)
+    return Status::FromErrno(errno, "ftruncate " + path_);
   return Status::Ok();
 }
 
@@ -90,7 +92,8 @@ Status FaultInjectingFile::WriteAt(uint64_t offset, std::span<const uint8_t> dat
   if (crashed_) return Dead();
   ++writes_;
   if (writes_ == fault_at_write_) {
-    if (fault_ == Fault::kFailWrite) return Status::Error(Status::Code::kIoError, path() + ": injected write error", EIO);
+    if (fault_ == Fault::kFailWrite)
+      return Status::Error(Status::Code::kIoError, path() + ": injected write error", EIO);
     if (fault_ == Fault::kCrash || fault_ == Fault::kPowerCut) return Crash();
   }
   if (fault_ == Fault::kPowerCut) {

@@ -1,6 +1,6 @@
-// The file-I/O seam under the VHD code: positioned reads and writes, durability, size. PosixFile is the real one;
-// FaultInjectingFile wraps another and fails or "crashes" at the Nth write, optionally dropping everything written
-// since the last Sync (a power cut), so crash-consistency tests run in-process.
+// The file-I/O seam under the VHD code: positioned reads and writes, durability, size. PosixFile is the real
+// one; FaultInjectingFile wraps another and fails or "crashes" at the Nth write, optionally dropping
+// everything written since the last Sync (a power cut), so crash-consistency tests run in-process.
 //
 // Threading: one FileIo is used by one thread at a time.
 #pragma once
@@ -52,13 +52,14 @@ class FaultInjectingFile : public FileIo {
  public:
   enum class Fault {
     kNone,
-    kFailWrite,   // the Nth write returns EIO; later calls work (a transient failure)
-    kCrash,       // the Nth write never happens and neither does anything after it
-    kPowerCut,    // as kCrash, and every write since the last successful Sync is undone
+    kFailWrite,  // the Nth write returns EIO; later calls work (a transient failure)
+    kCrash,      // the Nth write never happens and neither does anything after it
+    kPowerCut,   // as kCrash, and every write since the last successful Sync is undone
   };
-  // `real_syncs` false skips the inner fdatasync: the wrapper's own bookkeeping decides what a power cut loses, so
-  // tests need not wait for the disk.
-  FaultInjectingFile(std::unique_ptr<FileIo> inner, Fault fault, uint64_t fault_at_write, bool real_syncs = true)
+  // `real_syncs` false skips the inner fdatasync: the wrapper's own bookkeeping decides what a power cut
+  // loses, so tests need not wait for the disk.
+  FaultInjectingFile(std::unique_ptr<FileIo> inner, Fault fault, uint64_t fault_at_write,
+                     bool real_syncs = true)
       : inner_(std::move(inner)), fault_(fault), fault_at_write_(fault_at_write), real_syncs_(real_syncs) {}
 
   Status ReadAt(uint64_t offset, std::span<uint8_t> out) override;

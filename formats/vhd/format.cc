@@ -1,4 +1,5 @@
-// VHD codecs: footer, dynamic header, BAT entries, bitmaps, batmap header, geometry and the virtual-size rule.
+// VHD codecs: footer, dynamic header, BAT entries, bitmaps, batmap header, geometry and the virtual-size
+// rule.
 #include "formats/vhd/format.h"
 
 #include <cstdio>
@@ -40,18 +41,21 @@ std::string Hex32(uint32_t value) {
 
 const char* DiskTypeName(DiskType type) {
   switch (type) {
-    case DiskType::kFixed: return "fixed";
-    case DiskType::kDynamic: return "dynamic";
-    case DiskType::kDifferencing: return "differencing";
+    case DiskType::kFixed:
+      return "fixed";
+    case DiskType::kDynamic:
+      return "dynamic";
+    case DiskType::kDifferencing:
+      return "differencing";
   }
   return "unknown";
 }
 
 std::string UuidToString(const Uuid& uuid) {
   char text[40];
-  std::snprintf(text, sizeof(text), "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", uuid[0],
-                uuid[1], uuid[2], uuid[3], uuid[4], uuid[5], uuid[6], uuid[7], uuid[8], uuid[9], uuid[10], uuid[11],
-                uuid[12], uuid[13], uuid[14], uuid[15]);
+  std::snprintf(text, sizeof(text), "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+                uuid[0], uuid[1], uuid[2], uuid[3], uuid[4], uuid[5], uuid[6], uuid[7], uuid[8], uuid[9],
+                uuid[10], uuid[11], uuid[12], uuid[13], uuid[14], uuid[15]);
   return text;
 }
 
@@ -175,7 +179,8 @@ Result<DynamicHeader> DecodeHeader(std::span<const uint8_t, kHeaderSize> bytes) 
   }
   uint32_t expected = ComputeChecksum(bytes, kHeaderChecksumAt);
   if (expected != header.checksum) {
-    return Status::Corruption("dynamic header checksum " + Hex32(header.checksum) + " should be " + Hex32(expected));
+    return Status::Corruption("dynamic header checksum " + Hex32(header.checksum) + " should be " +
+                              Hex32(expected));
   }
   if (header.header_version >> 16 != 1) {
     return Status::NotSupported("dynamic header version " + Hex32(header.header_version) + " is not 1.x");
@@ -207,7 +212,8 @@ void EncodeHeader(const DynamicHeader& header, std::span<uint8_t, kHeaderSize> o
 }
 
 uint64_t LocatorSpaceBytes(const ParentLocator& locator) {
-  // The specification says sectors; Windows writes bytes. A value below one sector can only be a sector count.
+  // The specification says sectors; Windows writes bytes. A value below one sector can only be a sector
+  // count.
   uint64_t space = locator.data_space;
   return space < kSectorSize ? space * kSectorSize : space;
 }
@@ -229,8 +235,12 @@ uint64_t VirtualSize(const Footer& footer, std::string* note) {
   return footer.current_size;
 }
 
-uint32_t GetBatEntry(std::span<const uint8_t> bat, uint32_t index) { return Get32(bat.data() + 4 * size_t{index}); }
-void SetBatEntry(std::span<uint8_t> bat, uint32_t index, uint32_t sector) { Put32(bat.data() + 4 * size_t{index}, sector); }
+uint32_t GetBatEntry(std::span<const uint8_t> bat, uint32_t index) {
+  return Get32(bat.data() + 4 * size_t{index});
+}
+void SetBatEntry(std::span<uint8_t> bat, uint32_t index, uint32_t sector) {
+  Put32(bat.data() + 4 * size_t{index}, sector);
+}
 
 void SetBits(std::span<uint8_t> bitmap, uint64_t first, uint64_t count) {
   for (uint64_t bit = first; bit < first + count; ++bit) {

@@ -1,6 +1,6 @@
 // VHD on-disk structures and their codecs: footer, dynamic-disk header, parent locators, BAT entries, sector
-// bitmaps and tapdisk's batmap. Pure functions over byte spans (big-endian on disk); no I/O, no allocation on the
-// decode paths except for the parent name. See FORMAT.md for the format in prose.
+// bitmaps and tapdisk's batmap. Pure functions over byte spans (big-endian on disk); no I/O, no allocation on
+// the decode paths except for the parent name. See FORMAT.md for the format in prose.
 //
 // Threading: stateless; every function is safe to call from any thread.
 #pragma once
@@ -28,7 +28,8 @@ inline constexpr uint32_t kFeatureReserved = 0x2;  // must always be set
 inline constexpr uint32_t kMinBlockSize = 512;
 inline constexpr uint32_t kMaxBlockSize = 256u << 20;
 inline constexpr uint64_t kMaxGeometrySectors = 65535ull * 16 * 255;
-// 2040 GiB: the size limit every VHD implementation agrees on (the BAT's 32-bit sector offsets allow little more).
+// 2040 GiB: the size limit every VHD implementation agrees on (the BAT's 32-bit sector offsets allow little
+// more).
 inline constexpr uint64_t kMaxVirtualSize = 2040ull << 30;
 inline constexpr uint64_t kMaxChainDepth = 30;
 
@@ -95,15 +96,16 @@ struct DynamicHeader {
 // Ones' complement of the byte sum, the checksum field itself counted as zero.
 uint32_t ComputeChecksum(std::span<const uint8_t> bytes, size_t checksum_offset);
 
-// Decode verifies cookie and checksum and returns Corruption naming the field otherwise. `bytes` may be 511 bytes
-// (the old short footer) or 512.
+// Decode verifies cookie and checksum and returns Corruption naming the field otherwise. `bytes` may be 511
+// bytes (the old short footer) or 512.
 Result<Footer> DecodeFooter(std::span<const uint8_t> bytes);
 void EncodeFooter(const Footer& footer, std::span<uint8_t, kFooterSize> out);
 Result<DynamicHeader> DecodeHeader(std::span<const uint8_t, kHeaderSize> bytes);
 void EncodeHeader(const DynamicHeader& header, std::span<uint8_t, kHeaderSize> out);
 
-// The virtual size: current_size, except where an image made by Virtual PC or an old qemu ("vpc ", "qemu") has a
-// geometry that disagrees with it; there qemu's reading (the geometry) wins. `note` gets a sentence when it does.
+// The virtual size: current_size, except where an image made by Virtual PC or an old qemu ("vpc ", "qemu")
+// has a geometry that disagrees with it; there qemu's reading (the geometry) wins. `note` gets a sentence
+// when it does.
 uint64_t VirtualSize(const Footer& footer, std::string* note);
 
 // Layout arithmetic.
@@ -121,12 +123,14 @@ uint32_t GetBatEntry(std::span<const uint8_t> bat, uint32_t index);
 void SetBatEntry(std::span<uint8_t> bat, uint32_t index, uint32_t sector);
 
 // Sector bitmaps (and the batmap): bit i is bit (7 - i % 8) of byte i / 8, most significant bit first.
-inline bool TestBit(std::span<const uint8_t> bitmap, uint64_t bit) { return (bitmap[bit / 8] >> (7 - bit % 8)) & 1; }
+inline bool TestBit(std::span<const uint8_t> bitmap, uint64_t bit) {
+  return (bitmap[bit / 8] >> (7 - bit % 8)) & 1;
+}
 void SetBits(std::span<uint8_t> bitmap, uint64_t first, uint64_t count);
 bool AllBitsSet(std::span<const uint8_t> bitmap, uint64_t count);
 
-// tapdisk's batmap: a one-bit-per-block "this block is fully allocated" map behind a 512-byte header that sits in
-// the sector after the BAT. Only images whose creator is "tap\0" carry one.
+// tapdisk's batmap: a one-bit-per-block "this block is fully allocated" map behind a 512-byte header that
+// sits in the sector after the BAT. Only images whose creator is "tap\0" carry one.
 struct BatmapHeader {
   uint64_t batmap_offset = 0;
   uint32_t batmap_sectors = 0;

@@ -38,7 +38,8 @@ Result<std::unique_ptr<VhdImage>> VhdImage::Open(std::unique_ptr<FileIo> file, b
     image->closed_ = true;  // nothing to write back for an image that never opened
     return status;
   }
-  for (const std::string& note : image->notes_) Log(LogLevel::kNotice, "vhd", "%s: %s", image->path().c_str(), note.c_str());
+  for (const std::string& note : image->notes_)
+    Log(LogLevel::kNotice, "vhd", "%s: %s", image->path().c_str(), note.c_str());
   return image;
 }
 
@@ -58,8 +59,9 @@ Status VhdImage::Load() {
   }
   if (type() == DiskType::kFixed) {
     if (virtual_size_ > footer_offset_) {
-      return Corrupt("truncated: a fixed disk of " + std::to_string(virtual_size_) + " bytes needs a file of at least " +
-                     std::to_string(virtual_size_ + kFooterSize) + " bytes, not " + std::to_string(*size));
+      return Corrupt("truncated: a fixed disk of " + std::to_string(virtual_size_) +
+                     " bytes needs a file of at least " + std::to_string(virtual_size_ + kFooterSize) +
+                     " bytes, not " + std::to_string(*size));
     }
     metadata_end_ = 0;
     return Status::Ok();
@@ -108,8 +110,9 @@ Status VhdImage::LoadFooter(uint64_t file_size) {
         }
         if (!copy.ok()) copy_status = copy.status();
       }
-      return Corrupt("footer at the end: " + (end_status.ok() ? std::string("missing") : end_status.message()) +
-                     "; copy at offset 0: " + copy_status.message());
+      return Corrupt(
+          "footer at the end: " + (end_status.ok() ? std::string("missing") : end_status.message()) +
+          "; copy at offset 0: " + copy_status.message());
     }
   }
   if (type() != DiskType::kFixed) {
@@ -140,7 +143,8 @@ Status VhdImage::LoadDynamic(uint64_t file_size) {
   Result<DynamicHeader> header = DecodeHeader(bytes);
   if (!header.ok()) return Corrupt(header.status().message());
   header_ = *header;
-  if (!IsPowerOfTwo(header_.block_size) || header_.block_size < kMinBlockSize || header_.block_size > kMaxBlockSize) {
+  if (!IsPowerOfTwo(header_.block_size) || header_.block_size < kMinBlockSize ||
+      header_.block_size > kMaxBlockSize) {
     return Corrupt("block size " + std::to_string(header_.block_size) +
                    " is not a power of two between 512 bytes and 256 MiB");
   }
@@ -148,12 +152,13 @@ Status VhdImage::LoadDynamic(uint64_t file_size) {
   uint64_t needed = BlocksFor(virtual_size_, header_.block_size);
   if (header_.max_table_entries < needed) {
     return Corrupt("max_table_entries " + std::to_string(header_.max_table_entries) + " cannot map " +
-                   std::to_string(virtual_size_) + " bytes in blocks of " + std::to_string(header_.block_size) +
-                   " (needs " + std::to_string(needed) + ")");
+                   std::to_string(virtual_size_) + " bytes in blocks of " +
+                   std::to_string(header_.block_size) + " (needs " + std::to_string(needed) + ")");
   }
   if (needed > kMaxBlocks) {
     return Corrupt(std::to_string(needed) + " blocks of " + std::to_string(header_.block_size) +
-                   " bytes: more than the " + std::to_string(kMaxBlocks) + " blocks this implementation maps");
+                   " bytes: more than the " + std::to_string(kMaxBlocks) +
+                   " blocks this implementation maps");
   }
   block_count_ = static_cast<uint32_t>(needed);
   uint64_t bat_bytes = BatBytes(header_.max_table_entries);
@@ -179,8 +184,8 @@ Status VhdImage::LoadDynamic(uint64_t file_size) {
       if (locator.platform_code == 0) continue;
       uint64_t end;
       if (locator.data_length > 65536) {
-        return Corrupt("parent locator " + std::to_string(i) + " claims " + std::to_string(locator.data_length) +
-                       " bytes, more than any path");
+        return Corrupt("parent locator " + std::to_string(i) + " claims " +
+                       std::to_string(locator.data_length) + " bytes, more than any path");
       }
       if (!Add(locator.data_offset, locator.data_length, &end) || end > footer_offset_) {
         return Corrupt("parent locator " + std::to_string(i) + " (" + std::to_string(locator.data_length) +
@@ -189,7 +194,8 @@ Status VhdImage::LoadDynamic(uint64_t file_size) {
       if (Overlaps(locator.data_offset, locator.data_length, 0, kFooterSize) ||
           Overlaps(locator.data_offset, locator.data_length, footer_.data_offset, kHeaderSize) ||
           Overlaps(locator.data_offset, locator.data_length, header_.table_offset, bat_bytes)) {
-        return Corrupt("parent locator " + std::to_string(i) + " at offset " + std::to_string(locator.data_offset) +
+        return Corrupt("parent locator " + std::to_string(i) + " at offset " +
+                       std::to_string(locator.data_offset) +
                        " overlaps the footer copy, the header or the BAT");
       }
       metadata_end_ = std::max(metadata_end_, RoundUp(end, kSectorSize));
@@ -220,8 +226,8 @@ Status VhdImage::LoadBatmap(uint64_t) {
     return Corrupt("batmap of " + std::to_string(header->batmap_sectors) + " sectors cannot cover " +
                    std::to_string(block_count_) + " blocks");
   }
-  if (header->batmap_offset < batmap_header_offset_ + kSectorSize || !Add(header->batmap_offset, map_bytes, &map_end) ||
-      map_end > footer_offset_) {
+  if (header->batmap_offset < batmap_header_offset_ + kSectorSize ||
+      !Add(header->batmap_offset, map_bytes, &map_end) || map_end > footer_offset_) {
     return Corrupt("batmap at offset " + std::to_string(header->batmap_offset) +
                    " is not between its header and the end of the file");
   }
@@ -231,7 +237,8 @@ Status VhdImage::LoadBatmap(uint64_t) {
   has_batmap_ = true;
   metadata_end_ = std::max(metadata_end_, map_end);
   if (BatmapChecksum(batmap_) != batmap_header_.checksum) {
-    // An unset bit only means "look at the bitmap", so a map we cannot trust is safely replaced by an empty one.
+    // An unset bit only means "look at the bitmap", so a map we cannot trust is safely replaced by an empty
+    // one.
     notes_.push_back("batmap checksum mismatch; ignoring the batmap" +
                      std::string(writable_ ? " and rewriting it empty" : ""));
     std::fill(batmap_.begin(), batmap_.end(), 0);
@@ -275,12 +282,14 @@ Status VhdImage::ValidateBat(uint64_t) {
     }
     extents.push_back({offset, length, block});
   }
-  std::sort(extents.begin(), extents.end(), [](const Extent& a, const Extent& b) { return a.offset < b.offset; });
+  std::sort(extents.begin(), extents.end(),
+            [](const Extent& a, const Extent& b) { return a.offset < b.offset; });
   for (size_t i = 1; i < extents.size(); ++i) {
     if (extents[i - 1].offset + extents[i - 1].length > extents[i].offset) {
       return Corrupt("BAT entries " + std::to_string(extents[i - 1].block) + " and " +
-                     std::to_string(extents[i].block) + " overlap (offsets " + std::to_string(extents[i - 1].offset) +
-                     " and " + std::to_string(extents[i].offset) + ")");
+                     std::to_string(extents[i].block) + " overlap (offsets " +
+                     std::to_string(extents[i - 1].offset) + " and " + std::to_string(extents[i].offset) +
+                     ")");
     }
   }
   return Status::Ok();
@@ -291,7 +300,8 @@ bool VhdImage::BatmapBit(uint32_t block) const { return has_batmap_ && TestBit(b
 Status VhdImage::LoadBitmap(uint32_t block) {
   if (bitmaps_.contains(block)) return Status::Ok();
   uint32_t sector = bat_entry(block);
-  if (sector == kBatUnused) return Status::InvalidArgument(path() + ": block " + std::to_string(block) + " is not allocated");
+  if (sector == kBatUnused)
+    return Status::InvalidArgument(path() + ": block " + std::to_string(block) + " is not allocated");
   CachedBitmap cached{std::vector<uint8_t>(bitmap_bytes_), false};
   BLK_RETURN_IF_ERROR(file_->ReadAt(uint64_t{sector} * kSectorSize, cached.bits));
   cached.full = AllBitsSet(cached.bits, block_sectors(block));
@@ -351,14 +361,16 @@ size_t VhdImage::Resolve(uint64_t offset, uint64_t length, std::span<Piece> out)
       if (cached->second.full) {
         if (!emit(Piece::Kind::kFile, offset, run, data + in_block, block)) return count;
       } else {
-        // Walk sector by sector (guest I/O is sector-aligned; a partial first sector shares its sector's bit).
+        // Walk sector by sector (guest I/O is sector-aligned; a partial first sector shares its sector's
+        // bit).
         uint64_t at = in_block;
         uint64_t stop = in_block + run;
         while (at < stop) {
           bool present = TestBit(cached->second.bits, at / kSectorSize);
           uint64_t next = std::min(stop, (at / kSectorSize + 1) * kSectorSize);
           uint64_t guest = uint64_t{block} * header_.block_size + at;
-          if (!emit(present ? Piece::Kind::kFile : absent, guest, next - at, present ? data + at : 0, block)) {
+          if (!emit(present ? Piece::Kind::kFile : absent, guest, next - at, present ? data + at : 0,
+                    block)) {
             return count;
           }
           at = next;
@@ -375,7 +387,9 @@ Status VhdImage::ReadParent(uint64_t offset, std::span<uint8_t> out) {
     return Status::InvalidArgument(path() + ": differencing image opened without its parent");
   }
   // A child may be larger than its parent; what lies beyond the parent reads as zeros.
-  uint64_t inside = offset >= parent_->virtual_size() ? 0 : std::min<uint64_t>(out.size(), parent_->virtual_size() - offset);
+  uint64_t inside = offset >= parent_->virtual_size()
+                        ? 0
+                        : std::min<uint64_t>(out.size(), parent_->virtual_size() - offset);
   if (inside > 0) BLK_RETURN_IF_ERROR(parent_->Read(offset, out.first(inside)));
   std::memset(out.data() + inside, 0, out.size() - inside);
   return Status::Ok();
@@ -396,10 +410,18 @@ Status VhdImage::Read(uint64_t offset, std::span<uint8_t> out) {
       const Piece& piece = pieces[i];
       std::span<uint8_t> target = out.subspan(piece.guest_offset - offset, piece.length);
       switch (piece.kind) {
-        case Piece::Kind::kFile: BLK_RETURN_IF_ERROR(file_->ReadAt(piece.file_offset, target)); break;
-        case Piece::Kind::kZero: std::memset(target.data(), 0, target.size()); break;
-        case Piece::Kind::kParent: BLK_RETURN_IF_ERROR(ReadParent(piece.guest_offset, target)); break;
-        case Piece::Kind::kNeedBitmap: BLK_RETURN_IF_ERROR(LoadBitmap(piece.block)); break;
+        case Piece::Kind::kFile:
+          BLK_RETURN_IF_ERROR(file_->ReadAt(piece.file_offset, target));
+          break;
+        case Piece::Kind::kZero:
+          std::memset(target.data(), 0, target.size());
+          break;
+        case Piece::Kind::kParent:
+          BLK_RETURN_IF_ERROR(ReadParent(piece.guest_offset, target));
+          break;
+        case Piece::Kind::kNeedBitmap:
+          BLK_RETURN_IF_ERROR(LoadBitmap(piece.block));
+          break;
       }
       if (piece.kind == Piece::Kind::kNeedBitmap) break;
       done = piece.guest_offset + piece.length - offset;

@@ -1,9 +1,9 @@
-// One VHD file opened and validated: where each guest byte lives (Resolve), what an allocating write must do and
-// in which order (PlanWrite), and a synchronous Read/Write/Flush built on those for vhdtool and the tests. A
-// differencing image reads its parent's pieces through `parent()`, which VhdChain wires up.
+// One VHD file opened and validated: where each guest byte lives (Resolve), what an allocating write must do
+// and in which order (PlanWrite), and a synchronous Read/Write/Flush built on those for vhdtool and the
+// tests. A differencing image reads its parent's pieces through `parent()`, which VhdChain wires up.
 //
-// Opening checks every offset and size in 64-bit arithmetic against the file and refuses hostile images with a
-// Corruption naming the file and the field. Threading: one thread at a time per image (and its chain).
+// Opening checks every offset and size in 64-bit arithmetic against the file and refuses hostile images with
+// a Corruption naming the file and the field. Threading: one thread at a time per image (and its chain).
 #pragma once
 
 #include <array>
@@ -26,7 +26,8 @@ struct Piece {
     kFile,        // `length` bytes at `file_offset` in this image's file
     kZero,        // reads as zeros
     kParent,      // the same guest range in the parent image
-    kNeedBitmap,  // block `block`'s sector bitmap must be loaded (LoadBitmap) before this range can be resolved
+    kNeedBitmap,  // block `block`'s sector bitmap must be loaded (LoadBitmap) before this range can be
+                  // resolved
   };
   Kind kind;
   uint64_t guest_offset;
@@ -36,9 +37,10 @@ struct Piece {
 };
 
 // What writing guest bytes inside one block takes. Steps for kAllocate, in order, each after the previous is
-// durable: (1) the footer at `new_footer_offset` and the full block (bitmap with every bit set, then data: the
-// parent's or zeros, overlaid with the guest's) at `block_offset`; (2) the BAT sector holding `block`'s entry;
-// (3) the batmap, when the image has one. kWriteThenBitmap: the data, then (once durable) the bitmap sector.
+// durable: (1) the footer at `new_footer_offset` and the full block (bitmap with every bit set, then data:
+// the parent's or zeros, overlaid with the guest's) at `block_offset`; (2) the BAT sector holding `block`'s
+// entry; (3) the batmap, when the image has one. kWriteThenBitmap: the data, then (once durable) the bitmap
+// sector.
 struct BlockWritePlan {
   enum class Action : uint8_t { kInPlace, kWriteThenBitmap, kAllocate };
   Action action;
@@ -72,23 +74,29 @@ class VhdImage {
   VhdImage* parent() const { return parent_; }
   void set_parent(VhdImage* parent) { parent_ = parent; }
 
-  // Fills `out` with the pieces of [offset, offset + length) in order and returns how many it wrote; they cover a
-  // prefix of the range (all of it unless `out` filled up or a kNeedBitmap piece ended the list). No allocation.
+  // Fills `out` with the pieces of [offset, offset + length) in order and returns how many it wrote; they
+  // cover a prefix of the range (all of it unless `out` filled up or a kNeedBitmap piece ended the list). No
+  // allocation.
   size_t Resolve(uint64_t offset, uint64_t length, std::span<Piece> out) const;
   Status LoadBitmap(uint32_t block);
   // Plans the write of [offset, offset + length), which must lie inside one block, given the bitmap (loaded).
   Result<BlockWritePlan> PlanWrite(uint64_t offset, uint64_t length) const;
 
-  // The steps of a kAllocate plan, for an engine that does its own I/O (Allocate below is the synchronous one):
-  //   1. if NeedsParentFill(plan), read the block's guest range [plan.block * block size, + block_sectors * 512)
-  //      from the parent into block[bitmap_bytes()...]; BuildNewBlock then lays the bitmap and the guest's data in;
+  // The steps of a kAllocate plan, for an engine that does its own I/O (Allocate below is the synchronous
+  // one):
+  //   1. if NeedsParentFill(plan), read the block's guest range [plan.block * block size, + block_sectors *
+  //   512)
+  //      from the parent into block[bitmap_bytes()...]; BuildNewBlock then lays the bitmap and the guest's
+  //      data in;
   //   2. write EncodedFooter() at plan.new_footer_offset and the block at plan.block_offset; fdatasync;
   //   3. write BatSector(plan) at BatSectorOffset(plan); fdatasync; acknowledge; CommitAllocation(plan);
   //   4. SetBatmapBit(plan.block) (synchronous for now: a sector and the batmap header).
-  // Two writes to one unallocated block must not both allocate it: the engine holds the second until step 3 ends.
+  // Two writes to one unallocated block must not both allocate it: the engine holds the second until step 3
+  // ends.
   uint64_t new_block_bytes() const { return bitmap_bytes_ + header_.block_size; }
   bool NeedsParentFill(const BlockWritePlan& plan) const;
-  void BuildNewBlock(const BlockWritePlan& plan, std::span<const uint8_t> data, std::span<uint8_t> block) const;
+  void BuildNewBlock(const BlockWritePlan& plan, std::span<const uint8_t> data,
+                     std::span<uint8_t> block) const;
   std::array<uint8_t, kFooterSize> EncodedFooter() const;
   uint64_t BatSectorOffset(const BlockWritePlan& plan) const;
   std::array<uint8_t, kSectorSize> BatSector(const BlockWritePlan& plan) const;
@@ -99,7 +107,8 @@ class VhdImage {
   Status Read(uint64_t offset, std::span<uint8_t> out);
   Status Write(uint64_t offset, std::span<const uint8_t> data);
   Status Flush();
-  // Flushes and, for dynamic images, rewrites the trailing footer. Also done by the destructor (errors logged).
+  // Flushes and, for dynamic images, rewrites the trailing footer. Also done by the destructor (errors
+  // logged).
   Status Close();
 
   // For check and coalesce: the block's bitmap (loads it), and whether a batmap bit is set.
@@ -114,7 +123,8 @@ class VhdImage {
     std::vector<uint8_t> bits;
     bool full;
   };
-  explicit VhdImage(std::unique_ptr<FileIo> file, bool writable) : file_(std::move(file)), writable_(writable) {}
+  explicit VhdImage(std::unique_ptr<FileIo> file, bool writable)
+      : file_(std::move(file)), writable_(writable) {}
   Status Load();
   Status LoadFooter(uint64_t file_size);
   Status LoadDynamic(uint64_t file_size);

@@ -7,7 +7,8 @@
 namespace blk::vhd {
 namespace {
 
-// New blocks are placed so that their data (behind the bitmap) starts on a 4 KiB boundary, ready for O_DIRECT.
+// New blocks are placed so that their data (behind the bitmap) starts on a 4 KiB boundary, ready for
+// O_DIRECT.
 constexpr uint64_t kDataAlignment = 4096;
 
 }  // namespace
@@ -25,7 +26,8 @@ Result<BlockWritePlan> VhdImage::PlanWrite(uint64_t offset, uint64_t length) con
     plan.action = BlockWritePlan::Action::kAllocate;
     plan.block_offset = RoundUp(footer_offset_ + bitmap_bytes_, kDataAlignment) - bitmap_bytes_;
     if (plan.block_offset / kSectorSize >= kBatUnused) {
-      return Status::Error(Status::Code::kNoSpace, path() + ": the file has grown past what a BAT entry can address");
+      return Status::Error(Status::Code::kNoSpace,
+                           path() + ": the file has grown past what a BAT entry can address");
     }
     plan.new_footer_offset = plan.block_offset + bitmap_bytes_ + header_.block_size;
     plan.data_file_offset = plan.block_offset + bitmap_bytes_ + in_block;
@@ -35,7 +37,8 @@ Result<BlockWritePlan> VhdImage::PlanWrite(uint64_t offset, uint64_t length) con
   if (BatmapBit(plan.block)) return plan;
   auto cached = bitmaps_.find(plan.block);
   if (cached == bitmaps_.end()) {
-    return Status::InvalidArgument(path() + ": block " + std::to_string(plan.block) + "'s bitmap is not loaded");
+    return Status::InvalidArgument(path() + ": block " + std::to_string(plan.block) +
+                                   "'s bitmap is not loaded");
   }
   if (cached->second.full) return plan;
   for (uint64_t s = in_block / kSectorSize; s < RoundUp(in_block + length, kSectorSize) / kSectorSize; ++s) {
@@ -77,9 +80,12 @@ Status VhdImage::WriteInBlock(uint64_t offset, std::span<const uint8_t> data) {
   Result<BlockWritePlan> plan = PlanWrite(offset, data.size());
   if (!plan.ok()) return plan.status();
   switch (plan->action) {
-    case BlockWritePlan::Action::kInPlace: return file_->WriteAt(plan->data_file_offset, data);
-    case BlockWritePlan::Action::kAllocate: return Allocate(*plan, data);
-    case BlockWritePlan::Action::kWriteThenBitmap: break;
+    case BlockWritePlan::Action::kInPlace:
+      return file_->WriteAt(plan->data_file_offset, data);
+    case BlockWritePlan::Action::kAllocate:
+      return Allocate(*plan, data);
+    case BlockWritePlan::Action::kWriteThenBitmap:
+      break;
   }
   // The bits may only claim data that is already durable.
   BLK_RETURN_IF_ERROR(file_->WriteAt(plan->data_file_offset, data));
@@ -91,8 +97,8 @@ Status VhdImage::WriteInBlock(uint64_t offset, std::span<const uint8_t> data) {
   uint64_t sector = first / 8 / kSectorSize;
   uint64_t last = (first + data.size() / kSectorSize - 1) / 8 / kSectorSize;
   BLK_RETURN_IF_ERROR(file_->WriteAt(bitmap_offset + sector * kSectorSize,
-                                     std::span<const uint8_t>(cached.bits).subspan(sector * kSectorSize,
-                                                                                   (last - sector + 1) * kSectorSize)));
+                                     std::span<const uint8_t>(cached.bits)
+                                         .subspan(sector * kSectorSize, (last - sector + 1) * kSectorSize)));
   BLK_RETURN_IF_ERROR(file_->Sync());
   cached.full = AllBitsSet(cached.bits, block_sectors(plan->block));
   if (cached.full) {
@@ -113,8 +119,8 @@ void VhdImage::BuildNewBlock(const BlockWritePlan& plan, std::span<const uint8_t
   const uint64_t sectors = block_sectors(plan.block);
   std::fill(bitmap.begin(), bitmap.end(), 0);
   SetBits(bitmap, 0, sectors);
-  // Without a parent the block is zeros around the guest's data (qemu reads a dynamic block's data regardless of
-  // its bitmap); with one, the caller has put the parent's data there.
+  // Without a parent the block is zeros around the guest's data (qemu reads a dynamic block's data regardless
+  // of its bitmap); with one, the caller has put the parent's data there.
   if (!NeedsParentFill(plan)) std::fill(contents.begin(), contents.end(), 0);
   std::fill(contents.begin() + static_cast<ptrdiff_t>(sectors * kSectorSize), contents.end(), 0);
   uint64_t in_block = plan.guest_offset - uint64_t{plan.block} * header_.block_size;
@@ -150,8 +156,8 @@ Status VhdImage::Allocate(const BlockWritePlan& plan, std::span<const uint8_t> d
   std::vector<uint8_t> block(new_block_bytes());
   if (NeedsParentFill(plan)) {
     uint64_t block_start = uint64_t{plan.block} * header_.block_size;
-    BLK_RETURN_IF_ERROR(
-        ReadParent(block_start, std::span(block).subspan(bitmap_bytes_, block_sectors(plan.block) * kSectorSize)));
+    BLK_RETURN_IF_ERROR(ReadParent(
+        block_start, std::span(block).subspan(bitmap_bytes_, block_sectors(plan.block) * kSectorSize)));
   }
   BuildNewBlock(plan, data, block);
   // (1) The footer past the new block, then the block itself; neither is reachable until the BAT says so.
@@ -170,8 +176,9 @@ Status VhdImage::SetBatmapBit(uint32_t block) {
   if (!has_batmap_ || TestBit(batmap_, block)) return Status::Ok();
   SetBits(batmap_, block, 1);
   uint64_t sector = block / 8 / kSectorSize;
-  BLK_RETURN_IF_ERROR(file_->WriteAt(batmap_header_.batmap_offset + sector * kSectorSize,
-                                     std::span<const uint8_t>(batmap_).subspan(sector * kSectorSize, kSectorSize)));
+  BLK_RETURN_IF_ERROR(
+      file_->WriteAt(batmap_header_.batmap_offset + sector * kSectorSize,
+                     std::span<const uint8_t>(batmap_).subspan(sector * kSectorSize, kSectorSize)));
   batmap_header_.checksum = BatmapChecksum(batmap_);
   std::array<uint8_t, kSectorSize> header;
   EncodeBatmapHeader(batmap_header_, header);
@@ -185,7 +192,8 @@ Status VhdImage::WriteFooters() {
   BLK_RETURN_IF_ERROR(file_->WriteAt(footer_offset_, footer));
   Result<uint64_t> size = file_->Size();
   if (!size.ok()) return size.status();
-  if (*size > footer_offset_ + kFooterSize) BLK_RETURN_IF_ERROR(file_->Truncate(footer_offset_ + kFooterSize));
+  if (*size > footer_offset_ + kFooterSize)
+    BLK_RETURN_IF_ERROR(file_->Truncate(footer_offset_ + kFooterSize));
   BLK_RETURN_IF_ERROR(file_->Sync());
   if (type() != DiskType::kFixed) {
     BLK_RETURN_IF_ERROR(file_->WriteAt(0, footer));

@@ -77,8 +77,9 @@ Result<std::string> DecodeLocatorPath(uint32_t platform_code, std::span<const ui
   std::string path;
   if (platform_code == kPlatformW2ku || platform_code == kPlatformW2ru) {
     if (data.size() % 2 != 0) return Status::Corruption("UTF-16 locator has an odd length");
-    bool ok = Utf16ToUtf8(data.size() / 2, [&](size_t i) { return uint32_t{data[2 * i]} | uint32_t{data[2 * i + 1]} << 8; },
-                          &path);
+    bool ok = Utf16ToUtf8(
+        data.size() / 2, [&](size_t i) { return uint32_t{data[2 * i]} | uint32_t{data[2 * i + 1]} << 8; },
+        &path);
     if (!ok) return Status::Corruption("UTF-16 locator holds a broken surrogate pair");
     for (char& c : path) {
       if (c == '\\') c = '/';
@@ -113,7 +114,9 @@ std::string EncodeLocatorPath(uint32_t platform_code, std::string_view path) {
 
 std::string DecodeParentName(const std::array<uint8_t, 512>& name) {
   std::string out;
-  if (!Utf16ToUtf8(256, [&](size_t i) { return uint32_t{name[2 * i]} << 8 | name[2 * i + 1]; }, &out)) return {};
+  if (!Utf16ToUtf8(
+          256, [&](size_t i) { return uint32_t{name[2 * i]} << 8 | name[2 * i + 1]; }, &out))
+    return {};
   return out;
 }
 

@@ -1,5 +1,5 @@
-// Tests of tools/vhdtool: strict size parsing, and each verb end to end through the built binary, checked against
-// qemu-img where qemu can see the result.
+// Tests of tools/vhdtool: strict size parsing, and each verb end to end through the built binary, checked
+// against qemu-img where qemu can see the result.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -19,7 +19,9 @@ using vhd::testing::TempDir;
 
 const std::string kTool = VHDTOOL;
 
-int Tool(const std::string& args, std::string* output = nullptr) { return RunCommand(kTool + " " + args, output); }
+int Tool(const std::string& args, std::string* output = nullptr) {
+  return RunCommand(kTool + " " + args, output);
+}
 
 TEST(SizeTest, AcceptsDigitsWithOneBinaryUnit) {
   EXPECT_EQ(ParseSize("4096").value(), 4096u);
@@ -32,8 +34,8 @@ TEST(SizeTest, AcceptsDigitsWithOneBinaryUnit) {
 }
 
 TEST(SizeTest, RejectsGarbage) {
-  for (const char* text : {"", "G", "10GB", "1.5G", "-1G", "+1G", " 10G", "10G ", "10 G", "0x10", "10P", "ten",
-                           "99999999999999999999", "16777216T", "18446744073709551616"}) {
+  for (const char* text : {"", "G", "10GB", "1.5G", "-1G", "+1G", " 10G", "10G ", "10 G", "0x10", "10P",
+                           "ten", "99999999999999999999", "16777216T", "18446744073709551616"}) {
     Result<uint64_t> size = ParseSize(text);
     EXPECT_FALSE(size.ok()) << "accepted \"" << text << "\"";
     if (!size.ok()) {
@@ -82,7 +84,8 @@ TEST(VhdtoolTest, CreateMakesImagesQemuSizesExactly) {
 std::vector<uint8_t> MakeChain(const TempDir& dir) {
   std::string output;
   EXPECT_EQ(Tool("create " + dir.File("base.vhd") + " 5M", &output), 0) << output;
-  EXPECT_EQ(RunCommand("qemu-io -f vpc -c 'write -P 0x41 0 3M' " + dir.File("base.vhd"), &output), 0) << output;
+  EXPECT_EQ(RunCommand("qemu-io -f vpc -c 'write -P 0x41 0 3M' " + dir.File("base.vhd"), &output), 0)
+      << output;
   EXPECT_EQ(Tool("snapshot " + dir.File("base.vhd") + " " + dir.File("snap.vhd"), &output), 0) << output;
   std::vector<uint8_t> model(5 << 20, 0);
   std::memset(model.data(), 0x41, 3 << 20);
@@ -108,7 +111,8 @@ TEST(VhdtoolTest, SnapshotInfoAndCheck) {
   EXPECT_NE(output.find("\"parent\": \"" + dir.File("base.vhd") + "\""), std::string::npos) << output;
   size_t uuid_at = base_info.find("\"uuid\": \"");
   ASSERT_NE(uuid_at, std::string::npos);
-  EXPECT_NE(output.find("\"parent_uuid\": \"" + base_info.substr(uuid_at + 9, 36)), std::string::npos) << output;
+  EXPECT_NE(output.find("\"parent_uuid\": \"" + base_info.substr(uuid_at + 9, 36)), std::string::npos)
+      << output;
   ASSERT_EQ(Tool("info " + dir.File("snap.vhd"), &output), 0);
   EXPECT_NE(output.find("virtual size:  5242880 (5 MiB)"), std::string::npos) << output;
   EXPECT_NE(output.find("blocks:        2 of 3 allocated"), std::string::npos) << output;
@@ -130,11 +134,17 @@ TEST(VhdtoolTest, ConvertBothWaysAndFlattensChains) {
   std::string output;
   ASSERT_EQ(Tool("convert " + dir.File("snap.vhd") + " " + dir.File("flat.raw"), &output), 0) << output;
   EXPECT_TRUE(SameBytes(ReadWholeFile(dir.File("flat.raw")), model));
-  ASSERT_EQ(Tool("convert -O vhd " + dir.File("snap.vhd") + " " + dir.File("flat.vhd"), &output), 0) << output;
-  ASSERT_EQ(RunCommand("qemu-img compare -f raw -F vpc " + dir.File("flat.raw") + " " + dir.File("flat.vhd"), &output), 0)
+  ASSERT_EQ(Tool("convert -O vhd " + dir.File("snap.vhd") + " " + dir.File("flat.vhd"), &output), 0)
       << output;
-  ASSERT_EQ(Tool("convert --fixed " + dir.File("flat.raw") + " " + dir.File("fixed.vhd"), &output), 0) << output;
-  ASSERT_EQ(RunCommand("qemu-img compare -f raw -F vpc " + dir.File("flat.raw") + " " + dir.File("fixed.vhd"), &output), 0)
+  ASSERT_EQ(RunCommand("qemu-img compare -f raw -F vpc " + dir.File("flat.raw") + " " + dir.File("flat.vhd"),
+                       &output),
+            0)
+      << output;
+  ASSERT_EQ(Tool("convert --fixed " + dir.File("flat.raw") + " " + dir.File("fixed.vhd"), &output), 0)
+      << output;
+  ASSERT_EQ(RunCommand("qemu-img compare -f raw -F vpc " + dir.File("flat.raw") + " " + dir.File("fixed.vhd"),
+                       &output),
+            0)
       << output;
   // An odd-sized raw file is padded to whole sectors.
   vhd::testing::WriteWholeFile(dir.File("odd.raw"), Pattern(1000, 3));
@@ -148,7 +158,8 @@ TEST(VhdtoolTest, ConvertBothWaysAndFlattensChains) {
   EXPECT_NE(output.find("exists"), std::string::npos) << output;
 }
 
-// On a terminal (script(1) provides one; bsdutils is essential in Debian) convert draws a bar; in a pipe it does not.
+// On a terminal (script(1) provides one; bsdutils is essential in Debian) convert draws a bar; in a pipe it
+// does not.
 TEST(VhdtoolTest, ProgressBarOnlyOnATerminal) {
   TempDir dir;
   vhd::testing::WriteWholeFile(dir.File("src.raw"), Pattern(3 << 20, 4));
@@ -170,7 +181,9 @@ TEST(VhdtoolTest, CoalesceWritesTheChildIntoItsParent) {
   std::string output;
   ASSERT_EQ(Tool("coalesce " + dir.File("snap.vhd"), &output), 0) << output;
   EXPECT_NE(output.find("coalesced 2 blocks"), std::string::npos) << output;
-  ASSERT_EQ(RunCommand("qemu-img convert -f vpc -O raw " + dir.File("base.vhd") + " " + dir.File("base.raw"), &output), 0)
+  ASSERT_EQ(RunCommand("qemu-img convert -f vpc -O raw " + dir.File("base.vhd") + " " + dir.File("base.raw"),
+                       &output),
+            0)
       << output;
   EXPECT_TRUE(SameBytes(ReadWholeFile(dir.File("base.raw")), model));
   ASSERT_EQ(Tool("check " + dir.File("base.vhd"), &output), 0) << output;

@@ -67,7 +67,8 @@ int Create(const Args& args) {
       positional.push_back(arg);
     }
   }
-  if (positional.size() != 2) return Fail("usage: vhdtool create [--fixed|--dynamic] [--block-size SIZE] FILE SIZE", 2);
+  if (positional.size() != 2)
+    return Fail("usage: vhdtool create [--fixed|--dynamic] [--block-size SIZE] FILE SIZE", 2);
   Result<uint64_t> size = ParseSize(positional[1]);
   if (!size.ok()) return Fail(size.status().message(), 2);
   options.size = *size;
@@ -130,15 +131,17 @@ int Info(const Args& args) {
     std::printf("{\"file\": %s, \"type\": \"%s\", \"virtual_size\": %llu, \"uuid\": \"%s\", \"creator\": %s",
                 JsonString(path).c_str(), type, static_cast<unsigned long long>(image.virtual_size()),
                 vhd::UuidToString(footer.uuid).c_str(), JsonString(Creator(footer)).c_str());
-    std::printf(", \"geometry\": [%u, %u, %u], \"current_size\": %llu", footer.geometry.cylinders, footer.geometry.heads,
-                footer.geometry.sectors_per_track, static_cast<unsigned long long>(footer.current_size));
+    std::printf(", \"geometry\": [%u, %u, %u], \"current_size\": %llu", footer.geometry.cylinders,
+                footer.geometry.heads, footer.geometry.sectors_per_track,
+                static_cast<unsigned long long>(footer.current_size));
     if (dynamic) {
       std::printf(", \"block_size\": %u, \"blocks\": %u, \"blocks_allocated\": %llu, \"batmap\": %s",
                   image.header().block_size, image.block_count(), static_cast<unsigned long long>(allocated),
                   image.has_batmap() ? "true" : "false");
     }
     if (image.type() == vhd::DiskType::kDifferencing) {
-      std::printf(", \"parent_uuid\": \"%s\", \"parent\": %s", vhd::UuidToString(image.header().parent_uuid).c_str(),
+      std::printf(", \"parent_uuid\": \"%s\", \"parent\": %s",
+                  vhd::UuidToString(image.header().parent_uuid).c_str(),
                   parent.empty() ? "null" : JsonString(parent).c_str());
     }
     std::printf("}\n");

@@ -1,6 +1,6 @@
-// vhdtool's verbs, named after vhd-util's: create, snapshot, info, check, convert, coalesce. Each takes its own
-// arguments (after the verb) and returns the process exit code: 0 done (check: no problems), 1 failed (check:
-// problems found), 2 bad usage. Results go to stdout, errors to stderr as "vhdtool: <one line>".
+// vhdtool's verbs, named after vhd-util's: create, snapshot, info, check, convert, coalesce. Each takes its
+// own arguments (after the verb) and returns the process exit code: 0 done (check: no problems), 1 failed
+// (check: problems found), 2 bad usage. Results go to stdout, errors to stderr as "vhdtool: <one line>".
 //
 // Threading: run from main, one at a time.
 #pragma once

@@ -1,5 +1,5 @@
-// vhdtool verbs that walk an image's data: convert (raw <-> VHD, a chain to one flat image) and coalesce (a child
-// into its parent).
+// vhdtool verbs that walk an image's data: convert (raw <-> VHD, a chain to one flat image) and coalesce (a
+// child into its parent).
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -48,7 +48,8 @@ bool Exists(const std::string& path) {
 }
 
 bool EndsWith(const std::string& text, const std::string& suffix) {
-  return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return text.size() >= suffix.size() &&
+         text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 }  // namespace
@@ -114,12 +115,15 @@ int Convert(const Args& args) {
     if (!status.ok()) return Fail(status.message());
     write = [&](uint64_t offset, std::span<const uint8_t> data) { return raw_target->WriteAt(offset, data); };
   } else {
-    Status status = vhd::CreateImage(target, fixed ? vhd::CreateOptions::Fixed(size) : vhd::CreateOptions::Dynamic(size));
+    Status status =
+        vhd::CreateImage(target, fixed ? vhd::CreateOptions::Fixed(size) : vhd::CreateOptions::Dynamic(size));
     if (!status.ok()) return Fail(status.message());
     Result<std::unique_ptr<vhd::VhdChain>> opened = vhd::VhdChain::Open(target, true);
     if (!opened.ok()) return Fail(opened.status().message());
     vhd_target = std::move(*opened);
-    write = [&](uint64_t offset, std::span<const uint8_t> data) { return vhd_target->top().Write(offset, data); };
+    write = [&](uint64_t offset, std::span<const uint8_t> data) {
+      return vhd_target->top().Write(offset, data);
+    };
   }
 
   Progress progress("converting", true);
@@ -130,7 +134,8 @@ int Convert(const Args& args) {
     Status status = read(offset, chunk);
     if (!status.ok()) return Fail(status.message());
     for (size_t at = 0; at < chunk.size(); at += kZeroGrain) {
-      std::span<const uint8_t> grain = std::span<const uint8_t>(chunk).subspan(at, std::min(kZeroGrain, chunk.size() - at));
+      std::span<const uint8_t> grain =
+          std::span<const uint8_t>(chunk).subspan(at, std::min(kZeroGrain, chunk.size() - at));
       if (AllZero(grain)) continue;
       status = write(offset + at, grain);
       if (!status.ok()) return Fail(status.message());
@@ -187,8 +192,8 @@ int Coalesce(const Args& args) {
   progress.Finish();
   Status status = parent.Close();
   if (!status.ok()) return Fail(status.message());
-  std::printf("coalesced %llu blocks of %s into %s\n", static_cast<unsigned long long>(blocks), args[0].c_str(),
-              parent_path.c_str());
+  std::printf("coalesced %llu blocks of %s into %s\n", static_cast<unsigned long long>(blocks),
+              args[0].c_str(), parent_path.c_str());
   return 0;
 }
 

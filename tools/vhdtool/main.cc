@@ -1,4 +1,5 @@
-// vhdtool: the operator's tool for VHD images (vhd-util is not packaged for Debian). Verbs follow vhd-util's names.
+// vhdtool: the operator's tool for VHD images (vhd-util is not packaged for Debian). Verbs follow vhd-util's
+// names.
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -33,7 +34,8 @@ int main(int argc, char** argv) {
     std::fputs(kUsage, argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
   }
-  // Notices from opening images (a size rule applied, a footer repaired) are for logs, not for this tool's output.
+  // Notices from opening images (a size rule applied, a footer repaired) are for logs, not for this tool's
+  // output.
   blk::SetLogLevel(blk::LogLevel::kWarning);
   std::string verb = argv[1];
   blk::vhdtool::Args args(argv + 2, argv + argc);

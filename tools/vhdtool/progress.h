@@ -1,5 +1,5 @@
-// A one-line progress bar on stderr for commands that walk an image's data; silent when stderr is not a terminal
-// (or when disabled), so scripts and tests see only the result.
+// A one-line progress bar on stderr for commands that walk an image's data; silent when stderr is not a
+// terminal (or when disabled), so scripts and tests see only the result.
 //
 // Threading: one thread.
 #pragma once

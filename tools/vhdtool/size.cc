@@ -20,11 +20,24 @@ Result<uint64_t> ParseSize(std::string_view text) {
   unsigned shift = 0;
   if (i < text.size()) {
     switch (text[i]) {
-      case 'K': case 'k': shift = 10; break;
-      case 'M': case 'm': shift = 20; break;
-      case 'G': case 'g': shift = 30; break;
-      case 'T': case 't': shift = 40; break;
-      default: return bad("unknown unit");
+      case 'K':
+      case 'k':
+        shift = 10;
+        break;
+      case 'M':
+      case 'm':
+        shift = 20;
+        break;
+      case 'G':
+      case 'g':
+        shift = 30;
+        break;
+      case 'T':
+      case 't':
+        shift = 40;
+        break;
+      default:
+        return bad("unknown unit");
     }
     if (i + 1 != text.size()) return bad("trailing characters");
   }

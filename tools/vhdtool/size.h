@@ -11,8 +11,9 @@
 
 namespace blk::vhdtool {
 
-// Digits, then at most one unit letter K, M, G or T (either case; powers of 1024). Anything else — signs, spaces,
-// fractions, "GB", an empty string, a value that overflows 64 bits — is InvalidArgument naming the text.
+// Digits, then at most one unit letter K, M, G or T (either case; powers of 1024). Anything else — signs,
+// spaces, fractions, "GB", an empty string, a value that overflows 64 bits — is InvalidArgument naming the
+// text.
 Result<uint64_t> ParseSize(std::string_view text);
 // "10 GiB", "512 MiB", "1536 bytes": the largest unit that divides the size exactly.
 std::string FormatSize(uint64_t bytes);

@@ -1,5 +1,6 @@
-// Differencing chains: reads fall through to parents, partial writes to new blocks fill from the parent, parents
-// are found through relative then absolute locators, and libvhdi (an independent reader) sees what we see.
+// Differencing chains: reads fall through to parents, partial writes to new blocks fill from the parent,
+// parents are found through relative then absolute locators, and libvhdi (an independent reader) sees what we
+// see.
 #include "formats/vhd/chain.h"
 
 #include <gtest/gtest.h>
@@ -71,8 +72,8 @@ struct ThreeLevels {
     {
       Result<std::unique_ptr<VhdChain>> chain = VhdChain::Open(mid, true);
       ASSERT_TRUE(chain.ok()) << chain.status().ToString();
-      model.Put((*chain)->top(), kBlock + 4096, 8192, 3);      // partial write into a block the base has
-      model.Put((*chain)->top(), 4 * kBlock + 512, 1024, 4);   // one the base lacks
+      model.Put((*chain)->top(), kBlock + 4096, 8192, 3);     // partial write into a block the base has
+      model.Put((*chain)->top(), 4 * kBlock + 512, 1024, 4);  // one the base lacks
     }
     ASSERT_TRUE(CreateImage(top, CreateOptions::Differencing(mid)).ok());
     {
@@ -80,7 +81,7 @@ struct ThreeLevels {
       ASSERT_TRUE(chain.ok()) << chain.status().ToString();
       EXPECT_EQ((*chain)->images().size(), 3u);
       model.Put((*chain)->top(), kBlock + 8192, 512, 5);
-      model.Put((*chain)->top(), 2 * kBlock - 512, 1024, 6);   // across a block boundary
+      model.Put((*chain)->top(), 2 * kBlock - 512, 1024, 6);  // across a block boundary
     }
   }
 };
@@ -111,7 +112,8 @@ TEST(ChainTest, PartialWriteToANewBlockFillsFromTheParent) {
   ASSERT_TRUE(mid.file().ReadAt(uint64_t{mid.bat_entry(1)} * 512 + mid.bitmap_bytes(), raw).ok());
   std::vector<uint8_t> base_part = Pattern(3 * kBlock, 1);
   EXPECT_TRUE(std::equal(raw.begin(), raw.begin() + 4096, base_part.begin() + kBlock));  // from the parent
-  EXPECT_TRUE(SameBytes(std::vector<uint8_t>(raw.begin() + 4096, raw.begin() + 4096 + 8192), Pattern(8192, 3)));
+  EXPECT_TRUE(
+      SameBytes(std::vector<uint8_t>(raw.begin() + 4096, raw.begin() + 4096 + 8192), Pattern(8192, 3)));
   EXPECT_EQ(mid.bat_entry(0), kBatUnused);
   EXPECT_TRUE(mid.BatmapBit(1));
 }

@@ -1,5 +1,5 @@
-// Hostile and damaged images, made here by patching good ones: each must be refused with a message that names the
-// file and the problem, never followed.
+// Hostile and damaged images, made here by patching good ones: each must be refused with a message that names
+// the file and the problem, never followed.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -41,7 +41,8 @@ std::string MakeDynamic(const TempDir& dir, const std::string& name = "d.vhd") {
 
 void PatchHeader(const std::string& path, const std::function<void(DynamicHeader*)>& change) {
   std::vector<uint8_t> bytes = ReadWholeFile(path);
-  Result<DynamicHeader> header = DecodeHeader(std::span<const uint8_t, kHeaderSize>(bytes.data() + 512, kHeaderSize));
+  Result<DynamicHeader> header =
+      DecodeHeader(std::span<const uint8_t, kHeaderSize>(bytes.data() + 512, kHeaderSize));
   ASSERT_TRUE(header.ok());
   change(&*header);
   EncodeHeader(*header, std::span<uint8_t, kHeaderSize>(bytes.data() + 512, kHeaderSize));
@@ -87,7 +88,7 @@ TEST(CorruptionTest, BadChecksumsAreRefused) {
   TempDir dir;
   std::string path = MakeDynamic(dir);
   std::vector<uint8_t> bytes = ReadWholeFile(path);
-  bytes[48] ^= 0x10;                   // the copy's current_size
+  bytes[48] ^= 0x10;                       // the copy's current_size
   bytes[bytes.size() - 512 + 48] ^= 0x10;  // the footer's
   WriteWholeFile(path, bytes);
   ExpectRefused(path, "checksum");
@@ -120,7 +121,8 @@ TEST(CorruptionTest, HugeOrShortTablesAreRefused) {
 
 TEST(CorruptionTest, TablesTooLargeToHoldAreRefused) {
   TempDir dir;
-  // 2000 GiB in 512-byte blocks: four billion BAT entries; the file is made large (sparse) enough to hold them.
+  // 2000 GiB in 512-byte blocks: four billion BAT entries; the file is made large (sparse) enough to hold
+  // them.
   std::string path = MakeDynamic(dir, "tiny-blocks.vhd");
   PatchHeader(path, [](DynamicHeader* h) {
     h->block_size = 512;
@@ -240,7 +242,8 @@ TEST(CorruptionTest, LocatorsLeadingNowhereAreRefused) {
 TEST(CorruptionTest, WrongParentUuidIsRefused) {
   TempDir dir;
   std::string child = MakeChild(dir);
-  ASSERT_TRUE(CreateImage(dir.File("base.vhd"), CreateOptions::Dynamic(4 * kBlock, kBlock)).ok());  // a new UUID
+  ASSERT_TRUE(
+      CreateImage(dir.File("base.vhd"), CreateOptions::Dynamic(4 * kBlock, kBlock)).ok());  // a new UUID
   Result<std::unique_ptr<VhdChain>> chain = VhdChain::Open(child, false);
   ASSERT_FALSE(chain.ok());
   EXPECT_NE(chain.status().message().find("UUID"), std::string::npos) << chain.status().message();
@@ -282,12 +285,14 @@ TEST(CorruptionTest, OverDeepChainsAreRefused) {
     parent = child;
   }
   // 29 differencing images over a base: 30 in all, the limit.
-  Result<std::unique_ptr<VhdChain>> at_limit = VhdChain::Open(dir.File(std::to_string(kMaxChainDepth - 1) + ".vhd"), false);
+  Result<std::unique_ptr<VhdChain>> at_limit =
+      VhdChain::Open(dir.File(std::to_string(kMaxChainDepth - 1) + ".vhd"), false);
   ASSERT_TRUE(at_limit.ok()) << at_limit.status().ToString();
   EXPECT_EQ((*at_limit)->images().size(), kMaxChainDepth);
   Result<std::unique_ptr<VhdChain>> too_deep = VhdChain::Open(parent, false);
   ASSERT_FALSE(too_deep.ok());
-  EXPECT_NE(too_deep.status().message().find("deeper than 30"), std::string::npos) << too_deep.status().message();
+  EXPECT_NE(too_deep.status().message().find("deeper than 30"), std::string::npos)
+      << too_deep.status().message();
 }
 
 }  // namespace

@@ -1,7 +1,7 @@
-// Crash consistency: a fault-injecting file stops the image after each single write of a sequence of allocating
-// and in-place writes in turn (as a killed process, and as a power cut that loses everything not yet synced).
-// Every resulting image must pass check, read the same in libvhdi (and in qemu-img, for the dynamic one), and
-// hold every write that was acknowledged and flushed before the crash.
+// Crash consistency: a fault-injecting file stops the image after each single write of a sequence of
+// allocating and in-place writes in turn (as a killed process, and as a power cut that loses everything not
+// yet synced). Every resulting image must pass check, read the same in libvhdi (and in qemu-img, for the
+// dynamic one), and hold every write that was acknowledged and flushed before the crash.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -33,8 +33,10 @@ struct Op {
   size_t length;
   uint32_t seed;
 };
-// A partial allocating write, an in-place write, a whole-block allocating write, a write across two new blocks.
-const Op kOps[] = {{2 * kBlock + 4096, 4096, 21}, {8192, 4096, 22}, {3 * kBlock, kBlock, 23}, {kBlock - 512, 1024, 24}};
+// A partial allocating write, an in-place write, a whole-block allocating write, a write across two new
+// blocks.
+const Op kOps[] = {
+    {2 * kBlock + 4096, 4096, 21}, {8192, 4096, 22}, {3 * kBlock, kBlock, 23}, {kBlock - 512, 1024, 24}};
 
 enum class Kind { kDynamic, kDifferencing };
 
@@ -46,7 +48,8 @@ struct Outcome {
 
 class CrashTest : public ::testing::TestWithParam<Kind> {
  protected:
-  // The image before the ops: block 0 holds pattern 1 (in the dynamic image, or in the differencing child's parent).
+  // The image before the ops: block 0 holds pattern 1 (in the dynamic image, or in the differencing child's
+  // parent).
   void MakeImage() {
     std::string first = dir_.File(GetParam() == Kind::kDynamic ? "top.vhd" : "base.vhd");
     ASSERT_TRUE(CreateImage(first, CreateOptions::Dynamic(kSize, kBlock)).ok());
@@ -74,7 +77,8 @@ class CrashTest : public ::testing::TestWithParam<Kind> {
     Outcome outcome;
     FaultInjectingFile* injector = nullptr;
     auto wrap = [&](std::unique_ptr<FileIo> inner) -> std::unique_ptr<FileIo> {
-      auto wrapped = std::make_unique<FaultInjectingFile>(std::move(inner), fault, fault_at, /*real_syncs=*/false);
+      auto wrapped =
+          std::make_unique<FaultInjectingFile>(std::move(inner), fault, fault_at, /*real_syncs=*/false);
       injector = wrapped.get();
       return wrapped;
     };
@@ -112,8 +116,8 @@ class CrashTest : public ::testing::TestWithParam<Kind> {
         for (size_t at = 0; at < op.length; at += 512) {
           bool is_new = std::equal(got.begin() + at, got.begin() + at + 512, wanted.begin() + at);
           bool is_old = std::equal(got.begin() + at, got.begin() + at + 512, old.begin() + at);
-          EXPECT_TRUE(is_new || is_old) << label << ": op " << i << " in flight: sector " << at / 512
-                                        << " is neither old nor new";
+          EXPECT_TRUE(is_new || is_old)
+              << label << ": op " << i << " in flight: sector " << at / 512 << " is neither old nor new";
         }
       } else {
         EXPECT_TRUE(SameBytes(got, old)) << label << ": op " << i << " was never issued";
@@ -123,7 +127,8 @@ class CrashTest : public ::testing::TestWithParam<Kind> {
     std::vector<uint8_t> expected = before_;
     for (const Op& op : kOps) std::memcpy(expected.data() + op.offset, ours.data() + op.offset, op.length);
     EXPECT_TRUE(SameBytes(ours, expected)) << label;
-    // An independent reader agrees (asked once per distinct resulting file: many faults leave the same bytes).
+    // An independent reader agrees (asked once per distinct resulting file: many faults leave the same
+    // bytes).
     std::string image_bytes;
     for (const std::string& path : {top(), dir_.File("base.vhd")}) {
       std::vector<uint8_t> bytes = ReadWholeFile(path);
@@ -134,7 +139,8 @@ class CrashTest : public ::testing::TestWithParam<Kind> {
     std::string libvhdi = std::string(VHDI_READ) + " " + raw + " " + top();
     if (GetParam() == Kind::kDifferencing) libvhdi += " " + dir_.File("base.vhd");
     std::vector<std::string> readers = {libvhdi};
-    if (GetParam() == Kind::kDynamic) readers.push_back("qemu-img convert -f vpc -O raw " + top() + " " + raw);
+    if (GetParam() == Kind::kDynamic)
+      readers.push_back("qemu-img convert -f vpc -O raw " + top() + " " + raw);
     for (const std::string& command : readers) {
       std::string output;
       ASSERT_EQ(RunCommand(command, &output), 0) << label << ": " << command << ": " << output;
@@ -162,8 +168,8 @@ TEST_P(CrashTest, EveryWriteOfTheSequenceCanBeTheLast) {
       testing::WriteWholeFile(top(), pristine);
       Outcome outcome = RunOps(fault, at);
       std::string label = std::string(fault == FaultInjectingFile::Fault::kCrash      ? "crash"
-                                       : fault == FaultInjectingFile::Fault::kPowerCut ? "power cut"
-                                                                                       : "failed write") +
+                                      : fault == FaultInjectingFile::Fault::kPowerCut ? "power cut"
+                                                                                      : "failed write") +
                           " at write " + std::to_string(at);
       if (fault != FaultInjectingFile::Fault::kFailWrite) {
         EXPECT_TRUE(outcome.crashed) << label;
@@ -191,8 +197,8 @@ TEST(FaultInjectingFileTest, PowerCutUndoesUnsyncedWritesAndSize) {
   std::vector<uint8_t> ones(512, 1);
   ASSERT_TRUE(file.WriteAt(0, ones).ok());
   ASSERT_TRUE(file.Sync().ok());
-  ASSERT_TRUE(file.WriteAt(512, ones).ok());     // unsynced: lost
-  EXPECT_FALSE(file.WriteAt(2048, ones).ok());   // the third write: the power goes
+  ASSERT_TRUE(file.WriteAt(512, ones).ok());    // unsynced: lost
+  EXPECT_FALSE(file.WriteAt(2048, ones).ok());  // the third write: the power goes
   EXPECT_TRUE(file.crashed());
   EXPECT_FALSE(file.ReadAt(0, ones).ok());
   std::vector<uint8_t> after = ReadWholeFile(path);

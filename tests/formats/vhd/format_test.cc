@@ -1,5 +1,5 @@
-// Tests of formats/vhd/format.cc and locator.cc: codecs round-trip, checksums catch damage, bit order, geometry,
-// the virtual-size rule, locator paths.
+// Tests of formats/vhd/format.cc and locator.cc: codecs round-trip, checksums catch damage, bit order,
+// geometry, the virtual-size rule, locator paths.
 #include "formats/vhd/format.h"
 
 #include <gtest/gtest.h>
@@ -183,14 +183,17 @@ TEST(FormatTest, LocatorPathsRoundTrip) {
   EXPECT_EQ(w2ru[0], '.');
   EXPECT_EQ(w2ru[1], '\0');
   EXPECT_EQ(w2ru[2], '\\');
-  auto bytes = [](const std::string& s) { return std::span(reinterpret_cast<const uint8_t*>(s.data()), s.size()); };
+  auto bytes = [](const std::string& s) {
+    return std::span(reinterpret_cast<const uint8_t*>(s.data()), s.size());
+  };
   Result<std::string> back = DecodeLocatorPath(kPlatformW2ru, bytes(w2ru));
   ASSERT_TRUE(back.ok());
   EXPECT_EQ(*back, "./dir/base.vhd");
   std::string macx = EncodeLocatorPath(kPlatformMacX, "/srv/images/base.vhd");
   EXPECT_EQ(macx, "file:///srv/images/base.vhd");
   EXPECT_EQ(DecodeLocatorPath(kPlatformMacX, bytes(macx)).value(), "/srv/images/base.vhd");
-  EXPECT_EQ(DecodeLocatorPath(kPlatformW2ku, bytes(EncodeLocatorPath(kPlatformW2ku, "/a/ü.vhd"))).value(), "/a/ü.vhd");
+  EXPECT_EQ(DecodeLocatorPath(kPlatformW2ku, bytes(EncodeLocatorPath(kPlatformW2ku, "/a/ü.vhd"))).value(),
+            "/a/ü.vhd");
 
   EXPECT_FALSE(DecodeLocatorPath(0x12345678, bytes(macx)).ok());
   EXPECT_FALSE(DecodeLocatorPath(kPlatformW2ku, bytes(std::string("a\0b", 3))).ok());  // odd length

@@ -42,7 +42,8 @@ TEST(ImageTest, ResolveFillsACallerArrayAndAsksForBitmaps) {
   auto image = OpenImage(path, false);
   ASSERT_TRUE(image->has_batmap());
   std::array<Piece, 4> pieces;
-  // Block 0 unallocated (zeros), block 1 allocated and marked full in the batmap (one file piece), block 2 zeros.
+  // Block 0 unallocated (zeros), block 1 allocated and marked full in the batmap (one file piece), block 2
+  // zeros.
   size_t count = image->Resolve(kBlock / 2, 2 * kBlock, pieces);
   ASSERT_EQ(count, 3u);
   EXPECT_EQ(pieces[0].kind, Piece::Kind::kZero);
@@ -101,7 +102,8 @@ TEST(ImageTest, WritingClearSectorsSetsTheirBitsAfterTheData) {
       DecodeBatmapHeader(std::span<const uint8_t, 512>(bytes.data() + batmap_header_at, 512));
   ASSERT_TRUE(header.ok());
   bytes[header->batmap_offset] = 0;
-  header->checksum = BatmapChecksum(std::span(bytes).subspan(header->batmap_offset, header->batmap_sectors * 512));
+  header->checksum =
+      BatmapChecksum(std::span(bytes).subspan(header->batmap_offset, header->batmap_sectors * 512));
   EncodeBatmapHeader(*header, std::span<uint8_t, 512>(bytes.data() + batmap_header_at, 512));
   WriteWholeFile(path, bytes);
 
@@ -228,7 +230,8 @@ TEST(ImageTest, AnOld511ByteFooterIsReadAndRewrittenWhole) {
   EXPECT_TRUE(OpenImage(path, false)->notes().empty());
 }
 
-// The allocation steps as an engine with its own I/O would run them, on a differencing child (parent fill included).
+// The allocation steps as an engine with its own I/O would run them, on a differencing child (parent fill
+// included).
 TEST(ImageTest, AllocationStepsCanBeDrivenFromOutside) {
   TempDir dir;
   std::string base = dir.File("base.vhd");

@@ -1,5 +1,6 @@
-// Interoperability with qemu (Debian's qemu-utils): images qemu-img makes read here byte for byte as qemu reads
-// them, and images written here read identically in qemu. A missing qemu-img fails the tests (install-deps has it).
+// Interoperability with qemu (Debian's qemu-utils): images qemu-img makes read here byte for byte as qemu
+// reads them, and images written here read identically in qemu. A missing qemu-img fails the tests
+// (install-deps has it).
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -75,7 +76,8 @@ TEST_P(QemuMadeTest, ReadsAsQemuReadsIt) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Subformats, QemuMadeTest,
-                         ::testing::Values("subformat=fixed", "subformat=dynamic", "subformat=fixed,force_size=on",
+                         ::testing::Values("subformat=fixed", "subformat=dynamic",
+                                           "subformat=fixed,force_size=on",
                                            "subformat=dynamic,force_size=on"),
                          [](const auto& info) {
                            std::string name = info.param;
@@ -104,9 +106,9 @@ TEST_P(OursTest, QemuReadsWhatWeWrote) {
       std::memcpy(model.data() + offset, bytes.data(), length);
     };
     put(512, 4096, 10);
-    put((2 << 20) - 2048, 16384, 11);   // two blocks at once
-    put(kOddSize - 1024, 1024, 12);     // the short last block
-    put(1024, 512, 13);                 // over an earlier write
+    put((2 << 20) - 2048, 16384, 11);  // two blocks at once
+    put(kOddSize - 1024, 1024, 12);    // the short last block
+    put(1024, 512, 13);                // over an earlier write
     ASSERT_TRUE(image.Close().ok());
   }
   EXPECT_EQ(QemuVirtualSize(vhd), kOddSize);
@@ -136,9 +138,9 @@ TEST(QemuInteropTest, OurImagesOver127GiB) {
   }
   EXPECT_EQ(QemuVirtualSize(vhd), kBig);
   std::string output;
-  ASSERT_EQ(RunCommand("qemu-io -r -f vpc -c 'read -P 0x5a 150G 64k' -c 'read -P 0xa5 " + std::to_string(kBig - 4096) +
-                    " 4k' -c 'read -P 0 149G 64k' " + vhd,
-                &output),
+  ASSERT_EQ(RunCommand("qemu-io -r -f vpc -c 'read -P 0x5a 150G 64k' -c 'read -P 0xa5 " +
+                           std::to_string(kBig - 4096) + " 4k' -c 'read -P 0 149G 64k' " + vhd,
+                       &output),
             0)
       << output;
   EXPECT_EQ(output.find("verification failed"), std::string::npos) << output;
@@ -162,8 +164,8 @@ TEST(QemuInteropTest, QemuImagesOver127GiB) {
   }
 }
 
-// Virtual PC's images (and old qemu's) may carry a current_size that disagrees with their geometry; qemu reads the
-// geometry there, and so must we, saying so in a notice.
+// Virtual PC's images (and old qemu's) may carry a current_size that disagrees with their geometry; qemu
+// reads the geometry there, and so must we, saying so in a notice.
 TEST(QemuInteropTest, GeometryCreatorsFollowQemusSizeRule) {
   TempDir dir;
   for (const char* creator : {"qemu", "vpc "}) {

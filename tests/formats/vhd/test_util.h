@@ -69,14 +69,15 @@ inline std::vector<uint8_t> Pattern(size_t length, uint32_t seed) {
 }
 
 // Compares two byte vectors, reporting the first difference instead of dumping megabytes.
-inline ::testing::AssertionResult SameBytes(const std::vector<uint8_t>& actual, const std::vector<uint8_t>& expected) {
+inline ::testing::AssertionResult SameBytes(const std::vector<uint8_t>& actual,
+                                            const std::vector<uint8_t>& expected) {
   if (actual.size() != expected.size()) {
     return ::testing::AssertionFailure() << "size " << actual.size() << " != " << expected.size();
   }
   for (size_t i = 0; i < actual.size(); ++i) {
     if (actual[i] != expected[i]) {
-      return ::testing::AssertionFailure() << "first difference at byte " << i << ": " << int(actual[i])
-                                           << " != " << int(expected[i]);
+      return ::testing::AssertionFailure()
+             << "first difference at byte " << i << ": " << int(actual[i]) << " != " << int(expected[i]);
     }
   }
   return ::testing::AssertionSuccess();
