@@ -10,7 +10,8 @@
 
 namespace blk {
 
-Result<std::unique_ptr<EventChannel>> XenEventChannels::BindInterdomain(DomId remote, EvtchnPort remote_port) {
+Result<std::unique_ptr<EventChannel>> XenEventChannels::BindInterdomain(DomId remote,
+                                                                        EvtchnPort remote_port) {
   xenevtchn_handle* handle = library_.EvtchnOpen();
   if (handle == nullptr) {
     return XenOpenFailure("/dev/xen/evtchn", LastXenErrno())
@@ -66,14 +67,16 @@ Status XenEventChannel::Acknowledge() {
     const xenevtchn_port_or_error_t port = library_.EvtchnPending(handle_);
     if (port < 0) {
       const int err = LastXenErrno();
-      if (err != EAGAIN && err != EWOULDBLOCK) status = Status::FromErrno(err, "xenevtchn_pending " + Describe());
+      if (err != EAGAIN && err != EWOULDBLOCK)
+        status = Status::FromErrno(err, "xenevtchn_pending " + Describe());
       break;
     }
     if (static_cast<EvtchnPort>(port) != local_port_) {
-      status = Status::Error(Status::Code::kIoError,
-                             XenFormat("xenevtchn_pending %s: returned port %d, which this handle did not bind",
-                                       Describe().c_str(), port),
-                             EINVAL);
+      status =
+          Status::Error(Status::Code::kIoError,
+                        XenFormat("xenevtchn_pending %s: returned port %d, which this handle did not bind",
+                                  Describe().c_str(), port),
+                        EINVAL);
       break;
     }
     consumed = true;

@@ -13,7 +13,9 @@
 namespace blk {
 namespace {
 
-bool FitsInPage(const GrantCopySegment& segment) { return size_t{segment.offset} + segment.length <= kPageSize; }
+bool FitsInPage(const GrantCopySegment& segment) {
+  return size_t{segment.offset} + segment.length <= kPageSize;
+}
 
 xengnttab_grant_copy_segment_t ToXen(const GrantCopySegment& segment) {
   xengnttab_grant_copy_segment_t xen{};
@@ -32,7 +34,8 @@ xengnttab_grant_copy_segment_t ToXen(const GrantCopySegment& segment) {
 
 }  // namespace
 
-Result<std::unique_ptr<XenGrantTable>> XenGrantTable::Open(XenLibrary& library, HypervisorCounters& counters) {
+Result<std::unique_ptr<XenGrantTable>> XenGrantTable::Open(XenLibrary& library,
+                                                           HypervisorCounters& counters) {
   xengnttab_handle* handle = library.GnttabOpen();
   if (handle == nullptr) return XenOpenFailure("/dev/xen/gntdev", LastXenErrno());
   return std::make_unique<XenGrantTable>(library, handle, counters);
@@ -53,9 +56,9 @@ Result<GrantMapping> XenGrantTable::Map(DomId domid, std::span<const GrantRef> r
   void* addr = library_.GnttabMapDomainGrantRefs(handle_, count, domid, const_cast<GrantRef*>(refs.data()),
                                                  writable ? PROT_READ | PROT_WRITE : PROT_READ);
   if (addr == nullptr) {
-    return Status::FromErrno(LastXenErrno(),
-                             XenFormat("xengnttab_map_domain_grant_refs d%u ref %u (%u refs, %s)", domid,
-                                       refs[0], count, writable ? "writable" : "read-only"));
+    return Status::FromErrno(
+        LastXenErrno(), XenFormat("xengnttab_map_domain_grant_refs d%u ref %u (%u refs, %s)", domid, refs[0],
+                                  count, writable ? "writable" : "read-only"));
   }
   counters_.pages_mapped.fetch_add(count, std::memory_order_relaxed);
   return GrantMapping(this, addr, count);

@@ -34,7 +34,8 @@ class XenHypervisor {
   HypervisorCounters& counters() { return counters_; }
 
  private:
-  explicit XenHypervisor(XenLibrary& library) : events_(std::make_unique<XenEventChannels>(library, counters_)) {}
+  explicit XenHypervisor(XenLibrary& library)
+      : events_(std::make_unique<XenEventChannels>(library, counters_)) {}
 
   HypervisorCounters counters_;  // declared first: the ports keep a reference to it
   std::unique_ptr<XenGrantTable> grants_;

@@ -86,9 +86,9 @@ std::string XenFormat(const char* format, ...) {
 
 Status XenOpenFailure(const char* device, int err) {
   Status status = Status::FromErrno(err, XenFormat("cannot open %s", device));
-  return Status::Error(status.code(),
-                       status.message() + " \u2014 is this a Xen domain with the gntdev/evtchn drivers loaded?",
-                       err);
+  return Status::Error(
+      status.code(), status.message() + " \u2014 is this a Xen domain with the gntdev/evtchn drivers loaded?",
+      err);
 }
 
 }  // namespace blk

@@ -108,7 +108,8 @@ void* FakeXenLibrary::GnttabMapDomainGrantRefs(xengnttab_handle* /*handle*/, uin
   void* addr = ::mmap(nullptr, count * kPageSize, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (addr == MAP_FAILED) return nullptr;
   for (uint32_t i = 0; i < count; ++i)
-    std::memcpy(static_cast<uint8_t*>(addr) + i * kPageSize, pages_[{domid, refs[i]}]->bytes.data(), kPageSize);
+    std::memcpy(static_cast<uint8_t*>(addr) + i * kPageSize, pages_[{domid, refs[i]}]->bytes.data(),
+                kPageSize);
   ::mprotect(addr, count * kPageSize, prot);
   mappings_[addr] = LiveMapping{addr, count, domid, std::vector<uint32_t>(refs, refs + count), prot};
   return addr;

@@ -14,8 +14,8 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <string>
 #include <mutex>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -101,7 +101,8 @@ class FakeXenLibrary final : public XenLibrary {
   void* GnttabMapDomainGrantRefs(xengnttab_handle* handle, uint32_t count, uint32_t domid, uint32_t* refs,
                                  int prot) override;
   int GnttabUnmap(xengnttab_handle* handle, void* addr, uint32_t count) override;
-  int GnttabGrantCopy(xengnttab_handle* handle, uint32_t count, xengnttab_grant_copy_segment_t* segments) override;
+  int GnttabGrantCopy(xengnttab_handle* handle, uint32_t count,
+                      xengnttab_grant_copy_segment_t* segments) override;
   xenevtchn_handle* EvtchnOpen() override;
   int EvtchnClose(xenevtchn_handle* handle) override;
   int EvtchnFd(xenevtchn_handle* handle) override;

@@ -50,7 +50,8 @@ TEST(XenGrantTableOpenTest, OpenFailureNamesTheDeviceAndTheLikelyCause) {
   ASSERT_FALSE(table.ok());
   EXPECT_EQ(table.status().error_number(), ENOENT);
   EXPECT_TRUE(Contains(table.status().message(), "cannot open /dev/xen/gntdev: No such file or directory"));
-  EXPECT_TRUE(Contains(table.status().message(), "is this a Xen domain with the gntdev/evtchn drivers loaded?"));
+  EXPECT_TRUE(
+      Contains(table.status().message(), "is this a Xen domain with the gntdev/evtchn drivers loaded?"));
 }
 
 TEST_F(XenGrantTableTest, DestroyingTheTableClosesItsHandle) {
@@ -178,7 +179,8 @@ TEST_F(XenGrantTableTest, CopyFillsTheLibrarySegmentsForBothDirections) {
   std::vector<uint8_t> read_buffer(50), write_buffer(kPageSize, 0x5a);
   GrantCopySegment segments[] = {
       {GrantCopySegment::Direction::kFromGuest, kGuest, 8, 100, 50, read_buffer.data(), -1},
-      {GrantCopySegment::Direction::kToGuest, 6, 9, 0, static_cast<uint16_t>(kPageSize), write_buffer.data(), -1},
+      {GrantCopySegment::Direction::kToGuest, 6, 9, 0, static_cast<uint16_t>(kPageSize), write_buffer.data(),
+       -1},
   };
   ASSERT_TRUE(table_->Copy(segments).ok());
 
@@ -285,13 +287,19 @@ TEST_F(XenGrantTableTest, ACopyOnAnotherThreadDoesNotDisturbABatchInFlight) {
   uint8_t held_buffers[3][32] = {};
   GrantCopySegment held[3];
   for (int i = 0; i < 3; ++i)
-    held[i] = {GrantCopySegment::Direction::kFromGuest, kGuest, 100, static_cast<uint16_t>(i * 32), 32,
-               held_buffers[i], -1};
+    held[i] = {GrantCopySegment::Direction::kFromGuest,
+               kGuest,
+               100,
+               static_cast<uint16_t>(i * 32),
+               32,
+               held_buffers[i],
+               -1};
   Status held_status;
   std::thread holder([&] { held_status = table_->Copy(held); });
   inside.wait();
   uint8_t other_buffer[16] = {};
-  GrantCopySegment other[] = {{GrantCopySegment::Direction::kFromGuest, kGuest, 101, 0, 16, other_buffer, -1}};
+  GrantCopySegment other[] = {
+      {GrantCopySegment::Direction::kFromGuest, kGuest, 101, 0, 16, other_buffer, -1}};
   EXPECT_TRUE(table_->Copy(other).ok());
   other_done.count_down();
   holder.join();

@@ -17,8 +17,8 @@ TEST(XenHypervisorTest, OpenWithoutXenFailsWithAClearMessage) {
   auto hypervisor = XenHypervisor::Open();
   ASSERT_FALSE(hypervisor.ok());
   EXPECT_TRUE(Contains(hypervisor.status().message(), "cannot open /dev/xen/gntdev: "));
-  EXPECT_TRUE(Contains(hypervisor.status().message(),
-                       "is this a Xen domain with the gntdev/evtchn drivers loaded?"));
+  EXPECT_TRUE(
+      Contains(hypervisor.status().message(), "is this a Xen domain with the gntdev/evtchn drivers loaded?"));
   EXPECT_NE(hypervisor.status().error_number(), 0);
 }
 
@@ -27,7 +27,8 @@ TEST(XenHypervisorTest, OpenFailsCleanlyWhenOnlyEventChannelsAreMissing) {
   xen.FailCall(XenCall::kEvtchnOpen, ENOENT);
   auto hypervisor = XenHypervisor::Open(xen);
   ASSERT_FALSE(hypervisor.ok());
-  EXPECT_TRUE(Contains(hypervisor.status().message(), "cannot open /dev/xen/evtchn: No such file or directory"));
+  EXPECT_TRUE(
+      Contains(hypervisor.status().message(), "cannot open /dev/xen/evtchn: No such file or directory"));
   EXPECT_EQ(xen.open_gnttab_handles(), 0);  // the grant table opened first is closed again
 }
 
