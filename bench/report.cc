@@ -1,9 +1,9 @@
 // Reports: what blkbench measured, per I/O where that is what matters, and beside fio when it ran.
 #include "bench/report.h"
 
-#include <cstdarg>
-#include <cstdio>
 #include <nlohmann/json.hpp>
+
+#include "base/format.h"
 
 namespace blk {
 namespace {
@@ -11,50 +11,40 @@ namespace {
 double PerIo(uint64_t total, uint64_t ios) { return ios == 0 ? 0 : static_cast<double>(total) / ios; }
 double Micros(uint64_t ns) { return static_cast<double>(ns) / 1000.0; }
 
-std::string Format(const char* format, ...) __attribute__((format(printf, 1, 2)));
-std::string Format(const char* format, ...) {
-  char line[512];
-  va_list args;
-  va_start(args, format);
-  std::vsnprintf(line, sizeof(line), format, args);
-  va_end(args);
-  return line;
-}
-
 }  // namespace
 
 std::string HumanReport(const BenchOptions& options, const BenchResult& r, const std::optional<FioResult>& fio) {
   std::string out;
-  out += Format("blkbench: %s bs=%u iodepth=%u on %s (%llu MiB, %s), %s, simulated hypervisor\n",
+  out += StrFormat("blkbench: %s bs=%u iodepth=%u on %s (%llu MiB, %s), %s, simulated hypervisor\n",
                 PatternName(options.rw), options.bs, options.iodepth, r.filename.c_str(),
                 static_cast<unsigned long long>(options.size >> 20), r.direct_io ? "O_DIRECT" : "buffered",
                 options.abi.c_str());
-  out += Format("  IOPS        %.0f  (read %.0f, write %.0f) over %.1f s\n", r.iops(),
+  out += StrFormat("  IOPS        %.0f  (read %.0f, write %.0f) over %.1f s\n", r.iops(),
                 r.seconds > 0 ? r.read_ios / r.seconds : 0, r.seconds > 0 ? r.write_ios / r.seconds : 0, r.seconds);
-  out += Format("  bandwidth   %.1f MiB/s\n", r.mib_per_s());
-  out += Format("  latency     p50 %.1f us, p99 %.1f us, p99.9 %.1f us, max %.1f us (frontend: queued -> answered)\n",
+  out += StrFormat("  bandwidth   %.1f MiB/s\n", r.mib_per_s());
+  out += StrFormat("  latency     p50 %.1f us, p99 %.1f us, p99.9 %.1f us, max %.1f us (frontend: queued -> answered)\n",
                 Micros(r.latency.PercentileNs(50)), Micros(r.latency.PercentileNs(99)),
                 Micros(r.latency.PercentileNs(99.9)), Micros(r.latency.max()));
-  out += Format("  backend CPU %.2f us per I/O\n", PerIo(r.backend_cpu_ns, r.ios()) / 1000.0);
-  out += Format("  hypervisor  per I/O: %.2f grant maps, %.2f grant copy calls (%.2f segments), %.2f notifications "
+  out += StrFormat("  backend CPU %.2f us per I/O\n", PerIo(r.backend_cpu_ns, r.ios()) / 1000.0);
+  out += StrFormat("  hypervisor  per I/O: %.2f grant maps, %.2f grant copy calls (%.2f segments), %.2f notifications "
                 "to the frontend, %.2f to the backend\n",
                 PerIo(r.ops.map_calls, r.ios()), PerIo(r.ops.copy_calls, r.ios()),
                 PerIo(r.ops.copy_segments, r.ios()), PerIo(r.ops.backend_notifications, r.ios()),
                 PerIo(r.ops.frontend_notifications, r.ios()));
   if (options.verify) {
-    out += Format("  verify      %llu sectors checked, %llu mismatches\n",
+    out += StrFormat("  verify      %llu sectors checked, %llu mismatches\n",
                   static_cast<unsigned long long>(r.verified_sectors), static_cast<unsigned long long>(r.verify_errors));
   }
   if (r.io_errors > 0 || r.verify_errors > 0) {
-    out += Format("  FAILED      %llu I/O errors, %llu verify errors; first: %s\n",
+    out += StrFormat("  FAILED      %llu I/O errors, %llu verify errors; first: %s\n",
                   static_cast<unsigned long long>(r.io_errors), static_cast<unsigned long long>(r.verify_errors),
                   r.first_problem.c_str());
   }
   if (fio) {
-    out += Format("fio (same job, same file): IOPS %.0f, %.1f MiB/s, p50 %.1f us, p99 %.1f us, p99.9 %.1f us, "
+    out += StrFormat("fio (same job, same file): IOPS %.0f, %.1f MiB/s, p50 %.1f us, p99 %.1f us, p99.9 %.1f us, "
                   "CPU %.2f us per I/O\n",
                   fio->iops, fio->mib_per_s, fio->lat_p50_us, fio->lat_p99_us, fio->lat_p999_us, fio->cpu_us_per_io);
-    out += Format("  ratio       blkbench/fio IOPS %.2f, MiB/s %.2f\n", fio->iops > 0 ? r.iops() / fio->iops : 0,
+    out += StrFormat("  ratio       blkbench/fio IOPS %.2f, MiB/s %.2f\n", fio->iops > 0 ? r.iops() / fio->iops : 0,
                   fio->mib_per_s > 0 ? r.mib_per_s() / fio->mib_per_s : 0);
     out += "  fio command " + fio->command + "\n";
   }

@@ -8,9 +8,9 @@
 #include <atomic>
 #include <cerrno>
 #include <cinttypes>
-#include <cstdarg>
-#include <cstdio>
 #include <cstring>
+
+#include "base/format.h"
 
 namespace blk {
 namespace {
@@ -32,16 +32,6 @@ int Severity(int16_t status) {
     default:
       return 2;
   }
-}
-
-std::string Format(const char* format, ...) __attribute__((format(printf, 1, 2)));
-std::string Format(const char* format, ...) {
-  char buffer[160];
-  va_list args;
-  va_start(args, format);
-  vsnprintf(buffer, sizeof(buffer), format, args);
-  va_end(args);
-  return buffer;
 }
 
 bool WritesData(IoOp op) { return op != IoOp::kRead; }
@@ -163,7 +153,7 @@ std::vector<std::pair<std::string, std::string>> Blkfront::XenstoreEntries() con
   } else {
     entries.emplace_back("ring-page-order", std::to_string(ring_page_order()));
     for (size_t i = 0; i < ring_refs_.size(); ++i) {
-      entries.emplace_back(Format("ring-ref%zu", i), std::to_string(ring_refs_[i]));
+      entries.emplace_back(StrFormat("ring-ref%zu", i), std::to_string(ring_refs_[i]));
     }
   }
   entries.emplace_back("event-channel", std::to_string(port_));
@@ -372,7 +362,7 @@ Status Blkfront::CompleteRequest(uint32_t id, int16_t status) {
     Status ended = domain_.EndAccess(shadow.refs[i]);
     if (!ended.ok()) {
       return Break(
-          Status::ProtocolError(Format("grant still in use at response: %s", ended.message().c_str())));
+          Status::ProtocolError(StrFormat("grant still in use at response: %s", ended.message().c_str())));
     }
     if (state.io.op == IoOp::kRead && status == BLKIF_RSP_OKAY) {
       uint8_t* target = static_cast<uint8_t*>(state.io.buffer) + shadow.buffer_offset;
@@ -415,14 +405,14 @@ Status Blkfront::ProcessResponse(const uint8_t* slot) {
       return Status::Ok();
     }
   }
-  if (id >= slots_) return Break(Status::ProtocolError(Format("response has incorrect id %" PRIu64, id)));
+  if (id >= slots_) return Break(Status::ProtocolError(StrFormat("response has incorrect id %" PRIu64, id)));
   const Shadow& shadow = shadows_[id];
   if (!shadow.in_use) {
-    return Break(Status::ProtocolError(Format("response id %" PRIu64 " references no pending request", id)));
+    return Break(Status::ProtocolError(StrFormat("response id %" PRIu64 " references no pending request", id)));
   }
   if (operation != shadow.operation) {
     return Break(Status::ProtocolError(
-        Format("response id %" PRIu64 " has operation %u, not %u", id, operation, shadow.operation)));
+        StrFormat("response id %" PRIu64 " has operation %u, not %u", id, operation, shadow.operation)));
   }
   return CompleteRequest(static_cast<uint32_t>(id), status);
 }
@@ -435,7 +425,7 @@ Result<size_t> Blkfront::Reap(std::span<IoCompletion> out) {
     const uint32_t rsp_prod = LoadShared(ring_header_->rsp_prod);
     if (static_cast<uint32_t>(rsp_prod - rsp_cons_) > slots_) {
       return Break(Status::ProtocolError(
-          Format("illegal number of responses (rsp_prod %u, rsp_cons %u)", rsp_prod, rsp_cons_)));
+          StrFormat("illegal number of responses (rsp_prod %u, rsp_cons %u)", rsp_prod, rsp_cons_)));
     }
     for (; rsp_cons_ != rsp_prod; ++rsp_cons_) BLK_RETURN_IF_ERROR(ProcessResponse(RingEntry(rsp_cons_)));
     // RING_FINAL_CHECK_FOR_RESPONSES while requests are out; with none out, just re-arm rsp_event.

@@ -9,15 +9,6 @@
 
 namespace blk {
 
-std::string StrFormat(const char* format, ...) {
-  char buffer[256];
-  va_list args;
-  va_start(args, format);
-  vsnprintf(buffer, sizeof(buffer), format, args);
-  va_end(args);
-  return buffer;
-}
-
 SimHypervisor::SimHypervisor(DomId backend_domid)
     : backend_domid_(backend_domid),
       by_id_(std::make_unique<std::atomic<SimDomain*>[]>(DOMID_FIRST_RESERVED)),

@@ -9,6 +9,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "base/format.h"
 #include "ring/sim/sim_hypervisor.h"
 
 namespace blk {
@@ -75,8 +76,6 @@ class SimBoundChannel final : public EventChannel {
   const EvtchnPort local_port_;
 };
 
-// printf into a std::string, for messages.
-std::string StrFormat(const char* format, ...) __attribute__((format(printf, 1, 2)));
 
 // Signals / drains an eventfd; both tolerate a counter that is already set / already empty.
 Status SignalEventFd(int fd);

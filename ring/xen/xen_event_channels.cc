@@ -15,13 +15,13 @@ Result<std::unique_ptr<EventChannel>> XenEventChannels::BindInterdomain(DomId re
   xenevtchn_handle* handle = library_.EvtchnOpen();
   if (handle == nullptr) {
     return XenOpenFailure("/dev/xen/evtchn", LastXenErrno())
-        .Annotate(XenFormat("bind d%u port %u: ", remote, remote_port));
+        .Annotate(StrFormat("bind d%u port %u: ", remote, remote_port));
   }
   const xenevtchn_port_or_error_t local_port = library_.EvtchnBindInterdomain(handle, remote, remote_port);
   if (local_port < 0) {
     const int err = LastXenErrno();
     library_.EvtchnClose(handle);
-    return Status::FromErrno(err, XenFormat("xenevtchn_bind_interdomain d%u port %u", remote, remote_port));
+    return Status::FromErrno(err, StrFormat("xenevtchn_bind_interdomain d%u port %u", remote, remote_port));
   }
   // From here on the channel owns the handle and the binding, and releases both on every exit path.
   auto channel = std::make_unique<XenEventChannel>(library_, counters_, handle,
@@ -38,7 +38,7 @@ XenEventChannel::~XenEventChannel() {
 }
 
 std::string XenEventChannel::Describe() const {
-  return XenFormat("port %u (d%u port %u)", local_port_, remote_, remote_port_);
+  return StrFormat("port %u (d%u port %u)", local_port_, remote_, remote_port_);
 }
 
 Status XenEventChannel::Init() {
@@ -74,7 +74,7 @@ Status XenEventChannel::Acknowledge() {
     if (static_cast<EvtchnPort>(port) != local_port_) {
       status =
           Status::Error(Status::Code::kIoError,
-                        XenFormat("xenevtchn_pending %s: returned port %d, which this handle did not bind",
+                        StrFormat("xenevtchn_pending %s: returned port %d, which this handle did not bind",
                                   Describe().c_str(), port),
                         EINVAL);
       break;

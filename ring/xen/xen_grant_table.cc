@@ -47,9 +47,9 @@ XenGrantTable::~XenGrantTable() {
 }
 
 Result<GrantMapping> XenGrantTable::Map(DomId domid, std::span<const GrantRef> refs, bool writable) {
-  if (refs.empty()) return Status::InvalidArgument(XenFormat("grant map d%u: no refs", domid));
+  if (refs.empty()) return Status::InvalidArgument(StrFormat("grant map d%u: no refs", domid));
   if (refs.size() > std::numeric_limits<uint32_t>::max())
-    return Status::InvalidArgument(XenFormat("grant map d%u: %zu refs", domid, refs.size()));
+    return Status::InvalidArgument(StrFormat("grant map d%u: %zu refs", domid, refs.size()));
   const auto count = static_cast<uint32_t>(refs.size());
   counters_.map_calls.fetch_add(1, std::memory_order_relaxed);
   // The library only reads the refs; its prototype predates const.
@@ -57,7 +57,7 @@ Result<GrantMapping> XenGrantTable::Map(DomId domid, std::span<const GrantRef> r
                                                  writable ? PROT_READ | PROT_WRITE : PROT_READ);
   if (addr == nullptr) {
     return Status::FromErrno(
-        LastXenErrno(), XenFormat("xengnttab_map_domain_grant_refs d%u ref %u (%u refs, %s)", domid, refs[0],
+        LastXenErrno(), StrFormat("xengnttab_map_domain_grant_refs d%u ref %u (%u refs, %s)", domid, refs[0],
                                   count, writable ? "writable" : "read-only"));
   }
   counters_.pages_mapped.fetch_add(count, std::memory_order_relaxed);
@@ -78,7 +78,7 @@ Status XenGrantTable::Copy(std::span<GrantCopySegment> segments) {
       return Status::InvalidArgument("grant copy: a segment has no local buffer");
   }
   if (segments.size() > std::numeric_limits<uint32_t>::max())
-    return Status::InvalidArgument(XenFormat("grant copy: %zu segments", segments.size()));
+    return Status::InvalidArgument(StrFormat("grant copy: %zu segments", segments.size()));
 
   thread_local std::vector<xengnttab_grant_copy_segment_t> scratch;
   scratch.clear();  // keeps its capacity: no allocation once this thread has seen a batch this big
@@ -100,7 +100,7 @@ Status XenGrantTable::Copy(std::span<GrantCopySegment> segments) {
     }
     const xengnttab_grant_copy_segment_t& first = scratch.front();
     const auto& guest = (first.flags & GNTCOPY_source_gref) ? first.source : first.dest;
-    return Status::FromErrno(err, XenFormat("xengnttab_grant_copy of %zu segments (first d%u ref %u)",
+    return Status::FromErrno(err, StrFormat("xengnttab_grant_copy of %zu segments (first d%u ref %u)",
                                             scratch.size(), guest.foreign.domid, guest.foreign.ref));
   }
   size_t issued = 0;

@@ -75,17 +75,8 @@ XenLibrary& RealXenLibrary() {
 
 int LastXenErrno() { return errno != 0 ? errno : EIO; }
 
-std::string XenFormat(const char* format, ...) {
-  char buffer[256];
-  va_list args;
-  va_start(args, format);
-  vsnprintf(buffer, sizeof(buffer), format, args);
-  va_end(args);
-  return buffer;
-}
-
 Status XenOpenFailure(const char* device, int err) {
-  Status status = Status::FromErrno(err, XenFormat("cannot open %s", device));
+  Status status = Status::FromErrno(err, StrFormat("cannot open %s", device));
   return Status::Error(
       status.code(), status.message() + " \u2014 is this a Xen domain with the gntdev/evtchn drivers loaded?",
       err);

@@ -16,6 +16,7 @@ extern "C" {
 #include <xengnttab.h>
 }
 
+#include "base/format.h"
 #include "base/status.h"
 
 namespace blk {
@@ -50,8 +51,6 @@ XenLibrary& RealXenLibrary();
 // errno after a failed library call; EIO if the library failed without setting it.
 int LastXenErrno();
 
-// printf into a std::string, for messages.
-std::string XenFormat(const char* format, ...) __attribute__((format(printf, 1, 2)));
 
 // The failure to open one of the Xen devices, with the hint an operator needs.
 Status XenOpenFailure(const char* device, int err);

@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include "base/format.h"
+
 #include <cerrno>
 
 namespace blk {
@@ -51,6 +53,15 @@ TEST(ResultTest, HoldsValueOrStatus) {
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.status().code(), Status::Code::kInvalidArgument);
   EXPECT_EQ(bad.status().ToString(), "bad size");
+}
+
+TEST(StrFormatTest, FormatsShortAndLongText) {
+  EXPECT_EQ(StrFormat("d%u ref %u", 5u, 8u), "d5 ref 8");
+  std::string long_text(1000, 'x');
+  std::string formatted = StrFormat("[%s]", long_text.c_str());
+  EXPECT_EQ(formatted.size(), 1002u);
+  EXPECT_EQ(formatted, "[" + long_text + "]");
+  EXPECT_EQ(StrFormat("%s", ""), "");
 }
 
 }  // namespace
