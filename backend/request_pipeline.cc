@@ -165,16 +165,7 @@ void RequestPipeline::StartQueued() {
       ++started_;
       barrier_running_ = barrier;
       if (slot.writes) {
-        slot.first_copy = static_cast<uint16_t>(copies_.size());
-        uint32_t filled = 0;
-        for (unsigned i = 0; i < slot.request.nr_segments; ++i) {
-          const RequestSegment& segment = slot.request.segments[i];
-          uint16_t bytes = static_cast<uint16_t>((segment.last_sect - segment.first_sect + 1u) << kSectorShift);
-          copies_.push_back({GrantCopySegment::Direction::kFromGuest, frontend_, segment.gref,
-                             static_cast<uint16_t>(segment.first_sect << kSectorShift), bytes,
-                             slot.buffer + filled, 0});
-          filled += bytes;
-        }
+        AddCopies(slot, GrantCopySegment::Direction::kFromGuest);
         copy_slots_.push_back(&slot);
       } else if (slot.length > 0) {
         PrepareData(slot);
@@ -185,13 +176,9 @@ void RequestPipeline::StartQueued() {
     if (copies_.empty()) break;
     Status copied = hypervisor_.grants.Copy(copies_);
     for (Slot* slot : copy_slots_) {
-      bool ok = copied.ok();
-      for (unsigned i = 0; ok && i < slot->request.nr_segments; ++i) {
-        ok = copies_[slot->first_copy + i].status == GNTST_okay;
-      }
-      if (!ok) {
+      if (int16_t failure = CopyFailure(*slot, copied); failure != GNTST_okay) {
         Log(LogLevel::kWarning, name_.c_str(), "write id %llu: grant copy from the guest failed (status %d)",
-            static_cast<unsigned long long>(slot->request.id), copies_[slot->first_copy].status);
+            static_cast<unsigned long long>(slot->request.id), failure);
         DeviceStats::Add(stats_.io_errors, 1);
         Respond(*slot, BLKIF_RSP_ERROR);
         retry = true;  // a failed barrier no longer holds the queue back
@@ -373,32 +360,39 @@ void RequestPipeline::FinishCompletions() {
 void RequestPipeline::CopyReadsOut() {
   if (reads_done_.empty()) return;
   copies_.clear();
-  for (Slot* slot : reads_done_) {
-    slot->first_copy = static_cast<uint16_t>(copies_.size());
-    uint32_t drained = 0;
-    for (unsigned i = 0; i < slot->request.nr_segments; ++i) {
-      const RequestSegment& segment = slot->request.segments[i];
-      uint16_t bytes = static_cast<uint16_t>((segment.last_sect - segment.first_sect + 1u) << kSectorShift);
-      copies_.push_back({GrantCopySegment::Direction::kToGuest, frontend_, segment.gref,
-                         static_cast<uint16_t>(segment.first_sect << kSectorShift), bytes, slot->buffer + drained,
-                         0});
-      drained += bytes;
-    }
-  }
+  for (Slot* slot : reads_done_) AddCopies(*slot, GrantCopySegment::Direction::kToGuest);
   Status copied = hypervisor_.grants.Copy(copies_);
   for (Slot* slot : reads_done_) {
-    bool ok = copied.ok();
-    for (unsigned i = 0; ok && i < slot->request.nr_segments; ++i) {
-      ok = copies_[slot->first_copy + i].status == GNTST_okay;
-    }
-    if (!ok) {
+    int16_t failure = CopyFailure(*slot, copied);
+    if (failure != GNTST_okay) {
       Log(LogLevel::kWarning, name_.c_str(), "read id %llu: grant copy to the guest failed (status %d)",
-          static_cast<unsigned long long>(slot->request.id), copies_[slot->first_copy].status);
+          static_cast<unsigned long long>(slot->request.id), failure);
       DeviceStats::Add(stats_.io_errors, 1);
     }
-    Respond(*slot, ok ? BLKIF_RSP_OKAY : BLKIF_RSP_ERROR);
+    Respond(*slot, failure == GNTST_okay ? BLKIF_RSP_OKAY : BLKIF_RSP_ERROR);
   }
   reads_done_.clear();
+}
+
+void RequestPipeline::AddCopies(Slot& slot, GrantCopySegment::Direction direction) {
+  slot.first_copy = static_cast<uint16_t>(copies_.size());
+  uint32_t packed = 0;  // the segments' data lies back to back in the bounce buffer, in disk order
+  for (unsigned i = 0; i < slot.request.nr_segments; ++i) {
+    const RequestSegment& segment = slot.request.segments[i];
+    uint16_t bytes = static_cast<uint16_t>((segment.last_sect - segment.first_sect + 1u) << kSectorShift);
+    copies_.push_back({direction, frontend_, segment.gref, static_cast<uint16_t>(segment.first_sect << kSectorShift),
+                       bytes, slot.buffer + packed, GNTST_okay});
+    packed += bytes;
+  }
+}
+
+int16_t RequestPipeline::CopyFailure(const Slot& slot, const Status& batch) const {
+  if (!batch.ok()) return GNTST_general_error;
+  for (unsigned i = 0; i < slot.request.nr_segments; ++i) {
+    int16_t status = copies_[slot.first_copy + i].status;
+    if (status != GNTST_okay) return status;
+  }
+  return GNTST_okay;
 }
 
 void RequestPipeline::Respond(Slot& slot, int16_t status) {

@@ -130,6 +130,10 @@ class RequestPipeline final : public CompletionHandler {
   void RespondNow(const Request& request, int16_t status);
   void PushResponses();
   void CopyReadsOut();
+  // Appends the grant copies that move `slot`'s data between the guest's pages and its bounce buffer.
+  void AddCopies(Slot& slot, GrantCopySegment::Direction direction);
+  // The first failed GNTST_* status among `slot`'s copies in `copies_` (all fail if the batch did), or okay.
+  int16_t CopyFailure(const Slot& slot, const Status& batch) const;
   void NoteBadRequest(const Request& request, const char* reason);
   uint32_t SlotIndex(const Slot& slot) const { return static_cast<uint32_t>(&slot - slots_.data()); }
 
