@@ -177,13 +177,13 @@ bool BlkifBackendDevice::Step(BlkifInput input, const Snapshot& snapshot) {
     return false;
   }
   if (t.action == BlkifAction::kNone && t.next == state_) return false;
-  BlkifState from = state_;
-  Status done = Act(t.action, snapshot);
-  state_ = t.next;
-  if (from != state_) {
-    Log(LogLevel::kNotice, name_.c_str(), "%s -> %s (%s)", BlkifStateName(from), BlkifStateName(state_),
+  // Logged before acting, so the line precedes what the toolstack and the frontend see of the change.
+  if (t.next != state_) {
+    Log(LogLevel::kNotice, name_.c_str(), "%s -> %s (%s)", BlkifStateName(state_), BlkifStateName(t.next),
         BlkifInputName(input));
   }
+  Status done = Act(t.action, snapshot);
+  state_ = t.next;
   if (!done.ok()) {
     if (t.action == BlkifAction::kFail || t.action == BlkifAction::kDisconnect ||
         t.action == BlkifAction::kRemove || t.action == BlkifAction::kWriteClosing) {

@@ -85,6 +85,8 @@ class BlkifBackendDevice {
   const std::string& backend_path() const { return backend_path_; }
   const DeviceId& id() const { return id_; }
   BlkifState state() const { return state_; }
+  // Connected, but the frontend broke a ring: the next Evaluate fails the device.
+  bool ring_broken() const { return state_ == BlkifState::kConnected && ops_->broken(); }
   // The message of the last failure, empty if none.
   const std::string& last_error() const { return last_error_; }
   // The error node (Linux xenbus_dev_fatal's place): /local/domain/<own>/error/backend/<kind>/<fe>/<devid>.

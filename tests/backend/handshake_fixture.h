@@ -44,6 +44,12 @@ class LogLines {
     }
     return false;
   }
+  std::string All() {
+    std::lock_guard lock(mutex_);
+    std::string all;
+    for (const std::string& line : lines_) all += line;
+    return all;
+  }
   size_t Count(const std::string& a) {
     std::lock_guard lock(mutex_);
     size_t n = 0;
@@ -232,6 +238,16 @@ class HandshakeFixture : public ::testing::Test {
           return value.has_value() ? (now.ok() && *now == *value) : !now.ok();
         },
         timeout);
+  }
+
+  // For what has no fd to wait on (the daemon's counters, log lines): checks `condition` every few
+  // milliseconds until it holds or the deadline passes.
+  static bool Eventually(const std::function<bool()>& condition, std::chrono::milliseconds timeout = kTimeout) {
+    for (auto deadline = std::chrono::steady_clock::now() + timeout;;) {
+      if (condition()) return true;
+      if (std::chrono::steady_clock::now() > deadline) return false;
+      ::poll(nullptr, 0, 2);
+    }
   }
 
   std::optional<std::string> ReadKey(const std::string& path) {
