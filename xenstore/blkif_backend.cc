@@ -146,6 +146,8 @@ void BlkifBackendDevice::Evaluate() {
     Step(BlkifInput::kFailure, s);
   }
   if (!s.config_status.ok()) {
+    // A toolstack that writes its keys one by one (not in one transaction as libxl does) is waited for.
+    if (state_ == BlkifState::kInitialising && s.config_status.code() == Status::Code::kNotFound) return;
     pending_failure_ = s.config_status.ToString();
     Step(BlkifInput::kFailure, s);
     return;

@@ -139,7 +139,6 @@ class HandshakeFixture : public ::testing::Test {
   }
 
   void StartDaemon(BlkbackDaemonOptions options = {}) {
-    if (options.workers == 2 && workers_override_ != 0) options.workers = workers_override_;
     options.direct_io = false;  // the images live on /tmp, often tmpfs
     std::unique_ptr<LibXenStoreClient> client = OpenClient(*server_);
     ASSERT_NE(client, nullptr);
@@ -260,7 +259,6 @@ class HandshakeFixture : public ::testing::Test {
   std::unique_ptr<SimHypervisor> sim_;
   std::string image_dir_;
   LibXenStoreClient* daemon_client_ = nullptr;  // owned by the daemon; read only while its loop is stopped
-  unsigned workers_override_ = 0;
   std::unique_ptr<BlkbackDaemon> daemon_;
   std::thread loop_;
   Status loop_status_;

@@ -183,5 +183,20 @@ TEST_F(LifecycleTest, HotplugStatusIsAwaitedWhereConfigured) {
   ASSERT_TRUE(WaitForValue(backend + "/state", "2"));
 }
 
+// A toolstack that writes its keys one at a time: the device waits for the missing ones instead of failing.
+TEST_F(LifecycleTest, MissingToolstackKeysAreWaitedFor) {
+  StartDaemon();
+  CreateDomain(11);
+  AddDisk(11, 51712, MakeImage("d11"), {{"mode", ""}});
+  std::string backend = BackendPath(11, 51712);
+  uint64_t before = daemon_->evaluations();
+  ASSERT_TRUE(toolstack_->Write(backend + "/removable", "0").ok());
+  ASSERT_TRUE(Eventually([&] { return daemon_->evaluations() > before; }));
+  EXPECT_EQ(ReadKey(backend + "/state"), "1");
+  EXPECT_EQ(ReadKey(backend + "/hotplug-error"), std::nullopt);
+  ASSERT_TRUE(toolstack_->Write(backend + "/mode", "w").ok());
+  ASSERT_TRUE(WaitForValue(backend + "/state", "2"));
+}
+
 }  // namespace
 }  // namespace blk
