@@ -38,7 +38,8 @@ Result<std::unique_ptr<BlkbackDaemon>> BlkbackDaemon::Create(std::unique_ptr<Xen
     epoll_event event{};
     event.events = EPOLLIN;
     event.data.fd = fd;
-    if (::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, fd, &event) != 0) return Status::FromErrno(errno, "epoll_ctl");
+    if (::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, fd, &event) != 0)
+      return Status::FromErrno(errno, "epoll_ctl");
   }
   std::unique_ptr<BlkbackDaemon> daemon(new BlkbackDaemon(std::move(store), hypervisor, options,
                                                           static_cast<uint32_t>(*domid), std::move(epoll),
@@ -48,7 +49,8 @@ Result<std::unique_ptr<BlkbackDaemon>> BlkbackDaemon::Create(std::unique_ptr<Xen
 }
 
 BlkbackDaemon::BlkbackDaemon(std::unique_ptr<XenStore> store, Hypervisor hypervisor,
-                             const BlkbackDaemonOptions& options, uint32_t own_domid, UniqueFd epoll, UniqueFd stop)
+                             const BlkbackDaemonOptions& options, uint32_t own_domid, UniqueFd epoll,
+                             UniqueFd stop)
     : store_(std::move(store)),
       hypervisor_(hypervisor),
       options_(options),
@@ -143,7 +145,8 @@ void BlkbackDaemon::Apply(const DeviceChange& change) {
   const std::string& path = change.backend_path;
   if (change.type == DeviceChange::Type::kRemoved) {
     if (devices_.erase(path) > 0) {
-      Log(LogLevel::kNotice, (std::to_string(change.device.frontend_id) + "/" + std::to_string(change.device.devid)).c_str(),
+      Log(LogLevel::kNotice,
+          (std::to_string(change.device.frontend_id) + "/" + std::to_string(change.device.devid)).c_str(),
           "removed by the toolstack (%s)", path.c_str());
     }
     device_count_ = devices_.size();

@@ -1,8 +1,9 @@
 // BackendDeviceOps: what the blkif handshake (xenstore/blkif_backend.h) asks of the backend, done with a
-// blk::Device: open the image the toolstack names, connect one ring per queue (queue i on worker i % workers),
-// disconnect.
+// blk::Device: open the image the toolstack names, connect one ring per queue (queue i on worker i %
+// workers), disconnect.
 //
-// Threading: called on the daemon's control thread; rings are handed to their workers by Device (Worker::Call).
+// Threading: called on the daemon's control thread; rings are handed to their workers by Device
+// (Worker::Call).
 #pragma once
 
 #include <memory>

@@ -18,7 +18,9 @@ using Clock = std::chrono::steady_clock;
 // grants.
 size_t DomainPages(const XenbusBlkfrontConfig& config, uint32_t ring_pages, uint32_t queues) {
   size_t slots = RingSlots(config.abi, ring_pages);
-  return size_t{queues} * (ring_pages + std::min<size_t>(slots, config.max_outstanding * 2) * kMaxDirectSegments) + 64;
+  return size_t{queues} *
+             (ring_pages + std::min<size_t>(slots, config.max_outstanding * 2) * kMaxDirectSegments) +
+         64;
 }
 
 Result<uint64_t> ReadNumber(XenStore& store, const std::string& path, uint64_t fallback, uint64_t max) {
@@ -33,7 +35,10 @@ Result<uint64_t> ReadNumber(XenStore& store, const std::string& path, uint64_t f
 }  // namespace
 
 XenbusBlkfront::XenbusBlkfront(XenStore& store, SimHypervisor& hypervisor, XenbusBlkfrontConfig config)
-    : store_(store), hypervisor_(hypervisor), config_(std::move(config)), token_("blkfront:" + config_.frontend_path) {}
+    : store_(store),
+      hypervisor_(hypervisor),
+      config_(std::move(config)),
+      token_("blkfront:" + config_.frontend_path) {}
 
 XenbusBlkfront::~XenbusBlkfront() {
   queues_.clear();
@@ -67,8 +72,8 @@ Result<XenbusState> XenbusBlkfront::WaitForBackend(std::initializer_list<XenbusS
     if (left.count() <= 0) {
       std::string now = state.ok() ? std::to_string(*state) : state.status().ToString();
       Result<std::string> error = store_.Read(backend_path_ + "/hotplug-error");
-      return Status::Busy("blkfront: timed out waiting for the backend " + backend_path_ + ", still in state " +
-                          now + (error.ok() ? " (error: " + *error + ")" : ""));
+      return Status::Busy("blkfront: timed out waiting for the backend " + backend_path_ +
+                          ", still in state " + now + (error.ok() ? " (error: " + *error + ")" : ""));
     }
     pollfd fd{store_.fd(), POLLIN, 0};
     ::poll(&fd, 1, static_cast<int>(left.count()));
@@ -96,10 +101,12 @@ Status XenbusBlkfront::Connect(std::chrono::milliseconds timeout) {
   Result<uint64_t> max_queues = ReadNumber(store_, backend_path_ + "/multi-queue-max-queues", 1, 1024);
   if (!max_queues.ok()) return max_queues.status();
   ring_pages_ = std::min<uint32_t>(config_.ring_pages, 1u << std::min<uint64_t>(*max_order, 4));
-  uint32_t queues = std::max<uint32_t>(1, std::min<uint32_t>(config_.queues, static_cast<uint32_t>(*max_queues)));
+  uint32_t queues =
+      std::max<uint32_t>(1, std::min<uint32_t>(config_.queues, static_cast<uint32_t>(*max_queues)));
 
   if (hypervisor_.FindDomain(config_.domid) == nullptr) {
-    Result<SimDomain*> domain = hypervisor_.CreateDomain(config_.domid, DomainPages(config_, 16, std::max(queues, config_.queues)));
+    Result<SimDomain*> domain =
+        hypervisor_.CreateDomain(config_.domid, DomainPages(config_, 16, std::max(queues, config_.queues)));
     if (!domain.ok()) return domain.status();
   }
   for (uint32_t q = 0; q < queues; ++q) {

@@ -14,6 +14,8 @@
 // Threading: one thread (the guest's) uses the object and its XenStore.
 #pragma once
 
+#include <xen/io/xenbus.h>
+
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -24,8 +26,6 @@
 #include "frontend/blkfront.h"
 #include "ring/sim/sim_hypervisor.h"
 #include "xenstore/xenstore.h"
-
-#include <xen/io/xenbus.h>
 
 namespace blk {
 
@@ -58,7 +58,8 @@ class XenbusBlkfront {
   Status Close(std::chrono::milliseconds timeout);
 
   // Waits until the backend's state is one of `states`; a timeout names the state it stayed in.
-  Result<XenbusState> WaitForBackend(std::initializer_list<XenbusState> states, std::chrono::milliseconds timeout);
+  Result<XenbusState> WaitForBackend(std::initializer_list<XenbusState> states,
+                                     std::chrono::milliseconds timeout);
   Result<XenbusState> BackendState();
   const std::string& backend_path() const { return backend_path_; }
 

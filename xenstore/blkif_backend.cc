@@ -8,9 +8,9 @@
 #include "base/log.h"
 
 // Xen's public headers need the fixed-width integer types declared before them.
-#include <xen/xen.h>
 #include <xen/grant_table.h>
 #include <xen/io/blkif.h>
+#include <xen/xen.h>
 
 namespace blk {
 
@@ -18,8 +18,14 @@ namespace {
 
 // The nodes this backend writes in its directory (the toolstack's are left alone).
 constexpr const char* kOwnNodes[] = {
-    "feature-flush-cache", "feature-barrier", "max-ring-page-order", "multi-queue-max-queues",
-    "sectors",             "info",            "sector-size",         "physical-sector-size",
+    "feature-flush-cache",
+    "feature-barrier",
+    "max-ring-page-order",
+    "multi-queue-max-queues",
+    "sectors",
+    "info",
+    "sector-size",
+    "physical-sector-size",
     "hotplug-error",
 };
 
@@ -39,8 +45,9 @@ struct BlkifBackendDevice::Snapshot {
   XenbusState frontend_state = XenbusStateUnknown;
 };
 
-BlkifBackendDevice::BlkifBackendDevice(XenStore& store, uint32_t own_domid, DeviceId id, std::string backend_path,
-                                       std::unique_ptr<BlkifDeviceOps> ops, BlkifBackendOptions options)
+BlkifBackendDevice::BlkifBackendDevice(XenStore& store, uint32_t own_domid, DeviceId id,
+                                       std::string backend_path, std::unique_ptr<BlkifDeviceOps> ops,
+                                       BlkifBackendOptions options)
     : store_(store),
       own_domid_(own_domid),
       id_(std::move(id)),
@@ -152,7 +159,8 @@ void BlkifBackendDevice::Evaluate() {
     Step(BlkifInput::kFailure, s);
     return;
   }
-  if (ops_->is_open() && (s.params != opened_params_ || s.mode != opened_mode_)) Step(BlkifInput::kConfigChanged, s);
+  if (ops_->is_open() && (s.params != opened_params_ || s.mode != opened_mode_))
+    Step(BlkifInput::kConfigChanged, s);
   if (!options_.wait_for_hotplug_status || s.hotplug_connected) Step(BlkifInput::kConfigReady, s);
   if (!s.frontend_status.ok()) {
     pending_failure_ = s.frontend_status.ToString();
@@ -172,7 +180,8 @@ bool BlkifBackendDevice::Step(BlkifInput input, const Snapshot& snapshot) {
       refused_params_ = snapshot.params;
       refused_mode_ = snapshot.mode;
       Log(LogLevel::kWarning, name_.c_str(),
-          "refusing the toolstack's change to params \"%s\" mode \"%s\" while %s: still serving \"%s\" mode \"%s\"",
+          "refusing the toolstack's change to params \"%s\" mode \"%s\" while %s: still serving \"%s\" mode "
+          "\"%s\"",
           snapshot.params.c_str(), snapshot.mode.c_str(), BlkifStateName(state_), opened_params_.c_str(),
           opened_mode_.c_str());
     }
@@ -242,7 +251,8 @@ Status BlkifBackendDevice::OpenAndAdvertise(const Snapshot& snapshot) {
   BLK_RETURN_IF_ERROR(WriteIfPresent([&](Transaction& t) -> Status {
     BLK_RETURN_IF_ERROR(t.Write(backend_path_ + "/feature-flush-cache", f.flush_cache ? "1" : "0"));
     BLK_RETURN_IF_ERROR(t.Write(backend_path_ + "/feature-barrier", f.barrier ? "1" : "0"));
-    BLK_RETURN_IF_ERROR(t.Write(backend_path_ + "/max-ring-page-order", std::to_string(f.max_ring_page_order)));
+    BLK_RETURN_IF_ERROR(
+        t.Write(backend_path_ + "/max-ring-page-order", std::to_string(f.max_ring_page_order)));
     BLK_RETURN_IF_ERROR(t.Write(backend_path_ + "/multi-queue-max-queues", std::to_string(f.max_queues)));
     return t.Write(backend_path_ + "/state", std::to_string(XenbusStateInitWait));
   }));
@@ -267,7 +277,8 @@ Status BlkifBackendDevice::ConnectFrontend(const Snapshot& snapshot) {
     BLK_RETURN_IF_ERROR(t.Write(backend_path_ + "/sector-size", std::to_string(disk_.sector_size)));
     BLK_RETURN_IF_ERROR(
         t.Write(backend_path_ + "/physical-sector-size", std::to_string(disk_.physical_sector_size)));
-    BLK_RETURN_IF_ERROR(t.Write(backend_path_ + "/feature-flush-cache", options_.features.flush_cache ? "1" : "0"));
+    BLK_RETURN_IF_ERROR(
+        t.Write(backend_path_ + "/feature-flush-cache", options_.features.flush_cache ? "1" : "0"));
     BLK_RETURN_IF_ERROR(t.Write(backend_path_ + "/feature-barrier", options_.features.barrier ? "1" : "0"));
     return t.Write(backend_path_ + "/state", std::to_string(XenbusStateConnected));
   });
@@ -315,7 +326,8 @@ void BlkifBackendDevice::RemoveOwnNodes() {
     return Status::Ok();
   });
   if (!removed.ok())
-    Log(LogLevel::kWarning, name_.c_str(), "cannot remove the backend's nodes: %s", removed.ToString().c_str());
+    Log(LogLevel::kWarning, name_.c_str(), "cannot remove the backend's nodes: %s",
+        removed.ToString().c_str());
 }
 
 Status BlkifBackendDevice::EnsureFrontendWatch(const std::string& frontend_state_path) {

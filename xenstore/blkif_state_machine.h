@@ -6,9 +6,9 @@
 // device whose nodes were taken down (online = 0). Threading: pure functions, thread-safe.
 #pragma once
 
-#include <cstdint>
-
 #include <xen/io/xenbus.h>
+
+#include <cstdint>
 
 namespace blk {
 
@@ -26,24 +26,24 @@ enum class BlkifInput : uint8_t {
   kFrontendInitialising,  // frontend state Initialising or InitWait
   kFrontendInitialised,   // frontend state Initialised or Connected: its transport keys are there
   kFrontendClosing,
-  kFrontendClosed,        // frontend state Closed, Unknown or absent
-  kFrontendGone,          // the frontend's domain disappeared from xenstore
-  kOffline,               // the toolstack wrote online = 0
-  kToolstackClosing,      // the toolstack wrote Closing into our state node: it wants the device down
-  kConfigChanged,         // params or mode rewritten while the image is open
-  kFailure,               // an action failed or the frontend broke a ring
+  kFrontendClosed,    // frontend state Closed, Unknown or absent
+  kFrontendGone,      // the frontend's domain disappeared from xenstore
+  kOffline,           // the toolstack wrote online = 0
+  kToolstackClosing,  // the toolstack wrote Closing into our state node: it wants the device down
+  kConfigChanged,     // params or mode rewritten while the image is open
+  kFailure,           // an action failed or the frontend broke a ring
 };
 
 enum class BlkifAction : uint8_t {
   kNone,
-  kOpen,              // open the image (unless open), advertise the features, write InitWait
-  kConnect,           // read the transport, map, bind, publish the disk, write Connected
-  kReset,             // unmap and unbind, then as kOpen: the frontend started over without closing
-  kWriteClosing,      // write Closing, keep serving until the frontend is Closed
-  kDisconnect,        // unmap, unbind, write Closed
-  kFail,              // unmap, unbind, write the error nodes, write Closing
-  kRemove,            // unmap, unbind, write Closed, remove the backend's nodes
-  kRefuseChange,      // log that the toolstack's change is refused; nothing else
+  kOpen,          // open the image (unless open), advertise the features, write InitWait
+  kConnect,       // read the transport, map, bind, publish the disk, write Connected
+  kReset,         // unmap and unbind, then as kOpen: the frontend started over without closing
+  kWriteClosing,  // write Closing, keep serving until the frontend is Closed
+  kDisconnect,    // unmap, unbind, write Closed
+  kFail,          // unmap, unbind, write the error nodes, write Closing
+  kRemove,        // unmap, unbind, write Closed, remove the backend's nodes
+  kRefuseChange,  // log that the toolstack's change is refused; nothing else
 };
 
 struct BlkifTransition {

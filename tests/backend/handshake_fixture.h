@@ -4,11 +4,10 @@
 #pragma once
 
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <chrono>
 #include <cstring>
@@ -69,7 +68,8 @@ class LogLines {
 
 // A page-aligned buffer, as a guest's I/O buffers are.
 struct AlignedBuffer {
-  explicit AlignedBuffer(size_t bytes) : size(bytes), data(static_cast<uint8_t*>(std::aligned_alloc(4096, bytes))) {}
+  explicit AlignedBuffer(size_t bytes)
+      : size(bytes), data(static_cast<uint8_t*>(std::aligned_alloc(4096, bytes))) {}
   ~AlignedBuffer() { std::free(data); }
   std::span<uint8_t> span() { return {data, size}; }
   size_t size;
@@ -189,8 +189,11 @@ class HandshakeFixture : public ::testing::Test {
     std::string backend = BackendPath(domid, devid, kind);
     std::string frontend = FrontendPath(domid, devid);
     std::map<std::string, std::string> keys = {
-        {"frontend", frontend}, {"frontend-id", std::to_string(domid)}, {"params", params}, {"mode", "w"},
-        {"device-type", "disk"}, {"online", "1"}, {"state", "1"}, {"dev", "xvda"}, {"removable", "0"}};
+        {"frontend", frontend},  {"frontend-id", std::to_string(domid)},
+        {"params", params},      {"mode", "w"},
+        {"device-type", "disk"}, {"online", "1"},
+        {"state", "1"},          {"dev", "xvda"},
+        {"removable", "0"}};
     for (const auto& [key, value] : extra) keys[key] = value;
     Status status = RunTransaction(*toolstack_, [&](Transaction& t) -> Status {
       BLK_RETURN_IF_ERROR(t.Mkdir(backend));
@@ -241,7 +244,8 @@ class HandshakeFixture : public ::testing::Test {
 
   // For what has no fd to wait on (the daemon's counters, log lines): checks `condition` every few
   // milliseconds until it holds or the deadline passes.
-  static bool Eventually(const std::function<bool()>& condition, std::chrono::milliseconds timeout = kTimeout) {
+  static bool Eventually(const std::function<bool()>& condition,
+                         std::chrono::milliseconds timeout = kTimeout) {
     for (auto deadline = std::chrono::steady_clock::now() + timeout;;) {
       if (condition()) return true;
       if (std::chrono::steady_clock::now() > deadline) return false;

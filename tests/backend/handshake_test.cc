@@ -105,17 +105,18 @@ TEST_P(TransportTest, HandshakeAndIoOnEveryQueue) {
   ASSERT_TRUE(front->Close(kTimeout).ok());
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Transports, TransportTest,
-    ::testing::Combine(::testing::Values(1u, 4u, 16u), ::testing::Values(1u, 2u),
-                       ::testing::Values(std::string(), std::string(XEN_IO_PROTO_ABI_X86_32),
-                                         std::string(XEN_IO_PROTO_ABI_X86_64))),
-    [](const ::testing::TestParamInfo<Transport>& info) {
-      std::string protocol = std::get<2>(info.param).empty() ? "native" : std::get<2>(info.param);
-      for (char& c : protocol) c = c == '-' ? '_' : c;
-      return std::to_string(std::get<0>(info.param)) + "pages_" + std::to_string(std::get<1>(info.param)) +
-             "queues_" + protocol;
-    });
+INSTANTIATE_TEST_SUITE_P(Transports, TransportTest,
+                         ::testing::Combine(::testing::Values(1u, 4u, 16u), ::testing::Values(1u, 2u),
+                                            ::testing::Values(std::string(),
+                                                              std::string(XEN_IO_PROTO_ABI_X86_32),
+                                                              std::string(XEN_IO_PROTO_ABI_X86_64))),
+                         [](const ::testing::TestParamInfo<Transport>& info) {
+                           std::string protocol =
+                               std::get<2>(info.param).empty() ? "native" : std::get<2>(info.param);
+                           for (char& c : protocol) c = c == '-' ? '_' : c;
+                           return std::to_string(std::get<0>(info.param)) + "pages_" +
+                                  std::to_string(std::get<1>(info.param)) + "queues_" + protocol;
+                         });
 
 }  // namespace
 }  // namespace blk

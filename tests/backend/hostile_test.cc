@@ -72,8 +72,8 @@ TEST_F(HostileTest, EveryMalformedFrontendKeyFailsItsDeviceAlone) {
     std::unique_ptr<LibXenStoreClient> guest = GuestClient(domid);
     ASSERT_TRUE(RunTransaction(*guest, [&](Transaction& t) -> Status {
                   for (const auto& [key, value] : keys) {
-                    Status status = value.empty() ? t.Remove(frontend + "/" + key)
-                                                  : t.Write(frontend + "/" + key, value);
+                    Status status =
+                        value.empty() ? t.Remove(frontend + "/" + key) : t.Write(frontend + "/" + key, value);
                     if (!status.ok() && status.code() != Status::Code::kNotFound) return status;
                   }
                   return Status::Ok();
@@ -82,8 +82,8 @@ TEST_F(HostileTest, EveryMalformedFrontendKeyFailsItsDeviceAlone) {
     std::optional<std::string> error = ReadKey(backend + "/hotplug-error");
     ASSERT_TRUE(error.has_value());
     EXPECT_NE(error->find(bad.message), std::string::npos) << *error;
-    std::optional<std::string> fatal = ReadKey("/local/domain/0/error/backend/vbd/" + std::to_string(domid) +
-                                               "/51712/error");
+    std::optional<std::string> fatal =
+        ReadKey("/local/domain/0/error/backend/vbd/" + std::to_string(domid) + "/51712/error");
     ASSERT_TRUE(fatal.has_value());
     EXPECT_NE(fatal->find(bad.message), std::string::npos) << *fatal;
     EXPECT_TRUE(log.Contains(std::to_string(domid) + "/51712", "failed: "));

@@ -71,7 +71,8 @@ TEST(BlkifStateMachineTest, EveryPairFollowsTheTable) {
 }
 
 TEST(BlkifStateMachineTest, RemovedIsTerminal) {
-  for (I input : kInputs) EXPECT_EQ(NextBlkifState(S::kRemoved, input), (BlkifTransition{S::kRemoved, A::kNone}));
+  for (I input : kInputs)
+    EXPECT_EQ(NextBlkifState(S::kRemoved, input), (BlkifTransition{S::kRemoved, A::kNone}));
 }
 
 // A frontend that reboots goes Closing, Closed, Initialising, Initialised: the backend follows it back to
@@ -79,9 +80,12 @@ TEST(BlkifStateMachineTest, RemovedIsTerminal) {
 TEST(BlkifStateMachineTest, GuestRebootCycleReturnsToConnected) {
   S state = S::kInitialising;
   const std::pair<I, A> steps[] = {
-      {I::kConfigReady, A::kOpen},          {I::kFrontendInitialised, A::kConnect},
-      {I::kFrontendClosing, A::kWriteClosing}, {I::kFrontendClosed, A::kDisconnect},
-      {I::kFrontendInitialising, A::kOpen}, {I::kFrontendInitialised, A::kConnect},
+      {I::kConfigReady, A::kOpen},
+      {I::kFrontendInitialised, A::kConnect},
+      {I::kFrontendClosing, A::kWriteClosing},
+      {I::kFrontendClosed, A::kDisconnect},
+      {I::kFrontendInitialising, A::kOpen},
+      {I::kFrontendInitialised, A::kConnect},
   };
   for (const auto& [input, action] : steps) {
     BlkifTransition t = NextBlkifState(state, input);
