@@ -68,6 +68,33 @@ TEST_F(HandshakeTest, ReadOnlyModeAndCdromArePublishedInInfo) {
   EXPECT_EQ(cd->disk().info, static_cast<uint32_t>(VDISK_CDROM | VDISK_REMOVABLE | VDISK_READONLY));
 }
 
+// The daemon stands in for blkback, qdisk and tapback at once: each configured kind is discovered and served.
+TEST_F(HandshakeTest, ServesEveryConfiguredKind) {
+  BlkbackDaemonOptions options;
+  options.kinds = {"vbd", "qdisk", "vbd3"};
+  StartDaemon(options);
+  CreateDomain(4);
+  std::unique_ptr<LibXenStoreClient> guest = GuestClient(4);
+  uint32_t devid = 51712;
+  for (const char* kind : {"vbd", "qdisk", "vbd3"}) {
+    SCOPED_TRACE(kind);
+    AddDisk(4, devid, MakeImage(kind), {}, kind);
+    std::unique_ptr<XenbusBlkfront> front = Frontend(*guest, 4, devid);
+    Status connected = front->Connect(kTimeout);
+    ASSERT_TRUE(connected.ok()) << connected.ToString();
+    EXPECT_EQ(front->backend_path(), BackendPath(4, devid, kind));
+    CheckIo(front->queue(0), 0, devid);
+    devid += 16;
+  }
+  // A kind that is not configured is left to whoever serves it.
+  AddDisk(4, devid, MakeImage("other"), {}, "vif");
+  // A vbd created after it reaching InitWait proves the daemon has seen the vif's creation too.
+  AddDisk(4, devid + 16, MakeImage("later"));
+  ASSERT_TRUE(WaitForValue(BackendPath(4, devid + 16) + "/state", "2"));
+  EXPECT_EQ(ReadKey(BackendPath(4, devid, "vif") + "/state"), "1");
+  EXPECT_EQ(daemon_->device_count(), 4u);
+}
+
 // (ring pages, queues, protocol) — protocol "" leaves the key out (native).
 using Transport = std::tuple<uint32_t, uint32_t, std::string>;
 
