@@ -110,9 +110,6 @@ inline void CheckIo(Blkfront& front, uint64_t sector, uint64_t seed, size_t byte
   ASSERT_FALSE(mismatch.has_value()) << "sector " << mismatch->sector << ": " << mismatch->reason;
 }
 
-inline std::string BackendPath(uint32_t domid, uint32_t devid, const std::string& kind = "vbd") {
-  return "/local/domain/0/backend/" + kind + "/" + std::to_string(domid) + "/" + std::to_string(devid);
-}
 inline std::string FrontendPath(uint32_t domid, uint32_t devid) {
   return "/local/domain/" + std::to_string(domid) + "/device/vbd/" + std::to_string(devid);
 }
@@ -142,6 +139,7 @@ class HandshakeFixture : public ::testing::Test {
     options.direct_io = false;  // the images live on /tmp, often tmpfs
     std::unique_ptr<LibXenStoreClient> client = OpenClient(*server_);
     ASSERT_NE(client, nullptr);
+    if (backend_domid_ != 0) BecomeDomain(*client, backend_domid_);
     daemon_client_ = client.get();
     Result<std::unique_ptr<BlkbackDaemon>> daemon =
         BlkbackDaemon::Create(std::move(client), sim_->hypervisor(), options);
@@ -167,6 +165,22 @@ class HandshakeFixture : public ::testing::Test {
     return path;
   }
 
+  // Runs the backend in driver domain `domid` instead of dom0 (before StartDaemon).
+  void UseDriverDomain(uint32_t domid) {
+    backend_domid_ = domid;
+    sim_ = std::make_unique<SimHypervisor>(static_cast<DomId>(domid));
+    std::string home = "/local/domain/" + std::to_string(domid);
+    ASSERT_TRUE(toolstack_->Mkdir(home).ok());
+    XsPermission perms[] = {{domid, kXsNone}};
+    ASSERT_TRUE(toolstack_->SetPermissions(home, perms).ok());
+    ASSERT_TRUE(toolstack_->Write(home + "/domid", std::to_string(domid)).ok());
+  }
+
+  std::string BackendPath(uint32_t domid, uint32_t devid, const std::string& kind = "vbd") const {
+    return "/local/domain/" + std::to_string(backend_domid_) + "/backend/" + kind + "/" +
+           std::to_string(domid) + "/" + std::to_string(devid);
+  }
+
   // Creates the guest's domain directory as the toolstack does when it builds a domain.
   void CreateDomain(uint32_t domid) {
     std::string home = "/local/domain/" + std::to_string(domid);
@@ -176,7 +190,7 @@ class HandshakeFixture : public ::testing::Test {
       BLK_RETURN_IF_ERROR(t.SetPermissions(home, perms));
       BLK_RETURN_IF_ERROR(t.Write(home + "/domid", std::to_string(domid)));
       BLK_RETURN_IF_ERROR(t.Mkdir(home + "/device"));
-      XsPermission device_perms[] = {{domid, kXsNone}, {0, kXsRead}};
+      XsPermission device_perms[] = {{domid, kXsNone}, {backend_domid_, kXsRead}};
       return t.SetPermissions(home + "/device", device_perms);
     });
     ASSERT_TRUE(status.ok()) << status.ToString();
@@ -197,16 +211,16 @@ class HandshakeFixture : public ::testing::Test {
     for (const auto& [key, value] : extra) keys[key] = value;
     Status status = RunTransaction(*toolstack_, [&](Transaction& t) -> Status {
       BLK_RETURN_IF_ERROR(t.Mkdir(backend));
-      XsPermission backend_perms[] = {{0, kXsNone}, {domid, kXsRead}};
+      XsPermission backend_perms[] = {{backend_domid_, kXsNone}, {domid, kXsRead}};
       BLK_RETURN_IF_ERROR(t.SetPermissions(backend, backend_perms));
       for (const auto& [key, value] : keys) {
         if (!value.empty()) BLK_RETURN_IF_ERROR(t.Write(backend + "/" + key, value));
       }
       BLK_RETURN_IF_ERROR(t.Mkdir(frontend));
-      XsPermission frontend_perms[] = {{domid, kXsNone}, {0, kXsRead}};
+      XsPermission frontend_perms[] = {{domid, kXsNone}, {backend_domid_, kXsRead}};
       BLK_RETURN_IF_ERROR(t.SetPermissions(frontend, frontend_perms));
       BLK_RETURN_IF_ERROR(t.Write(frontend + "/backend", backend));
-      BLK_RETURN_IF_ERROR(t.Write(frontend + "/backend-id", "0"));
+      BLK_RETURN_IF_ERROR(t.Write(frontend + "/backend-id", std::to_string(backend_domid_)));
       BLK_RETURN_IF_ERROR(t.Write(frontend + "/virtual-device", std::to_string(devid)));
       BLK_RETURN_IF_ERROR(t.Write(frontend + "/device-type", "disk"));
       return t.Write(frontend + "/state", "1");
@@ -262,6 +276,7 @@ class HandshakeFixture : public ::testing::Test {
   std::unique_ptr<LibXenStoreClient> toolstack_;
   std::unique_ptr<SimHypervisor> sim_;
   std::string image_dir_;
+  uint32_t backend_domid_ = 0;
   LibXenStoreClient* daemon_client_ = nullptr;  // owned by the daemon; read only while its loop is stopped
   std::unique_ptr<BlkbackDaemon> daemon_;
   std::thread loop_;

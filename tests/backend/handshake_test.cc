@@ -95,6 +95,22 @@ TEST_F(HandshakeTest, ServesEveryConfiguredKind) {
   EXPECT_EQ(daemon_->device_count(), 4u);
 }
 
+// In a driver domain the daemon finds its own domid, watches its own backend tree and maps as that domain.
+TEST_F(HandshakeTest, ServesFromADriverDomain) {
+  UseDriverDomain(5);
+  StartDaemon();
+  EXPECT_EQ(daemon_->own_domid(), 5u);
+  CreateDomain(6);
+  AddDisk(6, 51712, MakeImage("dd"));
+  std::unique_ptr<LibXenStoreClient> guest = GuestClient(6);
+  std::unique_ptr<XenbusBlkfront> front = Frontend(*guest, 6, 51712);
+  Status connected = front->Connect(kTimeout);
+  ASSERT_TRUE(connected.ok()) << connected.ToString();
+  EXPECT_EQ(front->backend_path(), "/local/domain/5/backend/vbd/6/51712");
+  CheckIo(front->queue(0), 0, 6);
+  ASSERT_TRUE(front->Close(kTimeout).ok());
+}
+
 // (ring pages, queues, protocol) — protocol "" leaves the key out (native).
 using Transport = std::tuple<uint32_t, uint32_t, std::string>;
 
