@@ -138,6 +138,8 @@ Blkfront::~Blkfront() {
   for (size_t i = 0; i < ring_refs_.size(); ++i) {
     if (domain_.EndAccess(ring_refs_[i]).ok()) (void)domain_.FreePage(ring_frames_[i]);
   }
+  // A port the backend still has bound stays open, as its grants do.
+  if (port_ != 0) (void)domain_.ClosePort(port_);
 }
 
 uint32_t Blkfront::ring_page_order() const {

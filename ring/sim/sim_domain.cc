@@ -173,8 +173,23 @@ Result<EvtchnPort> SimDomain::AllocUnbound(DomId remote) {
   auto port = std::make_unique<Port>();
   port->remote = remote;
   port->guest_fd = std::move(fd);
+  for (size_t i = 1; i < ports_.size(); ++i) {
+    if (ports_[i] == nullptr) {
+      ports_[i] = std::move(port);
+      return static_cast<EvtchnPort>(i);
+    }
+  }
   ports_.push_back(std::move(port));
   return static_cast<EvtchnPort>(ports_.size() - 1);
+}
+
+Status SimDomain::ClosePort(EvtchnPort port) {
+  std::lock_guard lock(hypervisor_.mu_);
+  Port* p = PortLocked(port);
+  if (p == nullptr) return Status::InvalidArgument(StrFormat("d%u: no event channel port %u", domid_, port));
+  if (p->remote_fd >= 0) return Status::Busy(StrFormat("d%u: port %u is still bound", domid_, port));
+  ports_[port].reset();
+  return Status::Ok();
 }
 
 int SimDomain::EventFd(EvtchnPort port) const {

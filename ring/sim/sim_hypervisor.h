@@ -76,6 +76,9 @@ class SimDomain {
 
   // Event channels, guest side.
   Result<EvtchnPort> AllocUnbound(DomId remote);
+  // Closes a port the guest allocated (EVTCHNOP_close), so that a guest reconnecting its disk again and again
+  // does not pile up ports; the number may be handed out again. Fails (kBusy) while the remote end is bound.
+  Status ClosePort(EvtchnPort port);
   // Readable while an event from the remote end is pending on `port`; -1 for an unknown port.
   int EventFd(EvtchnPort port) const;
   // Sends an event; dropped silently (as by Xen) while the port is unbound.

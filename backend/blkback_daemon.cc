@@ -1,0 +1,203 @@
+// BlkbackDaemon: discovery, the device table and the control loop.
+#include "backend/blkback_daemon.h"
+
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+
+#include <cerrno>
+#include <set>
+
+#include "backend/blkif_device_ops.h"
+#include "base/log.h"
+#include "xenstore/blkif_keys.h"
+
+namespace blk {
+
+namespace {
+
+constexpr size_t kEventBatch = 256;
+constexpr const char* kSubject = "blkbackd";
+
+}  // namespace
+
+Result<std::unique_ptr<BlkbackDaemon>> BlkbackDaemon::Create(std::unique_ptr<XenStore> store,
+                                                             Hypervisor hypervisor,
+                                                             const BlkbackDaemonOptions& options) {
+  if (options.kinds.empty()) return Status::InvalidArgument("blkbackd: no backend kind to serve");
+  if (options.workers == 0) return Status::InvalidArgument("blkbackd: at least one worker is needed");
+  Result<std::string> domid_text = store->Read("domid");
+  if (!domid_text.ok()) return domid_text.status().Annotate("blkbackd: reading our domid: ");
+  Result<uint64_t> domid = ParseXsDecimal(*domid_text, 0x7fef, "domid");
+  if (!domid.ok()) return domid.status();
+
+  UniqueFd epoll(::epoll_create1(EPOLL_CLOEXEC));
+  if (!epoll.valid()) return Status::FromErrno(errno, "epoll_create1");
+  UniqueFd stop(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  if (!stop.valid()) return Status::FromErrno(errno, "eventfd");
+  for (int fd : {store->fd(), stop.get()}) {
+    epoll_event event{};
+    event.events = EPOLLIN;
+    event.data.fd = fd;
+    if (::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, fd, &event) != 0)
+      return Status::FromErrno(errno, "epoll_ctl");
+  }
+  std::unique_ptr<BlkbackDaemon> daemon(new BlkbackDaemon(std::move(store), hypervisor, options,
+                                                          static_cast<uint32_t>(*domid), std::move(epoll),
+                                                          std::move(stop)));
+  BLK_RETURN_IF_ERROR(daemon->StartWorkersAndDiscovery());
+  return daemon;
+}
+
+BlkbackDaemon::BlkbackDaemon(std::unique_ptr<XenStore> store, Hypervisor hypervisor,
+                             const BlkbackDaemonOptions& options, uint32_t own_domid, UniqueFd epoll,
+                             UniqueFd stop)
+    : store_(std::move(store)),
+      hypervisor_(hypervisor),
+      options_(options),
+      own_domid_(own_domid),
+      epoll_(std::move(epoll)),
+      stop_(std::move(stop)),
+      discovery_(*store_, own_domid, options.kinds) {}
+
+BlkbackDaemon::~BlkbackDaemon() {
+  devices_.clear();
+  device_count_ = 0;
+  (void)discovery_.Stop();
+}
+
+Status BlkbackDaemon::StartWorkersAndDiscovery() {
+  for (unsigned i = 0; i < options_.workers; ++i) {
+    Result<std::unique_ptr<Worker>> worker = Worker::Create("worker" + std::to_string(i), options_.aio_depth);
+    if (!worker.ok()) return worker.status();
+    (*worker)->Start();
+    workers_.push_back(std::move(worker).value());
+  }
+  BLK_RETURN_IF_ERROR(discovery_.Start());
+  std::string kinds;
+  for (const std::string& kind : options_.kinds) kinds += (kinds.empty() ? "" : ", ") + kind;
+  Log(LogLevel::kNotice, kSubject, "domain %u, serving %s with %u workers", own_domid_, kinds.c_str(),
+      options_.workers);
+  return Status::Ok();
+}
+
+Status BlkbackDaemon::Run() {
+  for (;;) {
+    Result<bool> running = RunOnce(options_.health_check_ms);
+    if (!running.ok()) return running.status();
+    if (!*running) return Status::Ok();
+  }
+}
+
+void BlkbackDaemon::Stop() {
+  uint64_t one = 1;
+  (void)!::write(stop_.get(), &one, sizeof(one));
+}
+
+Result<bool> BlkbackDaemon::RunOnce(int timeout_ms) {
+  epoll_event ready[2];
+  int count = ::epoll_wait(epoll_.get(), ready, 2, timeout_ms);
+  if (count < 0 && errno != EINTR) return Status::FromErrno(errno, "epoll_wait");
+  for (int i = 0; i < count; ++i) {
+    if (ready[i].data.fd == stop_.get()) return false;
+  }
+  BLK_RETURN_IF_ERROR(HandleEvents());
+  CheckHealth();
+  return true;
+}
+
+Status BlkbackDaemon::HandleEvents() {
+  for (;;) {
+    events_.clear();
+    Result<size_t> read = store_->ReadWatchEvents(&events_, kEventBatch);
+    if (!read.ok()) return read.status();
+    if (*read == 0) return Status::Ok();
+    std::set<std::string> touched;
+    for (const WatchEvent& event : events_) {
+      std::vector<DeviceChange> changes;
+      Status status;
+      if (discovery_.HandleEvent(event, &changes, &status)) {
+        if (!status.ok()) Log(LogLevel::kWarning, kSubject, "discovery: %s", status.ToString().c_str());
+        for (const DeviceChange& change : changes) Apply(change);
+        if (event.rescan) {
+          for (const auto& [path, device] : devices_) {
+            if (PathCovers(event.path, path) || PathCovers(path, event.path)) touched.insert(path);
+          }
+        } else if (std::string device = DeviceFor(event.path); !device.empty()) {
+          touched.insert(device);
+        }
+        continue;
+      }
+      if (event.token.starts_with("blkif:")) {
+        std::string path = event.token.substr(6);
+        if (devices_.contains(path)) touched.insert(path);
+      }
+    }
+    for (const std::string& path : touched) {
+      auto it = devices_.find(path);
+      if (it == devices_.end()) continue;
+      it->second->Evaluate();
+      evaluations_.fetch_add(1);
+    }
+  }
+}
+
+void BlkbackDaemon::Apply(const DeviceChange& change) {
+  const std::string& path = change.backend_path;
+  if (change.type == DeviceChange::Type::kRemoved) {
+    if (devices_.erase(path) > 0) {
+      Log(LogLevel::kNotice,
+          (std::to_string(change.device.frontend_id) + "/" + std::to_string(change.device.devid)).c_str(),
+          "removed by the toolstack (%s)", path.c_str());
+    }
+    device_count_ = devices_.size();
+    return;
+  }
+  if (devices_.contains(path)) return;
+  std::string name = std::to_string(change.device.frontend_id) + "/" + std::to_string(change.device.devid);
+  std::vector<Worker*> workers;
+  for (const auto& worker : workers_) workers.push_back(worker.get());
+  BlkifBackendOptions options;
+  options.features.max_ring_page_order = 4;
+  options.features.max_queues = options_.workers;
+  options.wait_for_hotplug_status = options_.wait_for_hotplug_status;
+  auto ops = std::make_unique<BackendDeviceOps>(name, hypervisor_, std::move(workers), options_.direct_io);
+  Log(LogLevel::kNotice, name.c_str(), "new %s device (%s)", change.device.kind.c_str(), path.c_str());
+  auto device =
+      std::make_unique<BlkifBackendDevice>(*store_, own_domid_, change.device, path, std::move(ops), options);
+  BlkifBackendDevice* raw = device.get();
+  devices_.emplace(path, std::move(device));
+  device_count_ = devices_.size();
+  raw->Evaluate();
+  evaluations_.fetch_add(1);
+}
+
+std::string BlkbackDaemon::DeviceFor(const std::string& path) const {
+  // /local/domain/<own>/backend/<kind>/<frontend>/<devid>[/...]: the first seven components.
+  size_t end = 0;
+  for (int component = 0; component < 7; ++component) {
+    end = path.find('/', end + 1);
+    if (end == std::string::npos) {
+      end = path.size();
+      if (component < 6) return {};
+      break;
+    }
+  }
+  std::string device = path.substr(0, end);
+  return devices_.contains(device) ? device : std::string();
+}
+
+void BlkbackDaemon::CheckHealth() {
+  for (const auto& [path, device] : devices_) {
+    if (device->ring_broken()) {
+      device->Evaluate();
+      evaluations_.fetch_add(1);
+    }
+  }
+}
+
+const BlkifBackendDevice* BlkbackDaemon::FindDevice(const std::string& backend_path) const {
+  auto it = devices_.find(backend_path);
+  return it == devices_.end() ? nullptr : it->second.get();
+}
+
+}  // namespace blk

@@ -1,0 +1,90 @@
+// BlkbackDaemon: the core of blkbackd, without main() or configuration parsing. It owns the XenStore client,
+// device discovery for the configured backend kinds (vbd, qdisk, vbd3), the workers and the device table,
+// and runs one event loop on the xenstore fd and a stop eventfd.
+//
+// Devices are created and destroyed as the toolstack's <frontend domid>/<devid> directories appear and
+// vanish; each runs its own handshake (BlkifBackendDevice), so one failing device never disturbs another.
+// Watch events of a device's backend directory reach it through discovery's watch; each batch of events
+// re-evaluates each touched device once, so a guest flooding its nodes costs one re-read per batch.
+//
+// Threading: one control thread calls Run (or RunOnce); it alone uses the XenStore. Rings live on the
+// workers. Stop() and the counters may be used from any thread.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/worker.h"
+#include "base/status.h"
+#include "base/unique_fd.h"
+#include "ring/hypervisor.h"
+#include "xenstore/blkif_backend.h"
+#include "xenstore/discovery.h"
+#include "xenstore/xenstore.h"
+
+namespace blk {
+
+struct BlkbackDaemonOptions {
+  std::vector<std::string> kinds{"vbd"};
+  unsigned workers = 2;
+  unsigned aio_depth = 256;
+  bool direct_io = true;
+  bool wait_for_hotplug_status = false;
+  // How often the loop looks for rings a frontend broke, in milliseconds.
+  int health_check_ms = 100;
+};
+
+class BlkbackDaemon {
+ public:
+  // Reads our domid from the relative `domid` key (0 in dom0), starts the workers and discovery.
+  static Result<std::unique_ptr<BlkbackDaemon>> Create(std::unique_ptr<XenStore> store, Hypervisor hypervisor,
+                                                       const BlkbackDaemonOptions& options);
+  // Disconnects every device (writing nothing to xenstore) and stops the workers.
+  ~BlkbackDaemon();
+  BlkbackDaemon(const BlkbackDaemon&) = delete;
+  BlkbackDaemon& operator=(const BlkbackDaemon&) = delete;
+
+  // Serves until Stop(); a failure of the xenstore connection ends it with that status.
+  Status Run();
+  // Waits up to `timeout_ms` for events and handles them. Returns false once Stop() was called.
+  Result<bool> RunOnce(int timeout_ms);
+  // Any thread.
+  void Stop();
+
+  uint32_t own_domid() const { return own_domid_; }
+  // Any thread.
+  size_t device_count() const { return device_count_.load(); }
+  uint64_t evaluations() const { return evaluations_.load(); }
+  // Control thread only (or while the loop is not running).
+  const BlkifBackendDevice* FindDevice(const std::string& backend_path) const;
+
+ private:
+  BlkbackDaemon(std::unique_ptr<XenStore> store, Hypervisor hypervisor, const BlkbackDaemonOptions& options,
+                uint32_t own_domid, UniqueFd epoll, UniqueFd stop);
+  Status StartWorkersAndDiscovery();
+  Status HandleEvents();
+  void Apply(const DeviceChange& change);
+  // The device whose backend directory holds `path`, or "" if none.
+  std::string DeviceFor(const std::string& path) const;
+  void CheckHealth();
+
+  std::unique_ptr<XenStore> store_;
+  Hypervisor hypervisor_;
+  BlkbackDaemonOptions options_;
+  uint32_t own_domid_;
+  UniqueFd epoll_;
+  UniqueFd stop_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  DeviceDiscovery discovery_;
+  // Declared after the workers: devices hand their rings back to the workers when destroyed.
+  std::map<std::string, std::unique_ptr<BlkifBackendDevice>> devices_;  // by backend path
+  std::atomic<size_t> device_count_{0};
+  std::atomic<uint64_t> evaluations_{0};
+  std::vector<WatchEvent> events_;
+};
+
+}  // namespace blk

@@ -1,0 +1,61 @@
+// BackendDeviceOps: the handshake's requests carried out on a blk::Device.
+#include "backend/blkif_device_ops.h"
+
+#include <optional>
+
+#include "ring/blkif_abi.h"
+
+namespace blk {
+
+BackendDeviceOps::BackendDeviceOps(std::string name, Hypervisor hypervisor, std::vector<Worker*> workers,
+                                   bool direct_io)
+    : name_(std::move(name)), hypervisor_(hypervisor), workers_(std::move(workers)), direct_io_(direct_io) {}
+
+BackendDeviceOps::~BackendDeviceOps() { Disconnect(); }
+
+Result<BlkifDiskInfo> BackendDeviceOps::Open(const BackendConfig& config) {
+  if (config.disk.format != DiskFormat::kRaw) {
+    return Status::NotSupported(name_ + ": image " + config.disk.path +
+                                ": vhd images are not supported yet (raw images only)");
+  }
+  DeviceConfig device_config;
+  device_config.name = name_;
+  device_config.path = config.disk.path;
+  device_config.read_only = !config.writable || config.device_type == DeviceType::kCdrom;
+  device_config.direct = direct_io_;
+  Result<std::unique_ptr<Device>> device = Device::Open(device_config);
+  if (!device.ok()) return device.status();
+  device_ = std::move(device).value();
+  BlkifDiskInfo info;
+  info.sectors = device_->limits().sectors;
+  info.sector_size = device_->limits().logical_block_size;
+  info.physical_sector_size = device_->image().physical_block_size();
+  info.read_only = device_->limits().read_only;
+  return info;
+}
+
+Status BackendDeviceOps::Connect(uint32_t frontend_id, const FrontendTransport& transport) {
+  if (device_ == nullptr) return Status::InvalidArgument(name_ + ": connect before the image is open");
+  if (workers_.empty()) return Status::InvalidArgument(name_ + ": no worker to serve the rings");
+  std::optional<Abi> abi = ParseProtocol(transport.protocol);
+  if (!abi) return Status::NotSupported(name_ + ": protocol " + transport.protocol);
+  for (size_t q = 0; q < transport.queues.size(); ++q) {
+    RingConnection connection;
+    connection.frontend_domid = static_cast<DomId>(frontend_id);
+    connection.ring_refs.assign(transport.queues[q].ring_refs.begin(), transport.queues[q].ring_refs.end());
+    connection.event_channel = transport.queues[q].event_channel;
+    connection.abi = *abi;
+    Status connected = device_->Connect(hypervisor_, connection, *workers_[q % workers_.size()]);
+    if (!connected.ok()) {
+      device_->Disconnect();
+      return connected.Annotate("queue " + std::to_string(q) + ": ");
+    }
+  }
+  return Status::Ok();
+}
+
+void BackendDeviceOps::Disconnect() {
+  if (device_ != nullptr) device_->Disconnect();
+}
+
+}  // namespace blk
