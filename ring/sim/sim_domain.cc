@@ -184,7 +184,7 @@ Result<EvtchnPort> SimDomain::AllocUnbound(DomId remote) {
 }
 
 Status SimDomain::ClosePort(EvtchnPort port) {
-  std::lock_guard lock(hypervisor_.mu_);
+  std::lock_guard lock(mu_);
   Port* p = PortLocked(port);
   if (p == nullptr) return Status::InvalidArgument(StrFormat("d%u: no event channel port %u", domid_, port));
   if (p->remote_fd >= 0) return Status::Busy(StrFormat("d%u: port %u is still bound", domid_, port));
