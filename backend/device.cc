@@ -27,7 +27,7 @@ Device::~Device() { Disconnect(); }
 Status Device::Connect(Hypervisor& hypervisor, const RingConnection& connection, Worker& worker) {
   std::string ring_name = rings_.empty() ? name_ : name_ + "/q" + std::to_string(rings_.size());
   auto pipeline =
-      RequestPipeline::Create(ring_name, hypervisor, connection, *image_, limits_, worker.aio(), stats_);
+      RequestPipeline::Create(ring_name, hypervisor, connection, image_, limits_, worker.aio(), stats_);
   if (!pipeline.ok()) return pipeline.status();
   Status attached;
   RequestPipeline* raw = pipeline->get();
@@ -41,9 +41,18 @@ Status Device::Connect(Hypervisor& hypervisor, const RingConnection& connection,
 
 void Device::Disconnect() {
   for (Ring& ring : rings_) {
-    RequestPipeline* raw = ring.pipeline.get();
-    ring.worker->Call([&] { ring.worker->Detach(raw); });
-    Log(LogLevel::kInfo, raw->name().c_str(), "disconnected");
+    std::string ring_name = ring.pipeline->name();
+    uint32_t in_flight = 0;
+    ring.worker->Call([&] {
+      in_flight = ring.pipeline->outstanding();
+      ring.worker->Retire(std::move(ring.pipeline));
+    });
+    if (in_flight == 0) {
+      Log(LogLevel::kInfo, ring_name.c_str(), "disconnected");
+    } else {
+      Log(LogLevel::kInfo, ring_name.c_str(), "disconnected; %u requests still in flight keep the ring mapped until they complete",
+          in_flight);
+    }
   }
   rings_.clear();
 }

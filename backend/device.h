@@ -35,11 +35,12 @@ class Device {
   const std::string& name() const { return name_; }
   const RawImage& image() const { return *image_; }
   const DiskLimits& limits() const { return limits_; }
-  DeviceStats& stats() { return stats_; }
+  DeviceStats& stats() { return *stats_; }
 
   // Maps and starts serving one more ring (a queue) on `worker`.
   Status Connect(Hypervisor& hypervisor, const RingConnection& connection, Worker& worker);
-  // Stops every ring once its in-flight requests are answered, then unmaps and unbinds them.
+  // Stops every ring at once. A ring with I/O still in flight is handed to its worker, which unmaps and unbinds
+  // it when the last I/O completes; so this returns quickly whatever the storage is doing.
   void Disconnect();
   // A frontend broke a ring's protocol; the device must be closed.
   bool broken() const;
@@ -50,13 +51,13 @@ class Device {
     std::unique_ptr<RequestPipeline> pipeline;
     Worker* worker;
   };
-  Device(std::string name, std::unique_ptr<RawImage> image, DiskLimits limits)
-      : name_(std::move(name)), image_(std::move(image)), limits_(limits) {}
+  Device(std::string name, std::shared_ptr<RawImage> image, DiskLimits limits)
+      : name_(std::move(name)), image_(std::move(image)), limits_(limits), stats_(std::make_shared<DeviceStats>()) {}
 
   std::string name_;
-  std::unique_ptr<RawImage> image_;
+  std::shared_ptr<RawImage> image_;  // shared with the rings, which may outlive the device (see Disconnect)
   DiskLimits limits_;
-  DeviceStats stats_;
+  std::shared_ptr<DeviceStats> stats_;
   std::vector<Ring> rings_;
 };
 

@@ -34,8 +34,9 @@ const char* OperationName(uint8_t operation) {
 
 Result<std::unique_ptr<RequestPipeline>> RequestPipeline::Create(std::string name, Hypervisor& hypervisor,
                                                                  const RingConnection& connection,
-                                                                 const RawImage& image, const DiskLimits& limits,
-                                                                 AioEngine& aio, DeviceStats& stats) {
+                                                                 std::shared_ptr<const RawImage> image,
+                                                                 const DiskLimits& limits, AioEngine& aio,
+                                                                 std::shared_ptr<DeviceStats> stats) {
   size_t pages = connection.ring_refs.size();
   if (pages == 0 || (pages & (pages - 1)) != 0) {
     return Status::InvalidArgument(name + ": a ring of " + std::to_string(pages) + " pages is not a power of two");
@@ -50,23 +51,25 @@ Result<std::unique_ptr<RequestPipeline>> RequestPipeline::Create(std::string nam
   if (buffers == MAP_FAILED) return Status::FromErrno(errno, name + ": allocating bounce buffers");
   return std::unique_ptr<RequestPipeline>(new RequestPipeline(
       std::move(name), hypervisor, std::move(*ring), pages, connection.abi, std::move(*channel),
-      connection.frontend_domid, image, limits, aio, stats, Mapping(buffers, buffer_bytes)));
+      connection.frontend_domid, std::move(image), limits, aio, std::move(stats), Mapping(buffers, buffer_bytes)));
 }
 
 RequestPipeline::RequestPipeline(std::string name, Hypervisor& hypervisor, GrantMapping ring_mapping,
                                  size_t ring_pages, Abi abi, std::unique_ptr<EventChannel> channel, DomId frontend,
-                                 const RawImage& image, const DiskLimits& limits, AioEngine& aio,
-                                 DeviceStats& stats, Mapping buffers)
+                                 std::shared_ptr<const RawImage> image, const DiskLimits& limits, AioEngine& aio,
+                                 std::shared_ptr<DeviceStats> stats, Mapping buffers)
     : name_(std::move(name)),
       hypervisor_(hypervisor),
       ring_mapping_(std::move(ring_mapping)),
       ring_(ring_mapping_.addr(), ring_pages, abi),
       channel_(std::move(channel)),
       frontend_(frontend),
-      fd_(image.fd()),
+      image_(std::move(image)),
+      fd_(image_->fd()),
       limits_(limits),
       aio_(aio),
-      stats_(stats),
+      stats_owner_(std::move(stats)),
+      stats_(*stats_owner_),
       buffers_(std::move(buffers)) {
   uint32_t slots = ring_.slots();
   slots_.resize(slots);

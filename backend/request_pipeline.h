@@ -62,10 +62,13 @@ struct AioTag {
 class RequestPipeline final : public CompletionHandler {
  public:
   // Maps the ring, binds the event channel and preallocates everything for the ring's size.
+  // The pipeline shares the image and the statistics with its device, so that it can outlive the device
+  // while the last of its I/O completes (see Worker::Retire).
   static Result<std::unique_ptr<RequestPipeline>> Create(std::string name, Hypervisor& hypervisor,
-                                                         const RingConnection& connection, const RawImage& image,
+                                                         const RingConnection& connection,
+                                                         std::shared_ptr<const RawImage> image,
                                                          const DiskLimits& limits, AioEngine& aio,
-                                                         DeviceStats& stats);
+                                                         std::shared_ptr<DeviceStats> stats);
   ~RequestPipeline();
 
   const std::string& name() const { return name_; }
@@ -108,8 +111,8 @@ class RequestPipeline final : public CompletionHandler {
   static constexpr uint32_t kNoSlot = ~0u;
 
   RequestPipeline(std::string name, Hypervisor& hypervisor, GrantMapping ring_mapping, size_t ring_pages, Abi abi,
-                  std::unique_ptr<EventChannel> channel, DomId frontend, const RawImage& image,
-                  const DiskLimits& limits, AioEngine& aio, DeviceStats& stats, Mapping buffers);
+                  std::unique_ptr<EventChannel> channel, DomId frontend, std::shared_ptr<const RawImage> image,
+                  const DiskLimits& limits, AioEngine& aio, std::shared_ptr<DeviceStats> stats, Mapping buffers);
 
   // Takes requests and starts what may start, until the ring is empty or no slot is free.
   void Pump();
@@ -143,9 +146,11 @@ class RequestPipeline final : public CompletionHandler {
   BackRing ring_;
   std::unique_ptr<EventChannel> channel_;
   DomId frontend_;
+  std::shared_ptr<const RawImage> image_;
   int fd_;
   DiskLimits limits_;
   AioEngine& aio_;
+  std::shared_ptr<DeviceStats> stats_owner_;
   DeviceStats& stats_;
   Mapping buffers_;
 

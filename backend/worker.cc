@@ -44,7 +44,12 @@ Result<std::unique_ptr<Worker>> Worker::Create(std::string name, unsigned aio_de
   return worker;
 }
 
-Worker::~Worker() { Stop(); }
+Worker::~Worker() {
+  Stop();
+  // io_destroy waits for the I/O still in flight; only then may retired pipelines free their buffers.
+  aio_.reset();
+  retiring_.clear();
+}
 
 Status Worker::Attach(RequestPipeline* pipeline) {
   epoll_event event{};
@@ -59,30 +64,27 @@ Status Worker::Attach(RequestPipeline* pipeline) {
   return Status::Ok();
 }
 
-void Worker::Detach(RequestPipeline* pipeline) {
+void Worker::Retire(std::unique_ptr<RequestPipeline> pipeline) {
   pipeline->StopTaking();
   ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, pipeline->event_fd(), nullptr);
-  // The kernel may still be writing into the pipeline's buffers: wait for its I/O before letting go.
-  while (pipeline->outstanding() > 0) {
-    if (pipeline->has_deferred_submissions()) pipeline->RetryDeferred();
-    epoll_event events[kMaxEpollEvents];
-    int ready = ::epoll_wait(epoll_.get(), events, kMaxEpollEvents, kDeferredRetryMs);
-    for (int i = 0; i < ready; ++i) {
-      if (events[i].data.ptr == aio_.get()) HandleCompletions();
-    }
-  }
-  pipelines_.erase(std::remove(pipelines_.begin(), pipelines_.end(), pipeline), pipelines_.end());
+  pipelines_.erase(std::remove(pipelines_.begin(), pipelines_.end(), pipeline.get()), pipelines_.end());
+  if (pipeline->outstanding() > 0) retiring_.push_back(std::move(pipeline));
+}
+
+void Worker::ReapRetired() {
+  std::erase_if(retiring_, [](const std::unique_ptr<RequestPipeline>& p) { return p->outstanding() == 0; });
 }
 
 bool Worker::RunOnce(int timeout_ms) {
-  bool deferred = std::any_of(pipelines_.begin(), pipelines_.end(),
-                              [](RequestPipeline* p) { return p->has_deferred_submissions(); });
-  if (deferred) {
-    timeout_ms = std::min(timeout_ms, kDeferredRetryMs);
-    for (RequestPipeline* pipeline : pipelines_) {
-      if (pipeline->has_deferred_submissions()) pipeline->RetryDeferred();
-    }
-  }
+  bool deferred = false;
+  auto retry = [&](RequestPipeline* pipeline) {
+    if (!pipeline->has_deferred_submissions()) return;
+    deferred = true;
+    pipeline->RetryDeferred();
+  };
+  for (RequestPipeline* pipeline : pipelines_) retry(pipeline);
+  for (auto& pipeline : retiring_) retry(pipeline.get());
+  if (deferred) timeout_ms = timeout_ms < 0 ? kDeferredRetryMs : std::min(timeout_ms, kDeferredRetryMs);
   epoll_event events[kMaxEpollEvents];
   int ready = ::epoll_wait(epoll_.get(), events, kMaxEpollEvents, timeout_ms);
   if (ready < 0 && errno != EINTR) {
@@ -113,6 +115,7 @@ void Worker::HandleCompletions() {
   } while (reaped == events_.size());
   for (CompletionHandler* handler : touched_) handler->FinishCompletions();
   touched_.clear();
+  if (!retiring_.empty()) ReapRetired();
 }
 
 void Worker::RunPosted() {

@@ -31,11 +31,14 @@ class Worker {
   const std::string& name() const { return name_; }
   AioEngine& aio() { return *aio_; }
 
-  // On the worker's thread (or before Start()): start serving `pipeline`; it must stay alive until Detach().
+  // On the worker's thread (or before Start()): start serving `pipeline`; it must stay alive until Retire().
   Status Attach(RequestPipeline* pipeline);
-  // On the worker's thread: stop serving `pipeline` once its in-flight requests have completed; until then the
-  // loop keeps running its completions. Returns when it is detached.
-  void Detach(RequestPipeline* pipeline);
+  // On the worker's thread: stop serving `pipeline` and take it over. It is destroyed (ring unmapped, event
+  // channel unbound) at once if nothing is in flight, else when its last I/O completes: the kernel may still
+  // write into its buffers, and a hung disk must not hold up whoever retired it.
+  void Retire(std::unique_ptr<RequestPipeline> pipeline);
+  // Retired pipelines still waiting for their I/O.
+  size_t retiring() const { return retiring_.size(); }
 
   // Waits up to `timeout_ms` for events and handles them. Returns false once Stop() was called.
   bool RunOnce(int timeout_ms);
@@ -55,12 +58,15 @@ class Worker {
       : name_(std::move(name)), aio_(std::move(aio)), epoll_(std::move(epoll)), wake_(std::move(wake)) {}
   void HandleCompletions();
   void RunPosted();
+  // Destroys retired pipelines whose I/O has completed.
+  void ReapRetired();
 
   std::string name_;
   std::unique_ptr<AioEngine> aio_;
   UniqueFd epoll_;
   UniqueFd wake_;
   std::vector<RequestPipeline*> pipelines_;
+  std::vector<std::unique_ptr<RequestPipeline>> retiring_;
   std::vector<io_event> events_;
   std::vector<CompletionHandler*> touched_;
   std::mutex posted_mutex_;

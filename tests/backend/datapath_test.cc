@@ -582,6 +582,25 @@ TEST_F(SteppedDatapathTest, FourKilobyteSectorDiskServesAlignedIoAndRefusesTheRe
   EXPECT_EQ(back, data);
 }
 
+TEST_F(SteppedDatapathTest, DisconnectReturnsAtOnceWhileIoIsInFlightAndReleasesTheRingWhenItCompletes) {
+  Connect();
+  GrantRef ring_ref = front().ring_refs()[0];
+  Bytes data(65536);
+  ASSERT_TRUE(front().Submit({IoOp::kRead, 0, data.size(), data.data(), 1}).ok());
+  worker_->RunOnce(1000);  // the kick: requests taken and submitted, completions not yet reaped
+  ASSERT_GT(front().domain().MapCount(ring_ref), 0u);
+  auto started = std::chrono::steady_clock::now();
+  guest_->device->Disconnect();
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::milliseconds(100));
+  // The kernel may still be writing into the ring's buffers: the worker holds the ring until it is done.
+  EXPECT_EQ(worker_->retiring(), 1u);
+  EXPECT_GT(front().domain().MapCount(ring_ref), 0u);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (worker_->retiring() > 0 && std::chrono::steady_clock::now() < deadline) worker_->RunOnce(10);
+  EXPECT_EQ(worker_->retiring(), 0u);
+  EXPECT_EQ(front().domain().MapCount(ring_ref), 0u) << "the retired ring was never unmapped";
+}
+
 TEST_F(SteppedDatapathTest, ContiguousRequestsGoToTheKernelAsOneIo) {
   BlkfrontConfig config;
   config.max_outstanding = 4;
