@@ -35,13 +35,15 @@ void AioEngine::PrepareWrite(iocb* cb, int fd, const void* buffer, size_t length
   cb->data = tag;
 }
 
-void AioEngine::PrepareReadv(iocb* cb, int fd, const iovec* iov, int count, uint64_t offset, void* tag) const {
+void AioEngine::PrepareReadv(iocb* cb, int fd, const iovec* iov, int count, uint64_t offset,
+                             void* tag) const {
   io_prep_preadv(cb, fd, iov, count, static_cast<long long>(offset));
   io_set_eventfd(cb, event_fd_.get());
   cb->data = tag;
 }
 
-void AioEngine::PrepareWritev(iocb* cb, int fd, const iovec* iov, int count, uint64_t offset, void* tag) const {
+void AioEngine::PrepareWritev(iocb* cb, int fd, const iovec* iov, int count, uint64_t offset,
+                              void* tag) const {
   io_prep_pwritev(cb, fd, iov, count, static_cast<long long>(offset));
   io_set_eventfd(cb, event_fd_.get());
   cb->data = tag;

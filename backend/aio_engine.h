@@ -36,9 +36,9 @@ class AioEngine {
   void PrepareReadv(iocb* cb, int fd, const iovec* iov, int count, uint64_t offset, void* tag) const;
   void PrepareWritev(iocb* cb, int fd, const iovec* iov, int count, uint64_t offset, void* tag) const;
 
-  // Submits `batch` with one io_submit (more only if the kernel took part of it). Returns how many were accepted,
-  // from the front. When fewer than all were accepted, `*first_error` holds the reason the next one was refused
-  // (a retryable Status when the kernel is out of resources: submit it again later).
+  // Submits `batch` with one io_submit (more only if the kernel took part of it). Returns how many were
+  // accepted, from the front. When fewer than all were accepted, `*first_error` holds the reason the next one
+  // was refused (a retryable Status when the kernel is out of resources: submit it again later).
   size_t Submit(std::span<iocb*> batch, Status* first_error);
 
   // Clears the eventfd and collects up to `out.size()` completions without blocking.

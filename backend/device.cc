@@ -16,8 +16,8 @@ Result<std::unique_ptr<Device>> Device::Open(const DeviceConfig& config) {
   limits.sectors = (*image)->size_bytes() >> kSectorShift;
   limits.logical_block_size = (*image)->logical_block_size();
   limits.read_only = (*image)->read_only();
-  Log(LogLevel::kInfo, config.name.c_str(), "opened %s: %llu bytes, %u-byte sectors, %s%s", config.path.c_str(),
-      static_cast<unsigned long long>((*image)->size_bytes()), limits.logical_block_size,
+  Log(LogLevel::kInfo, config.name.c_str(), "opened %s: %llu bytes, %u-byte sectors, %s%s",
+      config.path.c_str(), static_cast<unsigned long long>((*image)->size_bytes()), limits.logical_block_size,
       limits.read_only ? "read-only" : "read-write", (*image)->direct_io() ? ", O_DIRECT" : ", buffered");
   return std::unique_ptr<Device>(new Device(config.name, std::move(*image), limits));
 }
@@ -50,8 +50,8 @@ void Device::Disconnect() {
     if (in_flight == 0) {
       Log(LogLevel::kInfo, ring_name.c_str(), "disconnected");
     } else {
-      Log(LogLevel::kInfo, ring_name.c_str(), "disconnected; %u requests still in flight keep the ring mapped until they complete",
-          in_flight);
+      Log(LogLevel::kInfo, ring_name.c_str(),
+          "disconnected; %u requests still in flight keep the ring mapped until they complete", in_flight);
     }
   }
   rings_.clear();

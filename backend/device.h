@@ -39,8 +39,8 @@ class Device {
 
   // Maps and starts serving one more ring (a queue) on `worker`.
   Status Connect(Hypervisor& hypervisor, const RingConnection& connection, Worker& worker);
-  // Stops every ring at once. A ring with I/O still in flight is handed to its worker, which unmaps and unbinds
-  // it when the last I/O completes; so this returns quickly whatever the storage is doing.
+  // Stops every ring at once. A ring with I/O still in flight is handed to its worker, which unmaps and
+  // unbinds it when the last I/O completes; so this returns quickly whatever the storage is doing.
   void Disconnect();
   // A frontend broke a ring's protocol; the device must be closed.
   bool broken() const;
@@ -52,7 +52,10 @@ class Device {
     Worker* worker;
   };
   Device(std::string name, std::shared_ptr<RawImage> image, DiskLimits limits)
-      : name_(std::move(name)), image_(std::move(image)), limits_(limits), stats_(std::make_shared<DeviceStats>()) {}
+      : name_(std::move(name)),
+        image_(std::move(image)),
+        limits_(limits),
+        stats_(std::make_shared<DeviceStats>()) {}
 
   std::string name_;
   std::shared_ptr<RawImage> image_;  // shared with the rings, which may outlive the device (see Disconnect)

@@ -20,13 +20,20 @@ constexpr uint64_t kBadRequestLogSampling = 10000;
 
 const char* OperationName(uint8_t operation) {
   switch (operation) {
-    case BLKIF_OP_READ: return "read";
-    case BLKIF_OP_WRITE: return "write";
-    case BLKIF_OP_WRITE_BARRIER: return "barrier";
-    case BLKIF_OP_FLUSH_DISKCACHE: return "flush";
-    case BLKIF_OP_DISCARD: return "discard";
-    case BLKIF_OP_INDIRECT: return "indirect";
-    default: return "unknown";
+    case BLKIF_OP_READ:
+      return "read";
+    case BLKIF_OP_WRITE:
+      return "write";
+    case BLKIF_OP_WRITE_BARRIER:
+      return "barrier";
+    case BLKIF_OP_FLUSH_DISKCACHE:
+      return "flush";
+    case BLKIF_OP_DISCARD:
+      return "discard";
+    case BLKIF_OP_INDIRECT:
+      return "indirect";
+    default:
+      return "unknown";
   }
 }
 
@@ -39,7 +46,8 @@ Result<std::unique_ptr<RequestPipeline>> RequestPipeline::Create(std::string nam
                                                                  std::shared_ptr<DeviceStats> stats) {
   size_t pages = connection.ring_refs.size();
   if (pages == 0 || (pages & (pages - 1)) != 0) {
-    return Status::InvalidArgument(name + ": a ring of " + std::to_string(pages) + " pages is not a power of two");
+    return Status::InvalidArgument(name + ": a ring of " + std::to_string(pages) +
+                                   " pages is not a power of two");
   }
   auto ring = hypervisor.grants.Map(connection.frontend_domid, connection.ring_refs, /*writable=*/true);
   if (!ring.ok()) return ring.status().Annotate(name + ": mapping the ring: ");
@@ -49,15 +57,17 @@ Result<std::unique_ptr<RequestPipeline>> RequestPipeline::Create(std::string nam
   size_t buffer_bytes = slots * kSlotBufferBytes;
   void* buffers = ::mmap(nullptr, buffer_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (buffers == MAP_FAILED) return Status::FromErrno(errno, name + ": allocating bounce buffers");
-  return std::unique_ptr<RequestPipeline>(new RequestPipeline(
-      std::move(name), hypervisor, std::move(*ring), pages, connection.abi, std::move(*channel),
-      connection.frontend_domid, std::move(image), limits, aio, std::move(stats), Mapping(buffers, buffer_bytes)));
+  return std::unique_ptr<RequestPipeline>(
+      new RequestPipeline(std::move(name), hypervisor, std::move(*ring), pages, connection.abi,
+                          std::move(*channel), connection.frontend_domid, std::move(image), limits, aio,
+                          std::move(stats), Mapping(buffers, buffer_bytes)));
 }
 
 RequestPipeline::RequestPipeline(std::string name, Hypervisor& hypervisor, GrantMapping ring_mapping,
-                                 size_t ring_pages, Abi abi, std::unique_ptr<EventChannel> channel, DomId frontend,
-                                 std::shared_ptr<const RawImage> image, const DiskLimits& limits, AioEngine& aio,
-                                 std::shared_ptr<DeviceStats> stats, Mapping buffers)
+                                 size_t ring_pages, Abi abi, std::unique_ptr<EventChannel> channel,
+                                 DomId frontend, std::shared_ptr<const RawImage> image,
+                                 const DiskLimits& limits, AioEngine& aio, std::shared_ptr<DeviceStats> stats,
+                                 Mapping buffers)
     : name_(std::move(name)),
       hypervisor_(hypervisor),
       ring_mapping_(std::move(ring_mapping)),
@@ -82,7 +92,8 @@ RequestPipeline::RequestPipeline(std::string name, Hypervisor& hypervisor, Grant
     free_slots_.push_back(slots - 1 - i);
   }
   iovecs_.resize(static_cast<size_t>(slots) * kMaxMergedRequests);
-  for (uint32_t i = 0; i < slots; ++i) slots_[i].iovecs = &iovecs_[static_cast<size_t>(i) * kMaxMergedRequests];
+  for (uint32_t i = 0; i < slots; ++i)
+    slots_[i].iovecs = &iovecs_[static_cast<size_t>(i) * kMaxMergedRequests];
   ready_.reserve(slots);
   queue_.resize(slots);
   taken_.resize(slots);
@@ -111,7 +122,8 @@ void RequestPipeline::Pump() {
     auto taken = ring_.Take(std::span(taken_).first(free_slots_.size()));
     if (!taken.ok()) {
       broken_.store(true, std::memory_order_relaxed);
-      Log(LogLevel::kError, name_.c_str(), "broken frontend, ring stopped: %s", taken.status().ToString().c_str());
+      Log(LogLevel::kError, name_.c_str(), "broken frontend, ring stopped: %s",
+          taken.status().ToString().c_str());
       break;
     }
     if (*taken == 0) {
@@ -126,12 +138,21 @@ void RequestPipeline::Pump() {
 void RequestPipeline::Admit(const Request& request) {
   Validation validation = ValidateRequest(request, limits_);
   switch (request.operation) {
-    case BLKIF_OP_READ: DeviceStats::Add(stats_.rd_req, 1); break;
-    case BLKIF_OP_WRITE: DeviceStats::Add(stats_.wr_req, 1); break;
+    case BLKIF_OP_READ:
+      DeviceStats::Add(stats_.rd_req, 1);
+      break;
+    case BLKIF_OP_WRITE:
+      DeviceStats::Add(stats_.wr_req, 1);
+      break;
     case BLKIF_OP_WRITE_BARRIER:
-    case BLKIF_OP_FLUSH_DISKCACHE: DeviceStats::Add(stats_.f_req, 1); break;
-    case BLKIF_OP_DISCARD: DeviceStats::Add(stats_.ds_req, 1); break;
-    default: break;
+    case BLKIF_OP_FLUSH_DISKCACHE:
+      DeviceStats::Add(stats_.f_req, 1);
+      break;
+    case BLKIF_OP_DISCARD:
+      DeviceStats::Add(stats_.ds_req, 1);
+      break;
+    default:
+      break;
   }
   if (validation.verdict != Verdict::kOk) {
     NoteBadRequest(request, validation.reason);
@@ -146,7 +167,8 @@ void RequestPipeline::Admit(const Request& request) {
   slot.length = static_cast<uint32_t>(validation.sectors << kSectorShift);
   slot.writes = validation.is_write && slot.length > 0;
   slot.pre_sync = request.operation == BLKIF_OP_WRITE_BARRIER && slot.length > 0;
-  slot.post_sync = request.operation == BLKIF_OP_WRITE_BARRIER || request.operation == BLKIF_OP_FLUSH_DISKCACHE;
+  slot.post_sync =
+      request.operation == BLKIF_OP_WRITE_BARRIER || request.operation == BLKIF_OP_FLUSH_DISKCACHE;
   slot.stage = Stage::kQueued;
   slot.may_merge = true;
   queue_[(queue_head_ + queue_size_) % queue_.size()] = SlotIndex(slot);
@@ -312,9 +334,9 @@ void RequestPipeline::OnCompletion(const io_event& event) {
   }
   if (failed) {
     if (result < 0) {
-      Log(LogLevel::kError, name_.c_str(), "%s id %llu at byte %llu: %s", OperationName(slot.request.operation),
-          static_cast<unsigned long long>(slot.request.id), static_cast<unsigned long long>(slot.offset),
-          std::strerror(static_cast<int>(-result)));
+      Log(LogLevel::kError, name_.c_str(), "%s id %llu at byte %llu: %s",
+          OperationName(slot.request.operation), static_cast<unsigned long long>(slot.request.id),
+          static_cast<unsigned long long>(slot.offset), std::strerror(static_cast<int>(-result)));
     } else {
       Log(LogLevel::kError, name_.c_str(), "%s id %llu at byte %llu: short transfer of %ld of %u bytes",
           OperationName(slot.request.operation), static_cast<unsigned long long>(slot.request.id),
@@ -325,7 +347,9 @@ void RequestPipeline::OnCompletion(const io_event& event) {
     return;
   }
   switch (slot.stage) {
-    case Stage::kPreSync: PrepareData(slot); break;
+    case Stage::kPreSync:
+      PrepareData(slot);
+      break;
     case Stage::kData: {
       uint32_t index = SlotIndex(slot);
       while (index != kNoSlot) {
@@ -335,7 +359,9 @@ void RequestPipeline::OnCompletion(const io_event& event) {
       }
       break;
     }
-    case Stage::kPostSync: Respond(slot, BLKIF_RSP_OKAY); break;
+    case Stage::kPostSync:
+      Respond(slot, BLKIF_RSP_OKAY);
+      break;
     case Stage::kFree:
     case Stage::kQueued:
       Log(LogLevel::kError, name_.c_str(), "completion for a slot that is not in flight");
@@ -383,8 +409,9 @@ void RequestPipeline::AddCopies(Slot& slot, GrantCopySegment::Direction directio
   for (unsigned i = 0; i < slot.request.nr_segments; ++i) {
     const RequestSegment& segment = slot.request.segments[i];
     uint16_t bytes = static_cast<uint16_t>((segment.last_sect - segment.first_sect + 1u) << kSectorShift);
-    copies_.push_back({direction, frontend_, segment.gref, static_cast<uint16_t>(segment.first_sect << kSectorShift),
-                       bytes, slot.buffer + packed, GNTST_okay});
+    copies_.push_back({direction, frontend_, segment.gref,
+                       static_cast<uint16_t>(segment.first_sect << kSectorShift), bytes, slot.buffer + packed,
+                       GNTST_okay});
     packed += bytes;
   }
 }
@@ -426,8 +453,9 @@ void RequestPipeline::NoteBadRequest(const Request& request, const char* reason)
   uint64_t count = ++bad_requests_logged_;
   if (count <= kBadRequestsLoggedInFull || count % kBadRequestLogSampling == 0) {
     Log(LogLevel::kWarning, name_.c_str(), "bad request #%llu (op %u id %llu sector %llu segments %u): %s",
-        static_cast<unsigned long long>(count), request.operation, static_cast<unsigned long long>(request.id),
-        static_cast<unsigned long long>(request.sector_number), request.nr_segments, reason);
+        static_cast<unsigned long long>(count), request.operation,
+        static_cast<unsigned long long>(request.id), static_cast<unsigned long long>(request.sector_number),
+        request.nr_segments, reason);
   }
 }
 

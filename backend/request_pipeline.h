@@ -1,18 +1,20 @@
 // The request pipeline of one ring: from a kick to answered requests, with no allocation on the way.
 //
-// A kick takes every published request out of the ring into private slots, validates it, copies the data of all
-// writes in with one batched grant copy, and submits every I/O of the round with one io_submit. Completions copy
-// the data of all reads out with one batched grant copy, write the responses, and notify the frontend only if it
-// asked (rsp_event). Slots, bounce buffers, iocbs and copy descriptors are allocated once, sized to the ring.
+// A kick takes every published request out of the ring into private slots, validates it, copies the data of
+// all writes in with one batched grant copy, and submits every I/O of the round with one io_submit.
+// Completions copy the data of all reads out with one batched grant copy, write the responses, and notify the
+// frontend only if it asked (rsp_event). Slots, bounce buffers, iocbs and copy descriptors are allocated
+// once, sized to the ring.
 //
-// Adjacent READs (or WRITEs) of one round that are contiguous on disk go to the kernel as one vectored iocb, up
-// to 1 MiB: a frontend without indirect descriptors splits a large I/O into 44 KiB requests, and the disk should
-// not see it that way. If a merged I/O fails, its requests are retried one by one, so that only the one that
-// really fails is answered with an error.
+// Adjacent READs (or WRITEs) of one round that are contiguous on disk go to the kernel as one vectored iocb,
+// up to 1 MiB: a frontend without indirect descriptors splits a large I/O into 44 KiB requests, and the disk
+// should not see it that way. If a merged I/O fails, its requests are retried one by one, so that only the
+// one that really fails is answered with an error.
 //
-// Ordering: WRITE_BARRIER waits until everything taken before it has been answered, syncs, writes, syncs again,
-// and nothing taken after it starts before it is answered. FLUSH_DISKCACHE writes its data (if any) and then
-// syncs the file: everything answered before the flush was taken is durable when the flush is answered.
+// Ordering: WRITE_BARRIER waits until everything taken before it has been answered, syncs, writes, syncs
+// again, and nothing taken after it starts before it is answered. FLUSH_DISKCACHE writes its data (if any)
+// and then syncs the file: everything answered before the flush was taken is durable when the flush is
+// answered.
 //
 // Threading: owned by one worker thread; every method runs there.
 #pragma once
@@ -101,18 +103,19 @@ class RequestPipeline final : public CompletionHandler {
     bool writes;  // moves data from the guest to the disk
     bool pre_sync;
     bool post_sync;
-    uint16_t first_copy;  // index of its first segment in a copy batch
-    bool may_merge;  // cleared when a merged I/O failed and this request is retried on its own
+    uint16_t first_copy;   // index of its first segment in a copy batch
+    bool may_merge;        // cleared when a merged I/O failed and this request is retried on its own
     uint16_t chain_count;  // at the head of a merged I/O: how many requests it carries
     uint32_t chain_bytes;  // at the head: bytes of the whole merged I/O
-    uint32_t chain_next;  // the next request of the merged I/O, or kNoSlot
-    iovec* iovecs;  // at the head: one per merged request
+    uint32_t chain_next;   // the next request of the merged I/O, or kNoSlot
+    iovec* iovecs;         // at the head: one per merged request
   };
   static constexpr uint32_t kNoSlot = ~0u;
 
-  RequestPipeline(std::string name, Hypervisor& hypervisor, GrantMapping ring_mapping, size_t ring_pages, Abi abi,
-                  std::unique_ptr<EventChannel> channel, DomId frontend, std::shared_ptr<const RawImage> image,
-                  const DiskLimits& limits, AioEngine& aio, std::shared_ptr<DeviceStats> stats, Mapping buffers);
+  RequestPipeline(std::string name, Hypervisor& hypervisor, GrantMapping ring_mapping, size_t ring_pages,
+                  Abi abi, std::unique_ptr<EventChannel> channel, DomId frontend,
+                  std::shared_ptr<const RawImage> image, const DiskLimits& limits, AioEngine& aio,
+                  std::shared_ptr<DeviceStats> stats, Mapping buffers);
 
   // Takes requests and starts what may start, until the ring is empty or no slot is free.
   void Pump();
@@ -156,7 +159,7 @@ class RequestPipeline final : public CompletionHandler {
 
   std::vector<Slot> slots_;
   std::vector<uint32_t> free_slots_;  // a stack
-  std::vector<uint32_t> queue_;  // a FIFO in ring order (circular)
+  std::vector<uint32_t> queue_;       // a FIFO in ring order (circular)
   uint32_t queue_head_ = 0;
   uint32_t queue_size_ = 0;
   uint32_t started_ = 0;  // slots past the queue and not yet answered

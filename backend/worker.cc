@@ -29,7 +29,8 @@ Result<std::unique_ptr<Worker>> Worker::Create(std::string name, unsigned aio_de
   if (!epoll.valid()) return Status::FromErrno(errno, name + ": epoll_create1");
   UniqueFd wake(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
   if (!wake.valid()) return Status::FromErrno(errno, name + ": eventfd");
-  std::unique_ptr<Worker> worker(new Worker(std::move(name), std::move(*aio), std::move(epoll), std::move(wake)));
+  std::unique_ptr<Worker> worker(
+      new Worker(std::move(name), std::move(*aio), std::move(epoll), std::move(wake)));
   epoll_event event{};
   event.events = EPOLLIN;
   event.data.ptr = worker->aio_.get();

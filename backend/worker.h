@@ -2,7 +2,8 @@
 //
 // The loop waits on each ring's event channel, on the AIO completion eventfd and on a wake-up eventfd for
 // control messages. Rings are attached and detached only on the worker's own thread: from outside, go through
-// Post(), so no lock is ever taken on the data path. Tests may instead drive RunOnce() by hand with no thread.
+// Post(), so no lock is ever taken on the data path. Tests may instead drive RunOnce() by hand with no
+// thread.
 #pragma once
 
 #include <libaio.h>

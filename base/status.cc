@@ -8,16 +8,26 @@ namespace blk {
 
 const char* CodeName(Status::Code code) {
   switch (code) {
-    case Status::Code::kOk: return "ok";
-    case Status::Code::kInvalidArgument: return "invalid argument";
-    case Status::Code::kNotFound: return "not found";
-    case Status::Code::kNotSupported: return "not supported";
-    case Status::Code::kIoError: return "I/O error";
-    case Status::Code::kNoSpace: return "no space";
-    case Status::Code::kCorruption: return "corruption";
-    case Status::Code::kPermissionDenied: return "permission denied";
-    case Status::Code::kBusy: return "busy";
-    case Status::Code::kProtocolError: return "protocol error";
+    case Status::Code::kOk:
+      return "ok";
+    case Status::Code::kInvalidArgument:
+      return "invalid argument";
+    case Status::Code::kNotFound:
+      return "not found";
+    case Status::Code::kNotSupported:
+      return "not supported";
+    case Status::Code::kIoError:
+      return "I/O error";
+    case Status::Code::kNoSpace:
+      return "no space";
+    case Status::Code::kCorruption:
+      return "corruption";
+    case Status::Code::kPermissionDenied:
+      return "permission denied";
+    case Status::Code::kBusy:
+      return "busy";
+    case Status::Code::kProtocolError:
+      return "protocol error";
   }
   return "unknown";
 }
@@ -26,14 +36,24 @@ Status Status::FromErrno(int err, std::string_view context) {
   Code code = Code::kIoError;
   bool retryable = false;
   switch (err) {
-    case ENOENT: code = Code::kNotFound; break;
-    case EINVAL: code = Code::kInvalidArgument; break;
+    case ENOENT:
+      code = Code::kNotFound;
+      break;
+    case EINVAL:
+      code = Code::kInvalidArgument;
+      break;
     case EACCES:
     case EPERM:
-    case EROFS: code = Code::kPermissionDenied; break;
+    case EROFS:
+      code = Code::kPermissionDenied;
+      break;
     case ENOSPC:
-    case EDQUOT: code = Code::kNoSpace; break;
-    case EOPNOTSUPP: code = Code::kNotSupported; break;
+    case EDQUOT:
+      code = Code::kNoSpace;
+      break;
+    case EOPNOTSUPP:
+      code = Code::kNotSupported;
+      break;
     case EAGAIN:
     case EINTR:
     case ENOMEM:
@@ -41,7 +61,8 @@ Status Status::FromErrno(int err, std::string_view context) {
       code = Code::kBusy;
       retryable = true;
       break;
-    default: break;
+    default:
+      break;
   }
   std::string message(context);
   message += ": ";

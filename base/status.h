@@ -1,8 +1,9 @@
 // Status and Result<T>: errors as values at every I/O boundary.
 //
 // A Status costs one null pointer on success. A failure carries a category, an errno where one applies, a
-// "retry later" flag (transient: EAGAIN, ENOMEM, a busy resource) and a one-line message naming what was wrong.
-// errno becomes a Status in one place, Status::FromErrno, with one sign convention: pass the positive errno.
+// "retry later" flag (transient: EAGAIN, ENOMEM, a busy resource) and a one-line message naming what was
+// wrong. errno becomes a Status in one place, Status::FromErrno, with one sign convention: pass the positive
+// errno.
 #pragma once
 
 #include <cstdint>
@@ -25,7 +26,7 @@ class [[nodiscard]] Status {
     kNoSpace,
     kCorruption,  // on-disk metadata is inconsistent
     kPermissionDenied,
-    kBusy,  // a resource is exhausted for now; retry later
+    kBusy,           // a resource is exhausted for now; retry later
     kProtocolError,  // a peer broke the protocol (a frontend, a xenstore server)
   };
 
@@ -42,7 +43,9 @@ class [[nodiscard]] Status {
   static Status Error(Code code, std::string message, int err = 0) {
     return Status(code, std::move(message), err, code == Code::kBusy);
   }
-  static Status InvalidArgument(std::string message) { return Error(Code::kInvalidArgument, std::move(message)); }
+  static Status InvalidArgument(std::string message) {
+    return Error(Code::kInvalidArgument, std::move(message));
+  }
   static Status NotFound(std::string message) { return Error(Code::kNotFound, std::move(message)); }
   static Status NotSupported(std::string message) { return Error(Code::kNotSupported, std::move(message)); }
   static Status Corruption(std::string message) { return Error(Code::kCorruption, std::move(message)); }
@@ -82,7 +85,7 @@ const char* CodeName(Status::Code code);
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : value_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(T value) : value_(std::move(value)) {}         // NOLINT: implicit by design
   Result(Status status) : value_(std::move(status)) {}  // NOLINT: must not be ok
 
   bool ok() const { return std::holds_alternative<T>(value_); }
@@ -106,8 +109,8 @@ class [[nodiscard]] Result {
 }  // namespace blk
 
 // Returns early from the enclosing function when `expr` yields a failed Status.
-#define BLK_RETURN_IF_ERROR(expr)           \
-  do {                                      \
-    ::blk::Status blk_status_ = (expr);     \
+#define BLK_RETURN_IF_ERROR(expr)              \
+  do {                                         \
+    ::blk::Status blk_status_ = (expr);        \
     if (!blk_status_.ok()) return blk_status_; \
   } while (0)

@@ -25,22 +25,25 @@ int main(int argc, char** argv) {
   }
   blk::SetLogLevel(blk::LogLevel::kWarning);
   bool demo = options->filename.empty();
-  std::string filename = demo ? "/dev/shm/blkbench-demo." + std::to_string(::getpid()) + ".img" : options->filename;
+  std::string filename =
+      demo ? "/dev/shm/blkbench-demo." + std::to_string(::getpid()) + ".img" : options->filename;
   auto result = blk::RunBench(*options, filename);
   std::optional<blk::FioResult> fio;
   blk::Status fio_status;
   if (result.ok() && options->vs_fio) {
     auto ran = blk::RunFio(*options, filename);
-    if (ran.ok()) fio = *ran;
-    else fio_status = ran.status();
+    if (ran.ok())
+      fio = *ran;
+    else
+      fio_status = ran.status();
   }
   if (demo) ::unlink(filename.c_str());
   if (!result.ok()) {
     std::fprintf(stderr, "blkbench: %s\n", result.status().ToString().c_str());
     return 1;
   }
-  std::string report = options->json ? blk::JsonReport(*options, *result, fio)
-                                     : blk::HumanReport(*options, *result, fio);
+  std::string report =
+      options->json ? blk::JsonReport(*options, *result, fio) : blk::HumanReport(*options, *result, fio);
   std::fputs(report.c_str(), stdout);
   if (!fio_status.ok()) {
     std::fprintf(stderr, "blkbench: --vs-fio: %s\n", fio_status.ToString().c_str());

@@ -94,7 +94,8 @@ Result<FioResult> RunFio(const BenchOptions& options, const std::string& filenam
   pid_t pid;
   int rc = posix_spawnp(&pid, "fio", &actions, nullptr, argv.data(), environ);
   posix_spawn_file_actions_destroy(&actions);
-  if (rc != 0) return Status::FromErrno(rc, "running fio (is it installed? scripts/install-deps installs it)");
+  if (rc != 0)
+    return Status::FromErrno(rc, "running fio (is it installed? scripts/install-deps installs it)");
   write_end.Reset();
   std::string output;
   char chunk[65536];

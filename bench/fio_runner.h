@@ -19,7 +19,8 @@ struct FioResult {
   std::string command;
 };
 
-// The fio command line for `options` (libaio, the same file, size, pattern, block size, depth, runtime, direct).
+// The fio command line for `options` (libaio, the same file, size, pattern, block size, depth, runtime,
+// direct).
 std::vector<std::string> FioCommand(const BenchOptions& options, const std::string& filename);
 // Parses fio's --output-format=json (the first job; reads and writes summed).
 Result<FioResult> ParseFioJson(const std::string& json);

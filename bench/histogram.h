@@ -1,4 +1,5 @@
-// A fixed-size log-linear latency histogram: recording never allocates, percentiles are within 1/32 of the value.
+// A fixed-size log-linear latency histogram: recording never allocates, percentiles are within 1/32 of the
+// value.
 #pragma once
 
 #include <array>

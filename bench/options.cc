@@ -9,10 +9,12 @@ namespace blk {
 
 const char kBenchUsage[] =
     "usage: blkbench [options]\n"
-    "Serves an image through the real blkbackd pipeline to a userspace blkfront over the simulated hypervisor,\n"
+    "Serves an image through the real blkbackd pipeline to a userspace blkfront over the simulated "
+    "hypervisor,\n"
     "and measures it. Options use fio's names.\n"
     "\n"
-    "  --filename=PATH    image file or block device (default: a demo image in /dev/shm, removed afterwards)\n"
+    "  --filename=PATH    image file or block device (default: a demo image in /dev/shm, removed "
+    "afterwards)\n"
     "  --size=SIZE        bytes of the file to use; the demo image is created this big (default 256m)\n"
     "  --rw=MODE          read, write, randread, randwrite, randrw, readwrite (default randrw)\n"
     "  --rwmixread=PCT    percent reads in randrw/readwrite (default 50)\n"
@@ -27,22 +29,29 @@ const char kBenchUsage[] =
     "  --sector-size=N    logical sector size the disk presents: 512 or 4096 (default 512)\n"
     "  --seed=N           seed of the random offsets (default 1)\n"
     "\n"
-    "example: blkbench --filename=/var/tmp/disk.img --size=1g --rw=randread --bs=4k --iodepth=32 --runtime=10 "
+    "example: blkbench --filename=/var/tmp/disk.img --size=1g --rw=randread --bs=4k --iodepth=32 "
+    "--runtime=10 "
     "--vs-fio\n";
 
 Result<uint64_t> ParseSize(const std::string& text) {
-  if (text.empty() || text[0] < '0' || text[0] > '9') return Status::InvalidArgument("bad size '" + text + "'");
+  if (text.empty() || text[0] < '0' || text[0] > '9')
+    return Status::InvalidArgument("bad size '" + text + "'");
   errno = 0;
   char* end = nullptr;
   unsigned long long value = std::strtoull(text.c_str(), &end, 10);
   if (errno != 0) return Status::InvalidArgument("size '" + text + "' is too large");
   unsigned shift = 0;
   std::string suffix(end);
-  if (suffix == "k" || suffix == "K" || suffix == "kb" || suffix == "KB" || suffix == "KiB") shift = 10;
-  else if (suffix == "m" || suffix == "M" || suffix == "mb" || suffix == "MB" || suffix == "MiB") shift = 20;
-  else if (suffix == "g" || suffix == "G" || suffix == "gb" || suffix == "GB" || suffix == "GiB") shift = 30;
-  else if (suffix == "t" || suffix == "T" || suffix == "tb" || suffix == "TB" || suffix == "TiB") shift = 40;
-  else if (!suffix.empty()) return Status::InvalidArgument("bad size suffix in '" + text + "'");
+  if (suffix == "k" || suffix == "K" || suffix == "kb" || suffix == "KB" || suffix == "KiB")
+    shift = 10;
+  else if (suffix == "m" || suffix == "M" || suffix == "mb" || suffix == "MB" || suffix == "MiB")
+    shift = 20;
+  else if (suffix == "g" || suffix == "G" || suffix == "gb" || suffix == "GB" || suffix == "GiB")
+    shift = 30;
+  else if (suffix == "t" || suffix == "T" || suffix == "tb" || suffix == "TB" || suffix == "TiB")
+    shift = 40;
+  else if (!suffix.empty())
+    return Status::InvalidArgument("bad size suffix in '" + text + "'");
   if (shift != 0 && value > (std::numeric_limits<uint64_t>::max() >> shift)) {
     return Status::InvalidArgument("size '" + text + "' is too large");
   }
@@ -59,8 +68,8 @@ Result<uint64_t> ParseNumber(const std::string& name, const std::string& text, u
   char* end = nullptr;
   unsigned long long value = std::strtoull(text.c_str(), &end, 10);
   if (errno != 0 || *end != '\0' || value < min || value > max) {
-    return Status::InvalidArgument("--" + name + ": '" + text + "' is not a number from " + std::to_string(min) +
-                                   " to " + std::to_string(max));
+    return Status::InvalidArgument("--" + name + ": '" + text + "' is not a number from " +
+                                   std::to_string(min) + " to " + std::to_string(max));
   }
   return static_cast<uint64_t>(value);
 }
@@ -69,25 +78,34 @@ Result<uint64_t> ParseNumber(const std::string& name, const std::string& text, u
 
 const char* PatternName(Pattern pattern) {
   switch (pattern) {
-    case Pattern::kRead: return "read";
-    case Pattern::kWrite: return "write";
-    case Pattern::kRandRead: return "randread";
-    case Pattern::kRandWrite: return "randwrite";
-    case Pattern::kRandRw: return "randrw";
-    case Pattern::kReadWrite: return "readwrite";
+    case Pattern::kRead:
+      return "read";
+    case Pattern::kWrite:
+      return "write";
+    case Pattern::kRandRead:
+      return "randread";
+    case Pattern::kRandWrite:
+      return "randwrite";
+    case Pattern::kRandRw:
+      return "randrw";
+    case Pattern::kReadWrite:
+      return "readwrite";
   }
   return "?";
 }
 
 bool PatternReads(Pattern p) { return p != Pattern::kWrite && p != Pattern::kRandWrite; }
 bool PatternWrites(Pattern p) { return p != Pattern::kRead && p != Pattern::kRandRead; }
-bool PatternRandom(Pattern p) { return p == Pattern::kRandRead || p == Pattern::kRandWrite || p == Pattern::kRandRw; }
+bool PatternRandom(Pattern p) {
+  return p == Pattern::kRandRead || p == Pattern::kRandWrite || p == Pattern::kRandRw;
+}
 
 Result<BenchOptions> ParseBenchOptions(const std::vector<std::string>& args) {
   BenchOptions options;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];
-    if (arg.rfind("--", 0) != 0) return Status::InvalidArgument("unexpected argument '" + arg + "' (see --help)");
+    if (arg.rfind("--", 0) != 0)
+      return Status::InvalidArgument("unexpected argument '" + arg + "' (see --help)");
     std::string name = arg.substr(2);
     std::string value;
     bool has_value = false;
@@ -101,9 +119,12 @@ Result<BenchOptions> ParseBenchOptions(const std::vector<std::string>& args) {
         *target = true;
         return Status::Ok();
       }
-      if (value == "1") *target = true;
-      else if (value == "0") *target = false;
-      else return Status::InvalidArgument("--" + name + ": '" + value + "' is neither 0 nor 1");
+      if (value == "1")
+        *target = true;
+      else if (value == "0")
+        *target = false;
+      else
+        return Status::InvalidArgument("--" + name + ": '" + value + "' is neither 0 nor 1");
       return Status::Ok();
     };
     if (name == "help" || name == "h") {
@@ -142,7 +163,7 @@ Result<BenchOptions> ParseBenchOptions(const std::vector<std::string>& args) {
       }
       options.bs = static_cast<uint32_t>(*bs);
     } else if (name == "rw" || name == "readwrite") {
-      static constexpr Pattern kAll[] = {Pattern::kRead,    Pattern::kWrite,  Pattern::kRandRead,
+      static constexpr Pattern kAll[] = {Pattern::kRead,      Pattern::kWrite,  Pattern::kRandRead,
                                          Pattern::kRandWrite, Pattern::kRandRw, Pattern::kReadWrite};
       bool found = false;
       for (Pattern p : kAll) {
@@ -193,7 +214,8 @@ Result<BenchOptions> ParseBenchOptions(const std::vector<std::string>& args) {
     }
   }
   if (options.bs % options.sector_size != 0) {
-    return Status::InvalidArgument("--bs " + std::to_string(options.bs) + " is not a multiple of the sector size " +
+    return Status::InvalidArgument("--bs " + std::to_string(options.bs) +
+                                   " is not a multiple of the sector size " +
                                    std::to_string(options.sector_size));
   }
   return options;

@@ -10,7 +10,9 @@
 
 namespace blk {
 
-std::string HumanReport(const BenchOptions& options, const BenchResult& result, const std::optional<FioResult>& fio);
-std::string JsonReport(const BenchOptions& options, const BenchResult& result, const std::optional<FioResult>& fio);
+std::string HumanReport(const BenchOptions& options, const BenchResult& result,
+                        const std::optional<FioResult>& fio);
+std::string JsonReport(const BenchOptions& options, const BenchResult& result,
+                       const std::optional<FioResult>& fio);
 
 }  // namespace blk

@@ -32,8 +32,8 @@ Status EnsureFile(const std::string& path, uint64_t size) {
   struct stat st;
   if (::stat(path.c_str(), &st) == 0) {
     if (S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) < size) {
-      return Status::InvalidArgument(path + " holds " + std::to_string(st.st_size) + " bytes, fewer than --size " +
-                                     std::to_string(size));
+      return Status::InvalidArgument(path + " holds " + std::to_string(st.st_size) +
+                                     " bytes, fewer than --size " + std::to_string(size));
     }
     return Status::Ok();
   }
@@ -54,7 +54,7 @@ Status EnsureFile(const std::string& path, uint64_t size) {
 }
 
 HypervisorOps Snapshot(const HypervisorCounters& c) {
-  return {c.map_calls.load(),      c.pages_mapped.load(),          c.copy_calls.load(),
+  return {c.map_calls.load(),     c.pages_mapped.load(),          c.copy_calls.load(),
           c.copy_segments.load(), c.backend_notifications.load(), c.frontend_notifications.load()};
 }
 
@@ -132,11 +132,14 @@ class Driver {
   bool ChooseWrite() {
     switch (options_.rw) {
       case Pattern::kRead:
-      case Pattern::kRandRead: return false;
+      case Pattern::kRandRead:
+        return false;
       case Pattern::kWrite:
-      case Pattern::kRandWrite: return true;
+      case Pattern::kRandWrite:
+        return true;
       case Pattern::kRandRw:
-      case Pattern::kReadWrite: return random_() % 100 >= options_.rwmixread;
+      case Pattern::kReadWrite:
+        return random_() % 100 >= options_.rwmixread;
     }
     return false;
   }
@@ -188,7 +191,8 @@ class Driver {
         if (mismatch) {
           ++result_.verify_errors;
           if (result_.first_problem.empty()) {
-            result_.first_problem = "verify: sector " + std::to_string(mismatch->sector) + " " + mismatch->reason;
+            result_.first_problem =
+                "verify: sector " + std::to_string(mismatch->sector) + " " + mismatch->reason;
           }
         }
       }
@@ -254,8 +258,9 @@ Result<BenchResult> RunBench(const BenchOptions& options, const std::string& fil
   result.filename = filename;
   result.direct_io = (*device)->image().direct_io();
   Driver driver(options, **front, result);
-  if (!driver.ready()) return Status::InvalidArgument("cannot allocate " + std::to_string(options.iodepth) +
-                                                      " buffers of " + std::to_string(options.bs) + " bytes");
+  if (!driver.ready())
+    return Status::InvalidArgument("cannot allocate " + std::to_string(options.iodepth) + " buffers of " +
+                                   std::to_string(options.bs) + " bytes");
   Status status;
   if (options.verify) status = driver.Prefill();
   HypervisorOps before = Snapshot(sim.counters());

@@ -1,5 +1,5 @@
-// blkbench's run: the real backend (Device, RequestPipeline, Worker, AioEngine) serving an image to the userspace
-// blkfront over the simulated hypervisor, with the frontend keeping `iodepth` I/Os in flight.
+// blkbench's run: the real backend (Device, RequestPipeline, Worker, AioEngine) serving an image to the
+// userspace blkfront over the simulated hypervisor, with the frontend keeping `iodepth` I/Os in flight.
 //
 // The frontend runs on the calling thread, the backend on its own worker thread, as a guest and dom0 would.
 #pragma once

@@ -1,7 +1,7 @@
 // A raw disk image: a regular file or a block device whose bytes are the disk's bytes.
 //
-// Opening decides how the backend will do I/O on it: O_DIRECT when the file system allows it (so the guest's data
-// does not sit twice in dom0's page cache), buffered where it does not (tmpfs). Knows nothing of Xen.
+// Opening decides how the backend will do I/O on it: O_DIRECT when the file system allows it (so the guest's
+// data does not sit twice in dom0's page cache), buffered where it does not (tmpfs). Knows nothing of Xen.
 // Threading: immutable after Open(); the fd may be used from any thread.
 #pragma once
 

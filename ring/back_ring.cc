@@ -9,7 +9,9 @@ namespace {
 
 // Shared indices are accessed through atomic_ref so the compiler performs exactly one load or store each; the
 // fences give ring.h's xen_rmb/xen_wmb/xen_mb ordering.
-uint32_t LoadShared(uint32_t& field) { return std::atomic_ref<uint32_t>(field).load(std::memory_order_relaxed); }
+uint32_t LoadShared(uint32_t& field) {
+  return std::atomic_ref<uint32_t>(field).load(std::memory_order_relaxed);
+}
 void StoreShared(uint32_t& field, uint32_t value) {
   std::atomic_ref<uint32_t>(field).store(value, std::memory_order_relaxed);
 }
@@ -48,8 +50,9 @@ Result<size_t> BackRing::Take(std::span<Request> out) {
   uint32_t prod = LoadReqProd();
   uint32_t ahead = prod - rsp_prod_pvt_;
   if (ahead > slots_) {
-    return Status::ProtocolError("req_prod " + std::to_string(prod) + " is more than " + std::to_string(slots_) +
-                                 " requests ahead of rsp_prod " + std::to_string(rsp_prod_pvt_));
+    return Status::ProtocolError("req_prod " + std::to_string(prod) + " is more than " +
+                                 std::to_string(slots_) + " requests ahead of rsp_prod " +
+                                 std::to_string(rsp_prod_pvt_));
   }
   if (ahead < outstanding()) {
     return Status::ProtocolError("req_prod " + std::to_string(prod) + " moved back behind req_cons " +

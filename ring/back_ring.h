@@ -1,9 +1,9 @@
 // The backend's end of a blkif shared ring: takes requests out, puts responses in.
 //
-// Shared memory is written by a hostile frontend at any time. This class reads `req_prod` once per Take(), copies
-// every slot it takes into private memory before decoding it, and treats a `req_prod` more than a ring's worth
-// ahead of the responses as a broken frontend. Responses are built in private memory and copied into the slot
-// whole, with every byte defined (no stale padding reaches the guest).
+// Shared memory is written by a hostile frontend at any time. This class reads `req_prod` once per Take(),
+// copies every slot it takes into private memory before decoding it, and treats a `req_prod` more than a
+// ring's worth ahead of the responses as a broken frontend. Responses are built in private memory and copied
+// into the slot whole, with every byte defined (no stale padding reaches the guest).
 //
 // Index arithmetic is modulo 2^32 as in ring.h; the ring attaches at the frontend's current `rsp_prod`
 // (BACK_RING_ATTACH), so a reconnecting frontend keeps its indices.
@@ -31,21 +31,23 @@ class BackRing {
   // Requests taken and not yet answered.
   uint32_t outstanding() const { return req_cons_ - rsp_prod_pvt_; }
 
-  // Takes up to `out.size()` requests. Fails (ProtocolError) if the frontend's req_prod is more than a ring ahead
-  // of the responses: the ring must then be abandoned.
+  // Takes up to `out.size()` requests. Fails (ProtocolError) if the frontend's req_prod is more than a ring
+  // ahead of the responses: the ring must then be abandoned.
   Result<size_t> Take(std::span<Request> out);
 
   // Queues a response in the next slot; visible to the frontend after PushResponses().
   void PutResponse(uint64_t id, uint8_t operation, int16_t status);
   // Publishes queued responses. Returns true if the frontend asked to be notified (rsp_event).
   bool PushResponses();
-  // RING_FINAL_CHECK_FOR_REQUESTS: true if requests are waiting; if none, asks the frontend (req_event) to notify
-  // on the next one, then checks once more so that a request published in between is not missed.
+  // RING_FINAL_CHECK_FOR_REQUESTS: true if requests are waiting; if none, asks the frontend (req_event) to
+  // notify on the next one, then checks once more so that a request published in between is not missed.
   bool FinalCheckForRequests();
 
  private:
   uint32_t LoadReqProd() const;
-  uint8_t* Slot(uint32_t index) const { return entries_ + static_cast<size_t>(index & (slots_ - 1)) * entry_size_; }
+  uint8_t* Slot(uint32_t index) const {
+    return entries_ + static_cast<size_t>(index & (slots_ - 1)) * entry_size_;
+  }
 
   abi::SharedRingHeader* header_;
   uint8_t* entries_;

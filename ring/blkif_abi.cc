@@ -10,6 +10,8 @@ std::optional<Abi> ParseProtocol(std::string_view protocol) {
   return std::nullopt;
 }
 
-const char* AbiName(Abi abi) { return abi == Abi::kX86_64 ? XEN_IO_PROTO_ABI_X86_64 : XEN_IO_PROTO_ABI_X86_32; }
+const char* AbiName(Abi abi) {
+  return abi == Abi::kX86_64 ? XEN_IO_PROTO_ABI_X86_64 : XEN_IO_PROTO_ABI_X86_32;
+}
 
 }  // namespace blk

@@ -1,9 +1,9 @@
 // The blkif wire format in the three ABIs a frontend may speak, and the geometry of a shared ring.
 //
 // Xen's <xen/io/blkif.h> defines the native layout only. A 32-bit x86 guest packs 64-bit fields on 4-byte
-// boundaries, so its requests are 108 bytes instead of 112 and its responses 12 instead of 16; the frontend says
-// which it uses with the `protocol` key. These structs spell each layout out so that the decoder never guesses, and
-// the static_asserts pin every offset the decoder relies on.
+// boundaries, so its requests are 108 bytes instead of 112 and its responses 12 instead of 16; the frontend
+// says which it uses with the `protocol` key. These structs spell each layout out so that the decoder never
+// guesses, and the static_asserts pin every offset the decoder relies on.
 #pragma once
 
 #include <cstddef>
@@ -12,10 +12,10 @@
 #include <string_view>
 
 // Xen's public headers need the fixed-width integer types declared before them.
-#include <xen/xen.h>
 #include <xen/grant_table.h>
 #include <xen/io/blkif.h>
 #include <xen/io/protocols.h>
+#include <xen/xen.h>
 
 namespace blk {
 
@@ -80,12 +80,13 @@ struct Response {
   int16_t status;
   uint32_t pad2;
 };
-static_assert(sizeof(Request) == 112 && offsetof(Request, id) == 8 && offsetof(Request, sector_number) == 16 &&
-              offsetof(Request, seg) == 24);
+static_assert(sizeof(Request) == 112 && offsetof(Request, id) == 8 &&
+              offsetof(Request, sector_number) == 16 && offsetof(Request, seg) == 24);
 static_assert(sizeof(DiscardRequest) == 32 && offsetof(DiscardRequest, nr_sectors) == 24);
 static_assert(sizeof(IndirectRequest) == 64 && offsetof(IndirectRequest, handle) == 24 &&
               offsetof(IndirectRequest, indirect_grefs) == 28);
-static_assert(sizeof(Response) == 16 && offsetof(Response, operation) == 8 && offsetof(Response, status) == 10);
+static_assert(sizeof(Response) == 16 && offsetof(Response, operation) == 8 &&
+              offsetof(Response, status) == 10);
 // The layouts of this ABI as one type, for code templated on the ABI.
 struct Types {
   using Request = x86_64::Request;
@@ -131,12 +132,13 @@ struct Response {
   int16_t status;
 };
 #pragma pack(pop)
-static_assert(sizeof(Request) == 108 && offsetof(Request, id) == 4 && offsetof(Request, sector_number) == 12 &&
-              offsetof(Request, seg) == 20);
+static_assert(sizeof(Request) == 108 && offsetof(Request, id) == 4 &&
+              offsetof(Request, sector_number) == 12 && offsetof(Request, seg) == 20);
 static_assert(sizeof(DiscardRequest) == 28 && offsetof(DiscardRequest, nr_sectors) == 20);
 static_assert(sizeof(IndirectRequest) == 64 && offsetof(IndirectRequest, handle) == 20 &&
               offsetof(IndirectRequest, indirect_grefs) == 24);
-static_assert(sizeof(Response) == 12 && offsetof(Response, operation) == 8 && offsetof(Response, status) == 10);
+static_assert(sizeof(Response) == 12 && offsetof(Response, operation) == 8 &&
+              offsetof(Response, status) == 10);
 struct Types {
   using Request = x86_32::Request;
   using DiscardRequest = x86_32::DiscardRequest;
@@ -152,7 +154,8 @@ static_assert(sizeof(blkif_response) == sizeof(x86_64::Response));
 static_assert(sizeof(blkif_request_indirect) == sizeof(x86_64::IndirectRequest));
 static_assert(sizeof(blkif_request_discard) == sizeof(x86_64::DiscardRequest));
 
-// The header of every shared ring (ring.h's `struct *_sring` before the entries): the four indices, then padding.
+// The header of every shared ring (ring.h's `struct *_sring` before the entries): the four indices, then
+// padding.
 struct SharedRingHeader {
   uint32_t req_prod;
   uint32_t req_event;

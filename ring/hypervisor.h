@@ -1,12 +1,13 @@
 // The seam between the backend and Xen: grant mapping, grant copy and event channels.
 //
-// Two implementations stand behind these interfaces: the real one on libxengnttab/libxenevtchn, and the simulated
-// hypervisor in ring/sim/ (guest memory in a memfd, grant map = a real shared mapping, grant copy = memcpy, event
-// channels = eventfds). Everything the backend asks of Xen goes through here, so a test can also put a
-// fault-injecting double in between.
+// Two implementations stand behind these interfaces: the real one on libxengnttab/libxenevtchn, and the
+// simulated hypervisor in ring/sim/ (guest memory in a memfd, grant map = a real shared mapping, grant copy =
+// memcpy, event channels = eventfds). Everything the backend asks of Xen goes through here, so a test can
+// also put a fault-injecting double in between.
 //
-// Threading: a GrantTable may be used from several threads at once (each worker maps and copies for its own rings).
-// An EventChannel belongs to the thread that serves its ring, except Notify(), which any thread may call.
+// Threading: a GrantTable may be used from several threads at once (each worker maps and copies for its own
+// rings). An EventChannel belongs to the thread that serves its ring, except Notify(), which any thread may
+// call.
 #pragma once
 
 #include <atomic>
@@ -99,8 +100,8 @@ class GrantTable {
   // Maps `refs` granted by `domid` as one contiguous range, writable unless `writable` is false.
   // Fails as a whole if any ref is bad (nothing stays mapped).
   virtual Result<GrantMapping> Map(DomId domid, std::span<const GrantRef> refs, bool writable) = 0;
-  // Issues all segments as one batch. Each segment gets its own GNTST_* status; the Status returned is not ok only
-  // when the batch itself could not be issued (then no segment was copied).
+  // Issues all segments as one batch. Each segment gets its own GNTST_* status; the Status returned is not ok
+  // only when the batch itself could not be issued (then no segment was copied).
   virtual Status Copy(std::span<GrantCopySegment> segments) = 0;
 };
 
@@ -112,8 +113,8 @@ class EventChannel {
   virtual int fd() const = 0;
   virtual EvtchnPort local_port() const = 0;
   virtual Status Notify() = 0;
-  // Consumes the pending event and unmasks the port. Call when fd() polls readable, before looking at the ring,
-  // so that a kick arriving after the look is not lost.
+  // Consumes the pending event and unmasks the port. Call when fd() polls readable, before looking at the
+  // ring, so that a kick arriving after the look is not lost.
   virtual Status Acknowledge() = 0;
 };
 

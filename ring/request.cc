@@ -129,8 +129,10 @@ void EncodeRequest(Abi abi, const Request& request, uint8_t* slot) {
 
 Validation ValidateRequest(const Request& request, const DiskLimits& limits) {
   switch (request.operation) {
-    case BLKIF_OP_READ: return ValidateData(request, limits, false, false);
-    case BLKIF_OP_WRITE: return ValidateData(request, limits, true, false);
+    case BLKIF_OP_READ:
+      return ValidateData(request, limits, false, false);
+    case BLKIF_OP_WRITE:
+      return ValidateData(request, limits, true, false);
     case BLKIF_OP_WRITE_BARRIER:
       if (!limits.barrier) return Reject(Verdict::kNotSupported, "barrier not offered");
       if (limits.read_only) return Reject(Verdict::kError, "barrier on a read-only disk");
@@ -141,17 +143,23 @@ Validation ValidateRequest(const Request& request, const DiskLimits& limits) {
       return ValidateData(request, limits, true, true);
     // Neither is advertised yet, so a frontend that sends one broke the negotiation; it gets EOPNOTSUPP, as a
     // frontend probing for the feature expects.
-    case BLKIF_OP_DISCARD: return Reject(Verdict::kNotSupported, "discard not offered");
-    case BLKIF_OP_INDIRECT: return Reject(Verdict::kNotSupported, "indirect descriptors not offered");
-    default: return Reject(Verdict::kError, "unknown operation");
+    case BLKIF_OP_DISCARD:
+      return Reject(Verdict::kNotSupported, "discard not offered");
+    case BLKIF_OP_INDIRECT:
+      return Reject(Verdict::kNotSupported, "indirect descriptors not offered");
+    default:
+      return Reject(Verdict::kError, "unknown operation");
   }
 }
 
 int16_t ResponseStatus(Verdict verdict) {
   switch (verdict) {
-    case Verdict::kOk: return BLKIF_RSP_OKAY;
-    case Verdict::kNotSupported: return BLKIF_RSP_EOPNOTSUPP;
-    case Verdict::kError: break;
+    case Verdict::kOk:
+      return BLKIF_RSP_OKAY;
+    case Verdict::kNotSupported:
+      return BLKIF_RSP_EOPNOTSUPP;
+    case Verdict::kError:
+      break;
   }
   return BLKIF_RSP_ERROR;
 }

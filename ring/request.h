@@ -1,8 +1,9 @@
-// A blkif request in private memory, decoded from one ring slot, and the rules that decide whether it may run.
+// A blkif request in private memory, decoded from one ring slot, and the rules that decide whether it may
+// run.
 //
-// The ring consumer copies each slot out of shared memory before anything looks at it; DecodeRequest then reads
-// that private copy in the frontend's ABI. ValidateRequest never touches shared memory, so a frontend rewriting
-// the slot after the copy changes nothing (no double fetch, XSA-155).
+// The ring consumer copies each slot out of shared memory before anything looks at it; DecodeRequest then
+// reads that private copy in the frontend's ABI. ValidateRequest never touches shared memory, so a frontend
+// rewriting the slot after the copy changes nothing (no double fetch, XSA-155).
 #pragma once
 
 #include <array>
@@ -20,7 +21,7 @@ struct RequestSegment {
 
 struct Request {
   uint64_t id = 0;
-  uint64_t sector_number = 0;  // 512-byte units
+  uint64_t sector_number = 0;    // 512-byte units
   uint64_t discard_sectors = 0;  // BLKIF_OP_DISCARD only
   uint8_t operation = 0;
   uint8_t indirect_op = 0;  // BLKIF_OP_INDIRECT only
@@ -38,10 +39,10 @@ void EncodeRequest(Abi abi, const Request& request, uint8_t* slot);
 
 // What the backend is able and willing to do with a disk; the validation rules read only this.
 struct DiskLimits {
-  uint64_t sectors = 0;  // disk size in 512-byte sectors
+  uint64_t sectors = 0;               // disk size in 512-byte sectors
   uint32_t logical_block_size = 512;  // 512 or 4096: requests must be aligned to it
   bool read_only = false;
-  bool flush = true;  // feature-flush-cache advertised
+  bool flush = true;    // feature-flush-cache advertised
   bool barrier = true;  // feature-barrier advertised
 };
 
@@ -50,8 +51,8 @@ enum class Verdict : uint8_t { kOk, kError, kNotSupported };
 struct Validation {
   Verdict verdict = Verdict::kOk;
   const char* reason = nullptr;  // why not, for the log; a static string
-  uint64_t sectors = 0;  // data sectors (512 B) the request moves, when kOk
-  bool is_write = false;  // the request writes data, when kOk
+  uint64_t sectors = 0;          // data sectors (512 B) the request moves, when kOk
+  bool is_write = false;         // the request writes data, when kOk
 };
 
 // Checks every field of a decoded READ/WRITE/WRITE_BARRIER/FLUSH_DISKCACHE/DISCARD/INDIRECT request against

@@ -1,9 +1,8 @@
 // Tests of the whole datapath: the userspace blkfront, the simulated hypervisor, and the real backend
 // (Device, RequestPipeline, Worker, AioEngine) on real files, every byte checked against a model of the disk.
 #include <fcntl.h>
-#include <unistd.h>
-
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstring>
@@ -34,8 +33,10 @@ struct PageAligned {
   PageAligned() = default;
   template <typename U>
   PageAligned(const PageAligned<U>&) {}
-  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{kPageSize})); }
-  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t{kPageSize}); }
+  T* allocate(size_t n) {
+    return static_cast<T*>(::operator new (n * sizeof(T), std::align_val_t{kPageSize}));
+  }
+  void deallocate(T* p, size_t) { ::operator delete (p, std::align_val_t{kPageSize}); }
   bool operator==(const PageAligned&) const { return true; }
 };
 using Bytes = std::vector<uint8_t, PageAligned<uint8_t>>;
@@ -69,7 +70,8 @@ std::string MakeDiskFile(const std::string& dir, const std::string& name, uint64
   EXPECT_GE(fd, 0);
   Bytes chunk(1 << 20, fill);
   for (uint64_t done = 0; done < bytes; done += chunk.size()) {
-    EXPECT_EQ(::pwrite(fd, chunk.data(), chunk.size(), static_cast<off_t>(done)), static_cast<ssize_t>(chunk.size()));
+    EXPECT_EQ(::pwrite(fd, chunk.data(), chunk.size(), static_cast<off_t>(done)),
+              static_cast<ssize_t>(chunk.size()));
   }
   ::close(fd);
   return path;
@@ -118,7 +120,9 @@ class Workload {
   }
 
   // Malformed requests to slip in between the good ones, and the status each must get.
-  void InterleaveMalformed(std::vector<std::pair<Request, int16_t>> malformed) { malformed_ = std::move(malformed); }
+  void InterleaveMalformed(std::vector<std::pair<Request, int16_t>> malformed) {
+    malformed_ = std::move(malformed);
+  }
 
   void Run(unsigned count) {
     unsigned issued = 0;
@@ -195,7 +199,8 @@ class Workload {
     if (slot.op == IoOp::kRead) {
       ++reads;
       if (std::memcmp(data, disk, bytes) != 0) {
-        ADD_FAILURE() << "read of " << slot.sectors << " sectors at " << slot.sector << " differs from the model";
+        ADD_FAILURE() << "read of " << slot.sectors << " sectors at " << slot.sector
+                      << " differs from the model";
       }
     } else if (slot.op == IoOp::kWrite) {
       ++writes;
@@ -213,7 +218,8 @@ class Workload {
     copy.id = kRawIdBase + next_raw_id_++;
     uint8_t entry[sizeof(abi::x86_64::Request)];
     EncodeRequest(front_.config().abi, copy, entry);
-    if (!front_.PlaceRaw(std::span(entry, RequestSize(front_.config().abi))).ok()) return;  // ring full: later
+    if (!front_.PlaceRaw(std::span(entry, RequestSize(front_.config().abi))).ok())
+      return;  // ring full: later
     raw_pending_.push_back({copy.id, status});
   }
 
@@ -542,7 +548,8 @@ TEST_F(SteppedDatapathTest, IndicesWrapAroundThroughTheWholePipeline) {
   config.start_index = 0xFFFFFF80u;
   config.max_outstanding = 16;
   Connect(config);
-  std::vector<Bytes> data(4, Bytes(4096));  // each stays intact until its write completes, as a guest's page would
+  std::vector<Bytes> data(
+      4, Bytes(4096));  // each stays intact until its write completes, as a guest's page would
   Bytes back(4096);
   for (unsigned round = 0; round < 40; ++round) {  // 40 * 8 requests cross 2^32
     for (unsigned i = 0; i < 4; ++i) {
@@ -568,8 +575,10 @@ TEST_F(SteppedDatapathTest, FourKilobyteSectorDiskServesAlignedIoAndRefusesTheRe
   EXPECT_EQ(guest_->device->limits().logical_block_size, 4096u);
   Bytes data(8192, 0x4B), back(8192), small(512, 0x99);
   ASSERT_TRUE(front().Submit({IoOp::kWrite, 16, data.size(), data.data(), 1}).ok());
-  ASSERT_TRUE(front().Submit({IoOp::kWrite, 17, small.size(), small.data(), 2}).ok());  // not on a 4 KiB boundary
-  ASSERT_TRUE(front().Submit({IoOp::kRead, 24, small.size(), small.data(), 3}).ok());  // aligned start, 512 bytes
+  ASSERT_TRUE(
+      front().Submit({IoOp::kWrite, 17, small.size(), small.data(), 2}).ok());  // not on a 4 KiB boundary
+  ASSERT_TRUE(
+      front().Submit({IoOp::kRead, 24, small.size(), small.data(), 3}).ok());  // aligned start, 512 bytes
   auto done = Step(3);
   ASSERT_EQ(done.size(), 3u);
   for (const auto& completion : done) {
@@ -629,8 +638,11 @@ TEST_F(SteppedDatapathTest, MergedIoThatFailsIsRetriedRequestByRequest) {
   // The image shrinks under the connected device: a merged read that crosses the new end comes back short.
   ASSERT_EQ(::truncate(path_.c_str(), kDiskBytes - 20480), 0);
   Bytes first(45056), second(20480);
-  ASSERT_TRUE(front().Queue({IoOp::kRead, (kDiskBytes - 65536) >> kSectorShift, first.size(), first.data(), 1}).ok());
-  ASSERT_TRUE(front().Queue({IoOp::kRead, (kDiskBytes - 20480) >> kSectorShift, second.size(), second.data(), 2}).ok());
+  ASSERT_TRUE(
+      front().Queue({IoOp::kRead, (kDiskBytes - 65536) >> kSectorShift, first.size(), first.data(), 1}).ok());
+  ASSERT_TRUE(front()
+                  .Queue({IoOp::kRead, (kDiskBytes - 20480) >> kSectorShift, second.size(), second.data(), 2})
+                  .ok());
   ASSERT_TRUE(front().Push().ok());
   auto done = Step(2);
   ASSERT_EQ(done.size(), 2u);

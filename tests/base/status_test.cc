@@ -3,9 +3,9 @@
 
 #include <gtest/gtest.h>
 
-#include "base/format.h"
-
 #include <cerrno>
+
+#include "base/format.h"
 
 namespace blk {
 namespace {

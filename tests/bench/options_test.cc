@@ -1,6 +1,7 @@
 // Tests of bench/options.cc, bench/histogram.cc and bench/fio_runner.cc.
-#include <gtest/gtest.h>
+#include "bench/options.h"
 
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -8,7 +9,6 @@
 
 #include "bench/fio_runner.h"
 #include "bench/histogram.h"
-#include "bench/options.h"
 
 namespace blk {
 namespace {
@@ -32,11 +32,23 @@ TEST(BenchOptionsTest, ParsesFioNamesInBothForms) {
 }
 
 TEST(BenchOptionsTest, RejectsBadValuesNamingThem) {
-  const std::vector<std::vector<std::string>> bad = {
-      {"--rw=sideways"}, {"--bs=1000"}, {"--bs=0"}, {"--iodepth=0"}, {"--iodepth=12x"}, {"--runtime=-1"},
-      {"--size=lots"},   {"--size=1q"}, {"--direct=2"}, {"--frobnicate=1"}, {"stray"}, {"--iodepth"},
-      {"--size=99999999999999999999"}, {"--size=16777216t"}, {"--sector-size=4096", "--bs=512"},
-      {"--abi=arm-abi"}, {"--rwmixread=101"}};
+  const std::vector<std::vector<std::string>> bad = {{"--rw=sideways"},
+                                                     {"--bs=1000"},
+                                                     {"--bs=0"},
+                                                     {"--iodepth=0"},
+                                                     {"--iodepth=12x"},
+                                                     {"--runtime=-1"},
+                                                     {"--size=lots"},
+                                                     {"--size=1q"},
+                                                     {"--direct=2"},
+                                                     {"--frobnicate=1"},
+                                                     {"stray"},
+                                                     {"--iodepth"},
+                                                     {"--size=99999999999999999999"},
+                                                     {"--size=16777216t"},
+                                                     {"--sector-size=4096", "--bs=512"},
+                                                     {"--abi=arm-abi"},
+                                                     {"--rwmixread=101"}};
   for (const auto& args : bad) {
     auto options = ParseBenchOptions(args);
     EXPECT_FALSE(options.ok()) << args[0];

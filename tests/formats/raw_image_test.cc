@@ -2,9 +2,8 @@
 #include "formats/raw_image.h"
 
 #include <fcntl.h>
-#include <unistd.h>
-
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -50,8 +49,8 @@ TEST_F(RawImageTest, PresentsFourKilobyteSectorsWhenAsked) {
   EXPECT_GE((*image)->physical_block_size(), 4096u);
 }
 
-// tmpfs refused O_DIRECT before Linux 6.6 and accepts it since; either way the image must open, and use O_DIRECT
-// exactly when the file system takes it.
+// tmpfs refused O_DIRECT before Linux 6.6 and accepts it since; either way the image must open, and use
+// O_DIRECT exactly when the file system takes it.
 TEST_F(RawImageTest, UsesDirectIoExactlyWhereTheFileSystemAllowsIt) {
   for (const std::string& dir : {std::string("/dev/shm"), dir_}) {
     std::string path = dir + "/raw_image_test." + std::to_string(::getpid());

@@ -15,7 +15,9 @@ namespace {
 class TestRing {
  public:
   TestRing(Abi abi, size_t pages, uint32_t start)
-      : abi_(abi), pages_(pages), memory_(static_cast<uint8_t*>(std::aligned_alloc(kPageSize, pages * kPageSize))) {
+      : abi_(abi),
+        pages_(pages),
+        memory_(static_cast<uint8_t*>(std::aligned_alloc(kPageSize, pages * kPageSize))) {
     std::memset(memory_.get(), 0, pages * kPageSize);
     header()->req_prod = header()->rsp_prod = start;
     header()->req_event = header()->rsp_event = start + 1;
@@ -172,7 +174,7 @@ TEST(BackRingTest, NotifiesOnlyWhenTheFrontendAskedForIt) {
   std::vector<Request> out(4);
   ASSERT_EQ(*back.Take(out), 4u);
   EXPECT_FALSE(back.PushResponses());  // nothing to push, nothing to say
-  front.header()->rsp_event = 1;  // wants a kick once response #0 exists
+  front.header()->rsp_event = 1;       // wants a kick once response #0 exists
   back.PutResponse(0, BLKIF_OP_READ, 0);
   EXPECT_TRUE(back.PushResponses());
   back.PutResponse(1, BLKIF_OP_READ, 0);

@@ -17,7 +17,8 @@ TEST(BlkifAbiTest, ParsesEveryProtocolXenDefines) {
 }
 
 TEST(BlkifAbiTest, RingSlotsFollowRingH) {
-  // Linux sizes: one page holds 32 requests in either ABI; order 4 (16 pages) holds 512 (x86_64) or 512 (x86_32).
+  // Linux sizes: one page holds 32 requests in either ABI; order 4 (16 pages) holds 512 (x86_64) or 512
+  // (x86_32).
   EXPECT_EQ(RingSlots(Abi::kX86_64, 1), 32u);
   EXPECT_EQ(RingSlots(Abi::kX86_32, 1), 32u);
   EXPECT_EQ(RingSlots(Abi::kX86_64, 2), 64u);

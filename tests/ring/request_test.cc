@@ -115,11 +115,13 @@ struct BadCase {
 TEST(ValidateTest, RejectsEveryBadField) {
   const BadCase cases[] = {
       {"unknown operation", [](Request& r, DiskLimits&) { r.operation = 42; }, Verdict::kError},
-      {"reserved operation", [](Request& r, DiskLimits&) { r.operation = BLKIF_OP_RESERVED_1; }, Verdict::kError},
+      {"reserved operation", [](Request& r, DiskLimits&) { r.operation = BLKIF_OP_RESERVED_1; },
+       Verdict::kError},
       {"no segments", [](Request& r, DiskLimits&) { r.nr_segments = 0; }, Verdict::kError},
       {"more than 11 segments", [](Request& r, DiskLimits&) { r.nr_segments = 12; }, Verdict::kError},
       {"255 segments", [](Request& r, DiskLimits&) { r.nr_segments = 255; }, Verdict::kError},
-      {"last_sect beyond the page", [](Request& r, DiskLimits&) { r.segments[1].last_sect = 8; }, Verdict::kError},
+      {"last_sect beyond the page", [](Request& r, DiskLimits&) { r.segments[1].last_sect = 8; },
+       Verdict::kError},
       {"first_sect after last_sect",
        [](Request& r, DiskLimits&) {
          r.segments[0].first_sect = 5;
@@ -127,7 +129,8 @@ TEST(ValidateTest, RejectsEveryBadField) {
        },
        Verdict::kError},
       {"beyond the end", [](Request& r, DiskLimits& d) { r.sector_number = d.sectors - 1; }, Verdict::kError},
-      {"start past the end", [](Request& r, DiskLimits& d) { r.sector_number = d.sectors + 1; }, Verdict::kError},
+      {"start past the end", [](Request& r, DiskLimits& d) { r.sector_number = d.sectors + 1; },
+       Verdict::kError},
       {"overflowing range", [](Request& r, DiskLimits&) { r.sector_number = ~0ull - 3; }, Verdict::kError},
       {"write to read-only",
        [](Request& r, DiskLimits& d) {
@@ -165,7 +168,8 @@ TEST(ValidateTest, RejectsEveryBadField) {
          d.flush = false;
        },
        Verdict::kNotSupported},
-      {"discard not offered", [](Request& r, DiskLimits&) { r.operation = BLKIF_OP_DISCARD; }, Verdict::kNotSupported},
+      {"discard not offered", [](Request& r, DiskLimits&) { r.operation = BLKIF_OP_DISCARD; },
+       Verdict::kNotSupported},
       {"indirect not offered", [](Request& r, DiskLimits&) { r.operation = BLKIF_OP_INDIRECT; },
        Verdict::kNotSupported},
   };
