@@ -117,6 +117,13 @@ void RequestPipeline::OnKick() {
   PushResponses();
 }
 
+bool RequestPipeline::PollRing() {
+  if (broken() || stopped_ || !ring_.HasUnconsumedRequests()) return false;
+  Pump();
+  PushResponses();
+  return true;
+}
+
 void RequestPipeline::Pump() {
   while (!broken() && !stopped_ && !free_slots_.empty()) {
     auto taken = ring_.Take(std::span(taken_).first(free_slots_.size()));

@@ -87,6 +87,9 @@ class RequestPipeline final : public CompletionHandler {
   bool broken() const { return broken_.load(std::memory_order_relaxed); }
   // Requests taken from the ring and not yet answered.
   uint32_t outstanding() const { return ring_.outstanding(); }
+  // Takes and starts requests if the frontend published any; for a worker that polls instead of sleeping.
+  // Returns whether there were any.
+  bool PollRing();
   // Stops taking requests (requests already taken still complete).
   void StopTaking() { stopped_ = true; }
 

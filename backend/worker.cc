@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <condition_variable>
 #include <cstring>
 
@@ -22,7 +23,7 @@ constexpr int kDeferredRetryMs = 1;
 
 }  // namespace
 
-Result<std::unique_ptr<Worker>> Worker::Create(std::string name, unsigned aio_depth) {
+Result<std::unique_ptr<Worker>> Worker::Create(std::string name, unsigned aio_depth, unsigned poll_us) {
   auto aio = AioEngine::Create(aio_depth);
   if (!aio.ok()) return aio.status().Annotate(name + ": ");
   UniqueFd epoll(::epoll_create1(EPOLL_CLOEXEC));
@@ -42,6 +43,7 @@ Result<std::unique_ptr<Worker>> Worker::Create(std::string name, unsigned aio_de
     return Status::FromErrno(errno, worker->name_ + ": epoll_ctl");
   }
   worker->events_.resize(worker->aio_->depth());
+  worker->poll_us_ = poll_us;
   return worker;
 }
 
@@ -101,13 +103,31 @@ bool Worker::RunOnce(int timeout_ms) {
       static_cast<RequestPipeline*>(source)->OnKick();
     }
   }
+  if (ready > 0 && poll_us_ > 0) Poll();
   return !stop_.load(std::memory_order_relaxed);
 }
 
-void Worker::HandleCompletions() {
+void Worker::Poll() {
+  using Clock = std::chrono::steady_clock;
+  auto idle_until = Clock::now() + std::chrono::microseconds(poll_us_);
+  while (!stop_.load(std::memory_order_relaxed)) {
+    bool busy = HandleCompletions() > 0;
+    for (RequestPipeline* pipeline : pipelines_) busy = pipeline->PollRing() || busy;
+    auto now = Clock::now();
+    if (busy) {
+      idle_until = now + std::chrono::microseconds(poll_us_);
+    } else if (now >= idle_until) {
+      break;
+    }
+  }
+}
+
+size_t Worker::HandleCompletions() {
+  size_t total = 0;
   size_t reaped;
   do {
     reaped = aio_->Reap(events_);
+    total += reaped;
     for (size_t i = 0; i < reaped; ++i) {
       CompletionHandler* handler = static_cast<AioTag*>(events_[i].data)->handler;
       handler->OnCompletion(events_[i]);
@@ -117,6 +137,7 @@ void Worker::HandleCompletions() {
   for (CompletionHandler* handler : touched_) handler->FinishCompletions();
   touched_.clear();
   if (!retiring_.empty()) ReapRetired();
+  return total;
 }
 
 void Worker::RunPosted() {

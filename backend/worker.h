@@ -26,7 +26,10 @@ namespace blk {
 
 class Worker {
  public:
-  static Result<std::unique_ptr<Worker>> Create(std::string name, unsigned aio_depth);
+  // `poll_us`: after serving anything, keep looking at the rings and the AIO completions for this long before
+  // sleeping in epoll (0: never poll). A sleeping worker costs a wake-up per kick, which on a VM whose vCPU
+  // has halted is tens of microseconds; polling trades CPU for that.
+  static Result<std::unique_ptr<Worker>> Create(std::string name, unsigned aio_depth, unsigned poll_us = 0);
   ~Worker();
 
   const std::string& name() const { return name_; }
@@ -57,12 +60,16 @@ class Worker {
  private:
   Worker(std::string name, std::unique_ptr<AioEngine> aio, UniqueFd epoll, UniqueFd wake)
       : name_(std::move(name)), aio_(std::move(aio)), epoll_(std::move(epoll)), wake_(std::move(wake)) {}
-  void HandleCompletions();
+  // Returns how many completions it handled.
+  size_t HandleCompletions();
+  // Polls rings and completions until `poll_us_` pass with nothing to do.
+  void Poll();
   void RunPosted();
   // Destroys retired pipelines whose I/O has completed.
   void ReapRetired();
 
   std::string name_;
+  unsigned poll_us_ = 0;
   std::unique_ptr<AioEngine> aio_;
   UniqueFd epoll_;
   UniqueFd wake_;

@@ -28,6 +28,8 @@ const char kBenchUsage[] =
     "  --abi=ABI          the frontend's ring layout: x86_64-abi or x86_32-abi (default x86_64-abi)\n"
     "  --sector-size=N    logical sector size the disk presents: 512 or 4096 (default 512)\n"
     "  --seed=N           seed of the random offsets (default 1)\n"
+    "  --poll=USEC        the backend worker keeps polling this long after serving before it sleeps (default "
+    "0)\n"
     "\n"
     "example: blkbench --filename=/var/tmp/disk.img --size=1g --rw=randread --bs=4k --iodepth=32 "
     "--runtime=10 "
@@ -205,6 +207,10 @@ Result<BenchOptions> ParseBenchOptions(const std::vector<std::string>& args) {
     } else if (name == "sector-size") {
       if (value != "512" && value != "4096") return Status::InvalidArgument("--sector-size: 512 or 4096");
       options.sector_size = static_cast<uint32_t>(std::stoul(value));
+    } else if (name == "poll") {
+      auto poll = ParseNumber(name, value, 0, 100000);
+      if (!poll.ok()) return poll.status();
+      options.poll_us = static_cast<unsigned>(*poll);
     } else if (name == "seed") {
       auto seed = ParseNumber(name, value, 0, std::numeric_limits<uint64_t>::max());
       if (!seed.ok()) return seed.status();

@@ -26,6 +26,7 @@ struct BenchOptions {
   std::string abi = "x86_64-abi";
   uint32_t sector_size = 512;
   uint64_t seed = 1;
+  unsigned poll_us = 0;  // the backend worker polls this long after serving before it sleeps
   bool help = false;
 };
 

@@ -243,7 +243,8 @@ Result<BenchResult> RunBench(const BenchOptions& options, const std::string& fil
   front_config.max_outstanding = options.iodepth;
   auto front = Blkfront::Create(sim, front_config);
   if (!front.ok()) return front.status();
-  auto worker = Worker::Create("worker0", RingSlots(front_config.abi, front_config.ring_pages) * 2);
+  auto worker =
+      Worker::Create("worker0", RingSlots(front_config.abi, front_config.ring_pages) * 2, options.poll_us);
   if (!worker.ok()) return worker.status();
   (*worker)->Start();
   Hypervisor hypervisor = sim.hypervisor();

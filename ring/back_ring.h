@@ -42,6 +42,8 @@ class BackRing {
   // RING_FINAL_CHECK_FOR_REQUESTS: true if requests are waiting; if none, asks the frontend (req_event) to
   // notify on the next one, then checks once more so that a request published in between is not missed.
   bool FinalCheckForRequests();
+  // True if the frontend has published requests not yet taken. One read of req_prod; arms nothing.
+  bool HasUnconsumedRequests() const { return LoadReqProd() != req_cons_; }
 
  private:
   uint32_t LoadReqProd() const;

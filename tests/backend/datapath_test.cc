@@ -302,6 +302,7 @@ struct WorkloadCase {
   unsigned depth;
   Abi abi;
   const char* dir;
+  unsigned poll_us = 0;  // the worker polls instead of sleeping right away
 };
 
 class RandomWorkloadTest : public ::testing::TestWithParam<WorkloadCase> {};
@@ -310,7 +311,7 @@ void RunRandomWorkload(const WorkloadCase& c, bool malformed) {
   std::string path = MakeDiskFile(c.dir, "datapath_test", kDiskBytes, 0x5A);
   Bytes model(kDiskBytes, 0x5A);
   SimHypervisor sim;
-  auto worker = Worker::Create("worker0", 128);
+  auto worker = Worker::Create("worker0", 128, c.poll_us);
   ASSERT_TRUE(worker.ok());
   (*worker)->Start();
   BlkfrontConfig config;
@@ -350,11 +351,13 @@ INSTANTIATE_TEST_SUITE_P(Depths, RandomWorkloadTest,
                          ::testing::Values(WorkloadCase{1, Abi::kX86_64, "/var/tmp"},
                                            WorkloadCase{8, Abi::kX86_32, "/var/tmp"},
                                            WorkloadCase{64, Abi::kX86_64, "/var/tmp"},
-                                           WorkloadCase{64, Abi::kX86_32, "/dev/shm"}),
+                                           WorkloadCase{64, Abi::kX86_32, "/dev/shm"},
+                                           WorkloadCase{8, Abi::kX86_64, "/dev/shm", 200}),
                          [](const auto& info) {
                            return "Depth" + std::to_string(info.param.depth) +
                                   (info.param.abi == Abi::kX86_32 ? "X86_32" : "X86_64") +
-                                  (std::string(info.param.dir) == "/dev/shm" ? "Shm" : "Disk");
+                                  (std::string(info.param.dir) == "/dev/shm" ? "Shm" : "Disk") +
+                                  (info.param.poll_us > 0 ? "Polling" : "");
                          });
 
 // A fixture whose worker is stepped by hand, so the test decides what the backend sees and when.
