@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "base/format.h"
+#include "ring/request.h"
 
 namespace blk {
 namespace {
@@ -227,7 +228,7 @@ bool Blkfront::BuildRequest(IoState& state, uint32_t io_index) {
   shadow.operation = static_cast<uint8_t>(io.op);
   shadow.io = io_index;
   shadow.buffer_offset = state.issued;
-  std::array<abi::Segment, kMaxDirectSegments> segments{};
+  std::array<RequestSegment, kMaxDirectSegments> segments{};
   uint32_t count = 0;
   size_t issued = state.issued;
   const bool readonly = WritesData(io.op);
@@ -247,8 +248,8 @@ bool Blkfront::BuildRequest(IoState& state, uint32_t io_index) {
     shadow.frames[count] = *frame;
     shadow.page_offset[count] = static_cast<uint16_t>(offset);
     shadow.bytes[count] = static_cast<uint16_t>(bytes);
-    segments[count] = abi::Segment{*ref, static_cast<uint8_t>(offset >> kSectorShift),
-                                   static_cast<uint8_t>(((offset + bytes) >> kSectorShift) - 1), 0};
+    segments[count] = RequestSegment{*ref, static_cast<uint8_t>(offset >> kSectorShift),
+                                     static_cast<uint8_t>(((offset + bytes) >> kSectorShift) - 1)};
     issued += bytes;
     ++count;
   }
@@ -263,27 +264,14 @@ bool Blkfront::BuildRequest(IoState& state, uint32_t io_index) {
   shadow.in_use = true;
   free_shadows_.pop_back();
 
-  uint8_t* slot = RingEntry(req_prod_pvt_);
-  const uint64_t sector = io.sector + (state.issued >> kSectorShift);
-  if (config_.abi == Abi::kX86_64) {
-    abi::x86_64::Request request{};
-    request.operation = shadow.operation;
-    request.nr_segments = shadow.nr_segments;
-    request.handle = config_.handle;
-    request.id = id;
-    request.sector_number = sector;
-    std::copy_n(segments.begin(), count, request.seg);
-    std::memcpy(slot, &request, sizeof(request));
-  } else {
-    abi::x86_32::Request request{};
-    request.operation = shadow.operation;
-    request.nr_segments = shadow.nr_segments;
-    request.handle = config_.handle;
-    request.id = id;
-    request.sector_number = sector;
-    std::copy_n(segments.begin(), count, request.seg);
-    std::memcpy(slot, &request, sizeof(request));
-  }
+  Request request;
+  request.operation = shadow.operation;
+  request.nr_segments = shadow.nr_segments;
+  request.handle = config_.handle;
+  request.id = id;
+  request.sector_number = io.sector + (state.issued >> kSectorShift);
+  std::copy_n(segments.begin(), count, request.segments.begin());
+  EncodeRequest(config_.abi, request, RingEntry(req_prod_pvt_));
   ++req_prod_pvt_;
   state.issued = issued;
   state.fully_issued = issued == io.length;
@@ -410,7 +398,8 @@ Status Blkfront::ProcessResponse(const uint8_t* slot) {
   if (id >= slots_) return Break(Status::ProtocolError(StrFormat("response has incorrect id %" PRIu64, id)));
   const Shadow& shadow = shadows_[id];
   if (!shadow.in_use) {
-    return Break(Status::ProtocolError(StrFormat("response id %" PRIu64 " references no pending request", id)));
+    return Break(
+        Status::ProtocolError(StrFormat("response id %" PRIu64 " references no pending request", id)));
   }
   if (operation != shadow.operation) {
     return Break(Status::ProtocolError(
