@@ -193,7 +193,8 @@ int XsTestStore::SetPermissions(const XsCaller& caller, uint32_t tx, std::string
   return RunMutation(caller, tx, path, Op{OpKind::kSetPermissions, 0, "", "", permissions}, events);
 }
 
-int XsTestStore::Read(const XsCaller& caller, uint32_t tx, std::string_view path, std::string* value) {
+int XsTestStore::FindReadable(const XsCaller& caller, uint32_t tx, std::string_view path,
+                              const Node** found) {
   std::string absolute = CanonicalXsPath(path, caller.domid, false);
   if (absolute.empty()) return EINVAL;
   Target target{};
@@ -202,7 +203,14 @@ int XsTestStore::Read(const XsCaller& caller, uint32_t tx, std::string_view path
   auto node = target.tree->find(absolute);
   if (node == target.tree->end()) return ENOENT;
   if (!(AccessFor(node->second.permissions, caller.domid) & kXsRead)) return EACCES;
-  *value = node->second.value;
+  *found = &node->second;
+  return 0;
+}
+
+int XsTestStore::Read(const XsCaller& caller, uint32_t tx, std::string_view path, std::string* value) {
+  const Node* node = nullptr;
+  if (int err = FindReadable(caller, tx, path, &node); err != 0) return err;
+  *value = node->value;
   return 0;
 }
 
@@ -229,15 +237,9 @@ int XsTestStore::Directory(const XsCaller& caller, uint32_t tx, std::string_view
 
 int XsTestStore::GetPermissions(const XsCaller& caller, uint32_t tx, std::string_view path,
                                 std::vector<XsPermission>* permissions) {
-  std::string absolute = CanonicalXsPath(path, caller.domid, false);
-  if (absolute.empty()) return EINVAL;
-  Target target{};
-  if (int err = Resolve(caller, tx, &target, nullptr); err != 0) return err;
-  Touch(target, absolute);
-  auto node = target.tree->find(absolute);
-  if (node == target.tree->end()) return ENOENT;
-  if (!(AccessFor(node->second.permissions, caller.domid) & kXsRead)) return EACCES;
-  *permissions = node->second.permissions;
+  const Node* node = nullptr;
+  if (int err = FindReadable(caller, tx, path, &node); err != 0) return err;
+  *permissions = node->permissions;
   return 0;
 }
 

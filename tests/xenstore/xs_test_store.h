@@ -104,6 +104,8 @@ class XsTestStore {
   };
 
   int Resolve(const XsCaller& caller, uint32_t tx, Target* target, std::vector<Change>* changes);
+  // The node at `path` if `caller` may read it (as Read and GetPermissions need), else the errno.
+  int FindReadable(const XsCaller& caller, uint32_t tx, std::string_view path, const Node** found);
   void Touch(Target& target, const std::string& path);
   uint64_t NextGeneration() { return ++generation_; }
   int ApplyWrite(Target& target, uint32_t domid, const std::string& path, std::string_view value, bool mkdir);
