@@ -4,6 +4,8 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 
+#include <unistd.h>
+
 #include <cerrno>
 #include <set>
 
@@ -25,10 +27,19 @@ Result<std::unique_ptr<BlkbackDaemon>> BlkbackDaemon::Create(std::unique_ptr<Xen
                                                              const BlkbackDaemonOptions& options) {
   if (options.kinds.empty()) return Status::InvalidArgument("blkbackd: no backend kind to serve");
   if (options.workers == 0) return Status::InvalidArgument("blkbackd: at least one worker is needed");
-  Result<std::string> domid_text = store->Read("domid");
-  if (!domid_text.ok()) return domid_text.status().Annotate("blkbackd: reading our domid: ");
-  Result<uint64_t> domid = ParseXsDecimal(*domid_text, 0x7fef, "domid");
-  if (!domid.ok()) return domid.status();
+  if (options.max_ring_page_order > 4)
+    return Status::InvalidArgument("blkbackd: max-ring-page-order " + std::to_string(options.max_ring_page_order) +
+                                   " is above 4 (16 pages), the most blkif allows");
+  uint32_t own_domid = 0;
+  if (options.own_domid.has_value()) {
+    own_domid = *options.own_domid;
+  } else {
+    Result<std::string> domid_text = store->Read("domid");
+    if (!domid_text.ok()) return domid_text.status().Annotate("blkbackd: reading our domid: ");
+    Result<uint64_t> domid = ParseXsDecimal(*domid_text, 0x7fef, "domid");
+    if (!domid.ok()) return domid.status();
+    own_domid = static_cast<uint32_t>(*domid);
+  }
 
   UniqueFd epoll(::epoll_create1(EPOLL_CLOEXEC));
   if (!epoll.valid()) return Status::FromErrno(errno, "epoll_create1");
@@ -42,7 +53,7 @@ Result<std::unique_ptr<BlkbackDaemon>> BlkbackDaemon::Create(std::unique_ptr<Xen
       return Status::FromErrno(errno, "epoll_ctl");
   }
   std::unique_ptr<BlkbackDaemon> daemon(new BlkbackDaemon(std::move(store), hypervisor, options,
-                                                          static_cast<uint32_t>(*domid), std::move(epoll),
+                                                          own_domid, std::move(epoll),
                                                           std::move(stop)));
   BLK_RETURN_IF_ERROR(daemon->StartWorkersAndDiscovery());
   return daemon;
@@ -67,7 +78,7 @@ BlkbackDaemon::~BlkbackDaemon() {
 
 Status BlkbackDaemon::StartWorkersAndDiscovery() {
   for (unsigned i = 0; i < options_.workers; ++i) {
-    Result<std::unique_ptr<Worker>> worker = Worker::Create("worker" + std::to_string(i), options_.aio_depth);
+    Result<std::unique_ptr<Worker>> worker = Worker::Create("worker" + std::to_string(i), options_.aio_depth, options_.poll_us);
     if (!worker.ok()) return worker.status();
     (*worker)->Start();
     workers_.push_back(std::move(worker).value());
@@ -157,8 +168,8 @@ void BlkbackDaemon::Apply(const DeviceChange& change) {
   std::vector<Worker*> workers;
   for (const auto& worker : workers_) workers.push_back(worker.get());
   BlkifBackendOptions options;
-  options.features.max_ring_page_order = 4;
-  options.features.max_queues = options_.workers;
+  options.features.max_ring_page_order = options_.max_ring_page_order;
+  options.features.max_queues = options_.max_queues != 0 ? options_.max_queues : options_.workers;
   options.wait_for_hotplug_status = options_.wait_for_hotplug_status;
   auto ops = std::make_unique<BackendDeviceOps>(name, hypervisor_, std::move(workers), options_.direct_io);
   Log(LogLevel::kNotice, name.c_str(), "new %s device (%s)", change.device.kind.c_str(), path.c_str());
@@ -193,6 +204,28 @@ void BlkbackDaemon::CheckHealth() {
       evaluations_.fetch_add(1);
     }
   }
+}
+
+uint32_t BlkbackDaemon::Shutdown(int timeout_ms) {
+  for (const auto& [path, device] : devices_) device->StopForShutdown();
+  // Stopped rings whose I/O is still in flight live on in their workers until it completes.
+  auto in_flight = [&] {
+    uint32_t total = 0;
+    for (const auto& worker : workers_) {
+      worker->Call([&] { total += worker->retiring_requests(); });
+    }
+    return total;
+  };
+  constexpr int kPollMs = 10;
+  uint32_t left = in_flight();
+  for (int waited = 0; left != 0 && waited < timeout_ms; waited += kPollMs) {
+    ::usleep(kPollMs * 1000);
+    left = in_flight();
+  }
+  if (left != 0) {
+    Log(LogLevel::kWarning, kSubject, "stopping with %u requests still in flight after %d ms", left, timeout_ms);
+  }
+  return left;
 }
 
 const BlkifBackendDevice* BlkbackDaemon::FindDevice(const std::string& backend_path) const {

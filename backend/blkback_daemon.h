@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -32,15 +33,24 @@ struct BlkbackDaemonOptions {
   std::vector<std::string> kinds{"vbd"};
   unsigned workers = 2;
   unsigned aio_depth = 256;
+  // See Worker::Create.
+  unsigned poll_us = 0;
   bool direct_io = true;
   bool wait_for_hotplug_status = false;
+  // Our own domid; unset: read from xenstore's relative `domid` key (0 in dom0, set by the toolstack in a
+  // driver domain).
+  std::optional<uint32_t> own_domid;
+  uint32_t max_ring_page_order = 4;
+  // 0: as many queues as workers.
+  uint32_t max_queues = 0;
   // How often the loop looks for rings a frontend broke, in milliseconds.
   int health_check_ms = 100;
 };
 
 class BlkbackDaemon {
  public:
-  // Reads our domid from the relative `domid` key (0 in dom0), starts the workers and discovery.
+  // Reads our domid from the relative `domid` key (0 in dom0) unless the options give it, starts the
+  // workers and discovery.
   static Result<std::unique_ptr<BlkbackDaemon>> Create(std::unique_ptr<XenStore> store, Hypervisor hypervisor,
                                                        const BlkbackDaemonOptions& options);
   // Disconnects every device (writing nothing to xenstore) and stops the workers.
@@ -54,6 +64,10 @@ class BlkbackDaemon {
   Result<bool> RunOnce(int timeout_ms);
   // Any thread.
   void Stop();
+  // After Run returned: every device stops serving and publishes Closing, then waits up to `timeout_ms` for
+  // the I/O already taken from the rings to complete. Returns how many requests were still in flight when it
+  // gave up (0: everything the frontends were answered is on the storage).
+  uint32_t Shutdown(int timeout_ms);
 
   uint32_t own_domid() const { return own_domid_; }
   // Any thread.

@@ -74,6 +74,12 @@ void Worker::Retire(std::unique_ptr<RequestPipeline> pipeline) {
   if (pipeline->outstanding() > 0) retiring_.push_back(std::move(pipeline));
 }
 
+uint32_t Worker::retiring_requests() const {
+  uint32_t total = 0;
+  for (const auto& pipeline : retiring_) total += pipeline->outstanding();
+  return total;
+}
+
 void Worker::ReapRetired() {
   std::erase_if(retiring_, [](const std::unique_ptr<RequestPipeline>& p) { return p->outstanding() == 0; });
 }

@@ -43,6 +43,8 @@ class Worker {
   void Retire(std::unique_ptr<RequestPipeline> pipeline);
   // Retired pipelines still waiting for their I/O.
   size_t retiring() const { return retiring_.size(); }
+  // Requests those retired pipelines still have in flight. On the worker's thread.
+  uint32_t retiring_requests() const;
 
   // Waits up to `timeout_ms` for events and handles them. Returns false once Stop() was called.
   bool RunOnce(int timeout_ms);

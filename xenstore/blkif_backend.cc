@@ -173,6 +173,8 @@ void BlkifBackendDevice::Evaluate() {
   }
 }
 
+void BlkifBackendDevice::StopForShutdown() { Step(BlkifInput::kDaemonStopping, Snapshot{}); }
+
 bool BlkifBackendDevice::Step(BlkifInput input, const Snapshot& snapshot) {
   BlkifTransition t = NextBlkifState(state_, input);
   if (t.action == BlkifAction::kRefuseChange) {
@@ -197,7 +199,8 @@ bool BlkifBackendDevice::Step(BlkifInput input, const Snapshot& snapshot) {
   state_ = t.next;
   if (!done.ok()) {
     if (t.action == BlkifAction::kFail || t.action == BlkifAction::kDisconnect ||
-        t.action == BlkifAction::kRemove || t.action == BlkifAction::kWriteClosing) {
+        t.action == BlkifAction::kRemove || t.action == BlkifAction::kWriteClosing ||
+        t.action == BlkifAction::kStop) {
       Log(LogLevel::kWarning, name_.c_str(), "%s: %s", BlkifActionName(t.action), done.ToString().c_str());
     } else {
       pending_failure_ = done.ToString();
@@ -227,6 +230,9 @@ Status BlkifBackendDevice::Act(BlkifAction action, const Snapshot& snapshot) {
     case BlkifAction::kFail:
       ops_->Disconnect();
       WriteError(Status::IoError(pending_failure_));
+      return PublishState(XenbusStateClosing);
+    case BlkifAction::kStop:
+      ops_->Disconnect();
       return PublishState(XenbusStateClosing);
     case BlkifAction::kRemove: {
       ops_->Disconnect();

@@ -80,6 +80,9 @@ class BlkifBackendDevice {
   bool HandleEvent(const WatchEvent& event);
   // Re-reads the toolstack's and the frontend's keys and takes every transition they call for.
   void Evaluate();
+  // The daemon is stopping: stop serving (requests in flight still complete) and publish Closing, so that
+  // the frontend knows its backend is gone. Nothing is written if the toolstack removed the directory.
+  void StopForShutdown();
 
   const std::string& name() const { return name_; }
   const std::string& backend_path() const { return backend_path_; }

@@ -29,6 +29,11 @@ bool TeardownInput(I input, BlkifTransition* out) {
 BlkifTransition NextBlkifState(BlkifState state, BlkifInput input) {
   const BlkifTransition stay{state, A::kNone};
   if (state == S::kRemoved) return stay;
+  if (input == I::kDaemonStopping) {
+    // Whatever the frontend may still hold mapped or be waiting for: it must see the backend go away.
+    if (state == S::kInitWait || state == S::kConnected || state == S::kClosing) return {S::kClosing, A::kStop};
+    return stay;
+  }
   BlkifTransition teardown;
   if (TeardownInput(input, &teardown)) {
     // Already closed: nothing left to unmap, but online = 0 still removes the nodes.
@@ -171,6 +176,8 @@ const char* BlkifInputName(BlkifInput input) {
       return "toolstack changed params/mode";
     case I::kFailure:
       return "failure";
+    case I::kDaemonStopping:
+      return "daemon stopping";
   }
   return "?";
 }
@@ -195,6 +202,8 @@ const char* BlkifActionName(BlkifAction action) {
       return "remove";
     case A::kRefuseChange:
       return "refuse change";
+    case A::kStop:
+      return "stop";
   }
   return "?";
 }

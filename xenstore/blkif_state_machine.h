@@ -32,6 +32,7 @@ enum class BlkifInput : uint8_t {
   kToolstackClosing,  // the toolstack wrote Closing into our state node: it wants the device down
   kConfigChanged,     // params or mode rewritten while the image is open
   kFailure,           // an action failed or the frontend broke a ring
+  kDaemonStopping,    // the daemon is shutting down (SIGTERM): stop serving, tell the frontend Closing
 };
 
 enum class BlkifAction : uint8_t {
@@ -44,6 +45,7 @@ enum class BlkifAction : uint8_t {
   kFail,          // unmap, unbind, write the error nodes, write Closing
   kRemove,        // unmap, unbind, write Closed, remove the backend's nodes
   kRefuseChange,  // log that the toolstack's change is refused; nothing else
+  kStop,          // answer what is in flight, unmap, unbind, write Closing (no error nodes: not a failure)
 };
 
 struct BlkifTransition {

@@ -200,3 +200,82 @@ TEST_F(LifecycleTest, MissingToolstackKeysAreWaitedFor) {
 
 }  // namespace
 }  // namespace blk
+
+namespace blk {
+namespace {
+
+// SIGTERM's path: every device stops serving and publishes Closing; what was taken from the rings is
+// finished and answered first, and nothing stays mapped.
+TEST_F(LifecycleTest, DaemonShutdownAnswersWhatItTookAndLeavesEveryFrontendClosing) {
+  LogLines log;
+  StartDaemon();
+  ConnectGuest(1);
+  // A second disk whose frontend never connects: it is in InitWait, and must not be left offering a disk.
+  CreateDomain(2);
+  AddDisk(2, 51712, MakeImage("disk2"));
+  ASSERT_TRUE(WaitForValue(BackendPath(2, 51712) + "/state", "2"));
+
+  constexpr int kWrites = 24;
+  constexpr size_t kBytes = 8192;
+  std::vector<std::unique_ptr<AlignedBuffer>> buffers;
+  Blkfront& queue = front_->queue(0);
+  for (int i = 0; i < kWrites; ++i) {
+    buffers.push_back(std::make_unique<AlignedBuffer>(kBytes));
+    FillPattern(buffers.back()->span(), i * 16, 77);
+    Io io;
+    io.op = IoOp::kWrite;
+    io.sector = i * 16;
+    io.buffer = buffers.back()->data;
+    io.length = kBytes;
+    io.tag = i;
+    ASSERT_TRUE(queue.Queue(io).ok());
+  }
+  ASSERT_TRUE(queue.Push().ok());
+  // One answer means the worker has run a round: the ring holds all the writes, so it took them all.
+  IoCompletion done[kWrites];
+  Result<size_t> first = queue.Wait(std::span(done, 1), kTimeout);
+  ASSERT_TRUE(first.ok() && *first == 1);
+
+  StopDaemon();
+  EXPECT_EQ(daemon_->Shutdown(5000), 0u);
+  EXPECT_EQ(ReadKey(BackendPath(1, 51712) + "/state"), "5");
+  EXPECT_EQ(ReadKey(BackendPath(2, 51712) + "/state"), "5");
+  EXPECT_TRUE(log.Contains("1/51712", "Connected -> Closing (daemon stopping)"));
+  EXPECT_TRUE(log.Contains("2/51712", "InitWait -> Closing (daemon stopping)"));
+  // No error nodes: stopping is not a failure.
+  EXPECT_EQ(ReadKey(BackendPath(1, 51712) + "/hotplug-error"), std::nullopt);
+  daemon_.reset();
+  HypervisorCounters& counters = sim_->counters();
+  EXPECT_EQ(counters.map_calls.load(), counters.unmap_calls.load());
+
+  // Every write taken was answered before the rings went, and is in the image.
+  Result<size_t> reaped = queue.Reap(std::span(done + 1, kWrites - 1));
+  ASSERT_TRUE(reaped.ok());
+  ASSERT_EQ(*reaped + 1, size_t{kWrites});
+  int fd = ::open((image_dir_ + "/disk1").c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  for (size_t i = 0; i < size_t{kWrites}; ++i) {
+    ASSERT_EQ(done[i].status, BLKIF_RSP_OKAY);
+    AlignedBuffer in(kBytes);
+    uint64_t sector = done[i].tag * 16;
+    ASSERT_EQ(::pread(fd, in.data, kBytes, static_cast<off_t>(sector * 512)), ssize_t(kBytes));
+    EXPECT_FALSE(CheckPattern(in.span(), sector, 77).has_value()) << "write " << done[i].tag;
+  }
+  ::close(fd);
+}
+
+TEST_F(LifecycleTest, DaemonShutdownLeavesDevicesItNeverAdvertisedAlone) {
+  BlkbackDaemonOptions options;
+  options.wait_for_hotplug_status = true;
+  StartDaemon(options);
+  CreateDomain(1);
+  AddDisk(1, 51712, MakeImage("disk1"));
+  ASSERT_TRUE(Eventually([&] { return daemon_->device_count() == 1; }));
+  StopDaemon();
+  EXPECT_EQ(daemon_->Shutdown(1000), 0u);
+  // Still Initialising (no hotplug-status yet): the daemon wrote nothing the toolstack would misread.
+  EXPECT_EQ(ReadKey(BackendPath(1, 51712) + "/state"), "1");
+}
+
+}  // namespace
+}  // namespace blk

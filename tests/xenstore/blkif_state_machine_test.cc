@@ -18,7 +18,7 @@ constexpr S kStates[] = {S::kInitialising, S::kInitWait, S::kConnected, S::kClos
 constexpr I kInputs[] = {I::kConfigReady,     I::kFrontendInitialising, I::kFrontendInitialised,
                          I::kFrontendClosing, I::kFrontendClosed,       I::kFrontendGone,
                          I::kOffline,         I::kToolstackClosing,     I::kConfigChanged,
-                         I::kFailure};
+                         I::kFailure,         I::kDaemonStopping};
 
 const std::map<std::pair<S, I>, BlkifTransition>& Expected() {
   static const std::map<std::pair<S, I>, BlkifTransition> table = {
@@ -36,6 +36,7 @@ const std::map<std::pair<S, I>, BlkifTransition>& Expected() {
       {{S::kInitWait, I::kOffline}, {S::kRemoved, A::kRemove}},
       {{S::kInitWait, I::kToolstackClosing}, {S::kClosed, A::kDisconnect}},
       {{S::kInitWait, I::kFrontendGone}, {S::kClosed, A::kDisconnect}},
+      {{S::kInitWait, I::kDaemonStopping}, {S::kClosing, A::kStop}},
 
       {{S::kConnected, I::kFrontendInitialising}, {S::kInitWait, A::kReset}},
       {{S::kConnected, I::kFrontendClosing}, {S::kClosing, A::kWriteClosing}},
@@ -45,11 +46,13 @@ const std::map<std::pair<S, I>, BlkifTransition>& Expected() {
       {{S::kConnected, I::kOffline}, {S::kRemoved, A::kRemove}},
       {{S::kConnected, I::kToolstackClosing}, {S::kClosed, A::kDisconnect}},
       {{S::kConnected, I::kFrontendGone}, {S::kClosed, A::kDisconnect}},
+      {{S::kConnected, I::kDaemonStopping}, {S::kClosing, A::kStop}},
 
       {{S::kClosing, I::kFrontendClosed}, {S::kClosed, A::kDisconnect}},
       {{S::kClosing, I::kOffline}, {S::kRemoved, A::kRemove}},
       {{S::kClosing, I::kToolstackClosing}, {S::kClosed, A::kDisconnect}},
       {{S::kClosing, I::kFrontendGone}, {S::kClosed, A::kDisconnect}},
+      {{S::kClosing, I::kDaemonStopping}, {S::kClosing, A::kStop}},
 
       {{S::kClosed, I::kFrontendInitialising}, {S::kInitWait, A::kOpen}},
       {{S::kClosed, I::kOffline}, {S::kRemoved, A::kRemove}},
