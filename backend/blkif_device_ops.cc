@@ -23,6 +23,7 @@ Result<BlkifDiskInfo> BackendDeviceOps::Open(const BackendConfig& config) {
   device_config.path = config.disk.path;
   device_config.read_only = !config.writable || config.device_type == DeviceType::kCdrom;
   device_config.direct = direct_io_;
+  device_config.discard = config.discard_enable;
   Result<std::unique_ptr<Device>> device = Device::Open(device_config);
   if (!device.ok()) return device.status();
   device_ = std::move(device).value();
@@ -31,6 +32,8 @@ Result<BlkifDiskInfo> BackendDeviceOps::Open(const BackendConfig& config) {
   info.sector_size = device_->limits().logical_block_size;
   info.physical_sector_size = device_->image().physical_block_size();
   info.read_only = device_->limits().read_only;
+  info.discard = device_->limits().discard;
+  info.discard_granularity = device_->discard_granularity();
   return info;
 }
 

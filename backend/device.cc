@@ -1,7 +1,10 @@
 // Device: an image served over one or more rings.
 #include "backend/device.h"
 
+#include <algorithm>
+
 #include "base/log.h"
+#include "formats/discard.h"
 
 namespace blk {
 
@@ -16,10 +19,13 @@ Result<std::unique_ptr<Device>> Device::Open(const DeviceConfig& config) {
   limits.sectors = (*image)->size_bytes() >> kSectorShift;
   limits.logical_block_size = (*image)->logical_block_size();
   limits.read_only = (*image)->read_only();
+  DiscardSupport discard = ProbeDiscard((*image)->fd());
+  limits.discard = config.discard && !limits.read_only && discard.supported;
+  uint32_t granularity = std::max(discard.granularity, limits.logical_block_size);
   Log(LogLevel::kInfo, config.name.c_str(), "opened %s: %llu bytes, %u-byte sectors, %s%s",
       config.path.c_str(), static_cast<unsigned long long>((*image)->size_bytes()), limits.logical_block_size,
       limits.read_only ? "read-only" : "read-write", (*image)->direct_io() ? ", O_DIRECT" : ", buffered");
-  return std::unique_ptr<Device>(new Device(config.name, std::move(*image), limits));
+  return std::unique_ptr<Device>(new Device(config.name, std::move(*image), limits, granularity));
 }
 
 Device::~Device() { Disconnect(); }

@@ -25,6 +25,7 @@ struct DeviceConfig {
   bool read_only = false;
   bool direct = true;
   uint32_t logical_block_size = 0;  // 0: the image's own
+  bool discard = true;              // offer discard where the storage takes it (the toolstack may forbid it)
 };
 
 class Device {
@@ -35,6 +36,8 @@ class Device {
   const std::string& name() const { return name_; }
   const RawImage& image() const { return *image_; }
   const DiskLimits& limits() const { return limits_; }
+  // Bytes the storage frees in, when limits().discard.
+  uint32_t discard_granularity() const { return discard_granularity_; }
   DeviceStats& stats() { return *stats_; }
 
   // Maps and starts serving one more ring (a queue) on `worker`.
@@ -51,15 +54,17 @@ class Device {
     std::unique_ptr<RequestPipeline> pipeline;
     Worker* worker;
   };
-  Device(std::string name, std::shared_ptr<RawImage> image, DiskLimits limits)
+  Device(std::string name, std::shared_ptr<RawImage> image, DiskLimits limits, uint32_t discard_granularity)
       : name_(std::move(name)),
         image_(std::move(image)),
         limits_(limits),
+        discard_granularity_(discard_granularity),
         stats_(std::make_shared<DeviceStats>()) {}
 
   std::string name_;
   std::shared_ptr<RawImage> image_;  // shared with the rings, which may outlive the device (see Disconnect)
   DiskLimits limits_;
+  uint32_t discard_granularity_;
   std::shared_ptr<DeviceStats> stats_;
   std::vector<Ring> rings_;
 };

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "base/log.h"
+#include "formats/discard.h"
 
 namespace blk {
 namespace {
@@ -166,12 +167,15 @@ void RequestPipeline::Admit(const Request& request) {
     RespondNow(request, ResponseStatus(validation.verdict));
     return;
   }
-  DeviceStats::Add(validation.is_write ? stats_.wr_sect : stats_.rd_sect, validation.sectors);
+  if (request.operation != BLKIF_OP_DISCARD)
+    DeviceStats::Add(validation.is_write ? stats_.wr_sect : stats_.rd_sect, validation.sectors);
   Slot& slot = slots_[free_slots_.back()];
   free_slots_.pop_back();
   slot.request = request;
   slot.offset = request.sector_number << kSectorShift;
-  slot.length = static_cast<uint32_t>(validation.sectors << kSectorShift);
+  // A discard's sectors are a range to drop, not data to move.
+  slot.length =
+      request.operation == BLKIF_OP_DISCARD ? 0 : static_cast<uint32_t>(validation.sectors << kSectorShift);
   slot.writes = validation.is_write && slot.length > 0;
   slot.pre_sync = request.operation == BLKIF_OP_WRITE_BARRIER && slot.length > 0;
   slot.post_sync =
@@ -201,6 +205,8 @@ void RequestPipeline::StartQueued() {
         copy_slots_.push_back(&slot);
       } else if (slot.length > 0) {
         PrepareData(slot);
+      } else if (slot.request.operation == BLKIF_OP_DISCARD) {
+        DiscardNow(slot);
       } else {
         PrepareSync(slot);
       }
@@ -224,6 +230,23 @@ void RequestPipeline::StartQueued() {
     }
   }
   Submit();
+}
+
+void RequestPipeline::DiscardNow(Slot& slot) {
+  Status discarded =
+      Discard(fd_, slot.request.sector_number << kSectorShift, slot.request.discard_sectors << kSectorShift);
+  if (discarded.ok()) {
+    Respond(slot, BLKIF_RSP_OKAY);
+    return;
+  }
+  if (discarded.code() == Status::Code::kNotSupported) {
+    Respond(slot, BLKIF_RSP_EOPNOTSUPP);
+    return;
+  }
+  Log(LogLevel::kWarning, name_.c_str(), "discard id %llu: %s",
+      static_cast<unsigned long long>(slot.request.id), discarded.ToString().c_str());
+  DeviceStats::Add(stats_.io_errors, 1);
+  Respond(slot, BLKIF_RSP_ERROR);
 }
 
 void RequestPipeline::PrepareData(Slot& slot) {

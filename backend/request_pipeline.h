@@ -11,6 +11,8 @@
 // should not see it that way. If a merged I/O fails, its requests are retried one by one, so that only the
 // one that really fails is answered with an error.
 //
+// DISCARD punches a hole (files) or discards (block devices) when the device offered it.
+//
 // Ordering: WRITE_BARRIER waits until everything taken before it has been answered, syncs, writes, syncs
 // again, and nothing taken after it starts before it is answered. FLUSH_DISKCACHE writes its data (if any)
 // and then syncs the file: everything answered before the flush was taken is durable when the flush is
@@ -134,6 +136,9 @@ class RequestPipeline final : public CompletionHandler {
   // Retries each request of a merged I/O on its own.
   void SplitChain(Slot& head);
   void PrepareSync(Slot& slot);
+  // DISCARD runs synchronously on the worker: libaio has no discard, hole punching is a metadata operation
+  // that rarely waits for the disk, and frontends send discards seldom and in large ranges.
+  void DiscardNow(Slot& slot);
   void Submit();
   void Respond(Slot& slot, int16_t status);
   void RespondNow(const Request& request, int16_t status);

@@ -180,7 +180,8 @@ Status Blkfront::Queue(const Io& io) {
   if (!broken_.ok()) return broken_;
   if (io.length % (1u << kSectorShift) != 0)
     return Status::InvalidArgument("blkfront: length not a multiple of 512");
-  if (io.length != 0 && (io.buffer == nullptr || reinterpret_cast<uintptr_t>(io.buffer) % 512 != 0)) {
+  if (io.op != IoOp::kDiscard && io.length != 0 &&
+      (io.buffer == nullptr || reinterpret_cast<uintptr_t>(io.buffer) % 512 != 0)) {
     return Status::InvalidArgument("blkfront: buffer missing or not 512-byte aligned");
   }
   switch (io.op) {
@@ -193,6 +194,8 @@ Status Blkfront::Queue(const Io& io) {
       if (io.length != 0 && PagesSpanned(io) > kMaxDirectSegments) {
         return Status::InvalidArgument("blkfront: a flush or barrier carries at most 11 pages");
       }
+      break;
+    case IoOp::kDiscard:
       break;
     default:
       return Status::InvalidArgument("blkfront: unknown operation");
@@ -228,6 +231,24 @@ bool Blkfront::BuildRequest(IoState& state, uint32_t io_index) {
   shadow.operation = static_cast<uint8_t>(io.op);
   shadow.io = io_index;
   shadow.buffer_offset = state.issued;
+  if (io.op == IoOp::kDiscard) {
+    shadow.nr_segments = 0;
+    shadow.in_use = true;
+    free_shadows_.pop_back();
+    Request request;
+    request.operation = BLKIF_OP_DISCARD;
+    request.handle = config_.handle;
+    request.id = id;
+    request.sector_number = io.sector;
+    request.discard_sectors = io.length >> kSectorShift;
+    EncodeRequest(config_.abi, request, RingEntry(req_prod_pvt_));
+    ++req_prod_pvt_;
+    state.issued = io.length;
+    state.fully_issued = true;
+    ++state.in_flight;
+    ++stats_.requests_pushed;
+    return true;
+  }
   std::array<RequestSegment, kMaxDirectSegments> segments{};
   uint32_t count = 0;
   size_t issued = state.issued;

@@ -54,6 +54,7 @@ enum class IoOp : uint8_t {
   kWrite = BLKIF_OP_WRITE,
   kWriteBarrier = BLKIF_OP_WRITE_BARRIER,
   kFlushDiskCache = BLKIF_OP_FLUSH_DISKCACHE,
+  kDiscard = BLKIF_OP_DISCARD,  // `length` bytes from `sector`, no buffer; one request
 };
 
 struct Io {

@@ -109,6 +109,23 @@ Validation ValidateData(const Request& request, const DiskLimits& limits, bool i
   return Validation{Verdict::kOk, nullptr, sectors, is_write};
 }
 
+Validation ValidateDiscard(const Request& request, const DiskLimits& limits) {
+  if (!limits.discard) return Reject(Verdict::kNotSupported, "discard not offered");
+  // discard-secure is never offered: no storage we serve can promise the old data is unrecoverable.
+  if (request.discard_flag & BLKIF_DISCARD_SECURE)
+    return Reject(Verdict::kNotSupported, "secure discard not offered");
+  if (limits.read_only) return Reject(Verdict::kError, "discard on a read-only disk");
+  if (request.sector_number > limits.sectors ||
+      request.discard_sectors > limits.sectors - request.sector_number)
+    return Reject(Verdict::kError, "discard range beyond the end of the disk");
+  uint64_t block_sectors = limits.logical_block_size >> kSectorShift;
+  if (block_sectors > 1 &&
+      (request.sector_number % block_sectors != 0 || request.discard_sectors % block_sectors != 0)) {
+    return Reject(Verdict::kError, "discard not aligned to the logical block size");
+  }
+  return Validation{Verdict::kOk, nullptr, request.discard_sectors, false};
+}
+
 }  // namespace
 
 void DecodeRequest(Abi abi, const uint8_t* slot_copy, Request* out) {
@@ -141,10 +158,10 @@ Validation ValidateRequest(const Request& request, const DiskLimits& limits) {
       if (!limits.flush) return Reject(Verdict::kNotSupported, "flush not offered");
       if (limits.read_only) return Reject(Verdict::kError, "flush on a read-only disk");
       return ValidateData(request, limits, true, true);
-    // Neither is advertised yet, so a frontend that sends one broke the negotiation; it gets EOPNOTSUPP, as a
-    // frontend probing for the feature expects.
     case BLKIF_OP_DISCARD:
-      return Reject(Verdict::kNotSupported, "discard not offered");
+      return ValidateDiscard(request, limits);
+    // Not advertised yet, so a frontend that sends one broke the negotiation; it gets EOPNOTSUPP, as a
+    // frontend probing for the feature expects.
     case BLKIF_OP_INDIRECT:
       return Reject(Verdict::kNotSupported, "indirect descriptors not offered");
     default:

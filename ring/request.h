@@ -44,6 +44,7 @@ struct DiskLimits {
   bool read_only = false;
   bool flush = true;    // feature-flush-cache advertised
   bool barrier = true;  // feature-barrier advertised
+  bool discard = false;  // feature-discard advertised
 };
 
 enum class Verdict : uint8_t { kOk, kError, kNotSupported };
@@ -51,7 +52,7 @@ enum class Verdict : uint8_t { kOk, kError, kNotSupported };
 struct Validation {
   Verdict verdict = Verdict::kOk;
   const char* reason = nullptr;  // why not, for the log; a static string
-  uint64_t sectors = 0;          // data sectors (512 B) the request moves, when kOk
+  uint64_t sectors = 0;          // data sectors (512 B) the request moves, or a DISCARD covers, when kOk
   bool is_write = false;         // the request writes data, when kOk
 };
 

@@ -26,6 +26,10 @@ constexpr const char* kOwnNodes[] = {
     "info",
     "sector-size",
     "physical-sector-size",
+    "feature-discard",
+    "discard-granularity",
+    "discard-alignment",
+    "discard-secure",
     "hotplug-error",
 };
 
@@ -286,6 +290,13 @@ Status BlkifBackendDevice::ConnectFrontend(const Snapshot& snapshot) {
     BLK_RETURN_IF_ERROR(
         t.Write(backend_path_ + "/feature-flush-cache", options_.features.flush_cache ? "1" : "0"));
     BLK_RETURN_IF_ERROR(t.Write(backend_path_ + "/feature-barrier", options_.features.barrier ? "1" : "0"));
+    BLK_RETURN_IF_ERROR(t.Write(backend_path_ + "/feature-discard", disk_.discard ? "1" : "0"));
+    if (disk_.discard) {
+      BLK_RETURN_IF_ERROR(
+          t.Write(backend_path_ + "/discard-granularity", std::to_string(disk_.discard_granularity)));
+      BLK_RETURN_IF_ERROR(t.Write(backend_path_ + "/discard-alignment", "0"));
+      BLK_RETURN_IF_ERROR(t.Write(backend_path_ + "/discard-secure", "0"));
+    }
     return t.Write(backend_path_ + "/state", std::to_string(XenbusStateConnected));
   });
   if (!published.ok()) {

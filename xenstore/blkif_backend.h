@@ -36,6 +36,10 @@ struct BlkifDiskInfo {
   uint32_t sector_size = 512;
   uint32_t physical_sector_size = 512;
   bool read_only = false;
+  // feature-discard with its discard-granularity (bytes); discard-alignment is always 0, discard-secure never
+  // offered.
+  bool discard = false;
+  uint32_t discard_granularity = 0;
 };
 
 // What the backend must do for the handshake. Implemented in backend/ over blk::Device and the workers.

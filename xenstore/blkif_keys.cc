@@ -196,6 +196,9 @@ Result<BackendConfig> ReadBackendConfig(const KeyReader& backend) {
   Result<bool> online = ReadOptionalBool(backend, "online", true);
   if (!online.ok()) return online.status();
   config.online = *online;
+  Result<bool> discard = ReadOptionalBool(backend, "discard-enable", true);
+  if (!discard.ok()) return discard.status();
+  config.discard_enable = *discard;
   return config;
 }
 

@@ -81,6 +81,7 @@ struct BackendConfig {
   std::string frontend_path;
   uint32_t frontend_id = 0;
   bool online = true;
+  bool discard_enable = true;  // discard-enable: the toolstack may forbid discard (libxl's "no-discard")
 };
 
 // Reads and validates the toolstack's keys. `frontend` must lie under /local/domain/<frontend-id>/.

@@ -80,8 +80,9 @@ std::string MakeDiskFile(const std::string& dir, const std::string& name, uint64
 // One guest with one disk, served by a backend worker that runs on its own thread (or is stepped by hand).
 struct Guest {
   Guest(SimHypervisor& sim, const std::string& path, DomId domid, BlkfrontConfig front_config, bool read_only,
-        Worker& worker, bool expect_connect = true, uint32_t logical_block_size = 0) {
+        Worker& worker, bool expect_connect = true, uint32_t logical_block_size = 0, bool discard = true) {
     DeviceConfig config;
+    config.discard = discard;
     config.logical_block_size = logical_block_size;
     config.name = std::to_string(domid) + "/51712";
     config.path = path;
@@ -290,7 +291,11 @@ std::vector<std::pair<Request, int16_t>> MalformedRequests() {
   add(r, BLKIF_RSP_ERROR);
   r = Good(BLKIF_OP_DISCARD, 0, 0);
   r.discard_sectors = 8;
+  r.discard_flag = BLKIF_DISCARD_SECURE;  // never offered
   add(r, BLKIF_RSP_EOPNOTSUPP);
+  r = Good(BLKIF_OP_DISCARD, kDiskBytes >> kSectorShift, 0);
+  r.discard_sectors = 1;  // past the end
+  add(r, BLKIF_RSP_ERROR);
   r = Good(BLKIF_OP_INDIRECT, 0, 0);
   r.indirect_op = BLKIF_OP_WRITE;
   r.nr_segments = 32;
@@ -373,8 +378,10 @@ class SteppedDatapathTest : public ::testing::Test {
     guest_.reset();
     ::unlink(path_.c_str());
   }
-  void Connect(BlkfrontConfig config = {}, bool read_only = false, uint32_t logical_block_size = 0) {
-    guest_ = std::make_unique<Guest>(sim_, path_, 1, config, read_only, *worker_, true, logical_block_size);
+  void Connect(BlkfrontConfig config = {}, bool read_only = false, uint32_t logical_block_size = 0,
+               bool discard = true) {
+    guest_ = std::make_unique<Guest>(sim_, path_, 1, config, read_only, *worker_, true, logical_block_size,
+                                     discard);
   }
   Blkfront& front() { return *guest_->front; }
   // Steps the backend until the frontend has `count` completions (or raw responses) or a second passes.
@@ -457,6 +464,51 @@ TEST_F(SteppedDatapathTest, ReadOnlyDiskAnswersWritesWithAnErrorAndStillReads) {
   ASSERT_EQ(done.size(), 1u);
   EXPECT_EQ(done[0].status, BLKIF_RSP_OKAY);
   EXPECT_EQ(data, Bytes(4096, 0));
+}
+
+TEST_F(SteppedDatapathTest, DiscardPunchesAHoleThatReadsBackAsZerosAndLeavesTheRestAlone) {
+  Connect();
+  ASSERT_TRUE(guest_->device->limits().discard);
+  EXPECT_GE(guest_->device->discard_granularity(), 512u);
+  Bytes data(65536), back(65536);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i * 7 + 1);
+  ASSERT_TRUE(front().Submit({IoOp::kWrite, 0, data.size(), data.data(), 1}).ok());
+  ASSERT_EQ(Step(1).at(0).status, BLKIF_RSP_OKAY);
+  // 32 KiB from 8 KiB: whole file-system blocks are freed, and every byte of the range reads as zero.
+  ASSERT_TRUE(front().Submit({IoOp::kDiscard, 16, 32768, nullptr, 2}).ok());
+  auto done = Step(1);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].status, BLKIF_RSP_OKAY);
+  ASSERT_TRUE(front().Submit({IoOp::kRead, 0, back.size(), back.data(), 3}).ok());
+  ASSERT_EQ(Step(1).at(0).status, BLKIF_RSP_OKAY);
+  Bytes expected = data;
+  std::fill(expected.begin() + 8192, expected.begin() + 8192 + 32768, 0);
+  EXPECT_EQ(back, expected);
+  EXPECT_EQ(guest_->device->stats().ds_req.load(), 1u);
+  EXPECT_EQ(guest_->device->stats().rd_sect.load(), 128u);  // the discard moved no data
+  // A discard of nothing is answered too.
+  ASSERT_TRUE(front().Submit({IoOp::kDiscard, 8, 0, nullptr, 4}).ok());
+  EXPECT_EQ(Step(1).at(0).status, BLKIF_RSP_OKAY);
+}
+
+TEST_F(SteppedDatapathTest, DiscardNotOfferedIsEopnotsuppAndAReadOnlyDiskNeverOffersIt) {
+  Bytes data(4096, 0x5A), back(4096);
+  {
+    Connect({}, /*read_only=*/false, 0, /*discard=*/false);
+    EXPECT_FALSE(guest_->device->limits().discard);
+    ASSERT_TRUE(front().Submit({IoOp::kWrite, 0, 4096, data.data(), 1}).ok());
+    ASSERT_EQ(Step(1).at(0).status, BLKIF_RSP_OKAY);
+    ASSERT_TRUE(front().Submit({IoOp::kDiscard, 0, 4096, nullptr, 2}).ok());
+    EXPECT_EQ(Step(1).at(0).status, BLKIF_RSP_EOPNOTSUPP);
+    guest_.reset();
+  }
+  Connect({}, /*read_only=*/true);
+  EXPECT_FALSE(guest_->device->limits().discard);  // never offered on a read-only disk
+  ASSERT_TRUE(front().Submit({IoOp::kDiscard, 0, 4096, nullptr, 3}).ok());
+  EXPECT_EQ(Step(1).at(0).status, BLKIF_RSP_EOPNOTSUPP);
+  ASSERT_TRUE(front().Submit({IoOp::kRead, 0, 4096, back.data(), 4}).ok());
+  ASSERT_EQ(Step(1).at(0).status, BLKIF_RSP_OKAY);
+  EXPECT_EQ(back, data);  // nothing was discarded
 }
 
 TEST_F(SteppedDatapathTest, BarrierIsAnsweredAfterEverythingBeforeItAndBeforeEverythingAfterIt) {

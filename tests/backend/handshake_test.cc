@@ -26,6 +26,7 @@ TEST_F(HandshakeTest, SingleDeviceConnectsAdvertisesAndServesIo) {
   EXPECT_EQ(ReadKey(backend + "/multi-queue-max-queues"), "2");
   EXPECT_EQ(ReadKey(backend + "/feature-persistent"), std::nullopt);
   EXPECT_EQ(ReadKey(backend + "/feature-max-indirect-segments"), std::nullopt);
+  // Discard depends on the image: it is published with the disk, at Connected.
   EXPECT_EQ(ReadKey(backend + "/feature-discard"), std::nullopt);
 
   std::unique_ptr<LibXenStoreClient> guest = GuestClient(1);
@@ -40,6 +41,12 @@ TEST_F(HandshakeTest, SingleDeviceConnectsAdvertisesAndServesIo) {
   ASSERT_TRUE(physical.has_value());
   EXPECT_TRUE(*physical == "512" || *physical == "4096") << *physical;
   EXPECT_EQ(ReadKey(backend + "/state"), "4");
+  EXPECT_EQ(ReadKey(backend + "/feature-discard"), "1");
+  std::optional<std::string> granularity = ReadKey(backend + "/discard-granularity");
+  ASSERT_TRUE(granularity.has_value());
+  EXPECT_TRUE(*granularity == "512" || *granularity == "4096") << *granularity;
+  EXPECT_EQ(ReadKey(backend + "/discard-alignment"), "0");
+  EXPECT_EQ(ReadKey(backend + "/discard-secure"), "0");
   CheckIo(front->queue(0), 100, 1);
   Result<int16_t> flushed = DoIo(front->queue(0), IoOp::kFlushDiskCache, 0, nullptr, 0);
   ASSERT_TRUE(flushed.ok());
@@ -66,6 +73,31 @@ TEST_F(HandshakeTest, ReadOnlyModeAndCdromArePublishedInInfo) {
   std::unique_ptr<XenbusBlkfront> cd = Frontend(*guest, 2, 51728);
   ASSERT_TRUE(cd->Connect(kTimeout).ok());
   EXPECT_EQ(cd->disk().info, static_cast<uint32_t>(VDISK_CDROM | VDISK_REMOVABLE | VDISK_READONLY));
+}
+
+// libxl writes discard-enable = 0 for a disk with "no-discard": the disk is published without the feature and
+// a frontend that discards anyway gets EOPNOTSUPP; a read-only disk never offers it; a bad value fails the device.
+TEST_F(HandshakeTest, DiscardFollowsTheToolstacksDiscardEnableAndTheMode) {
+  StartDaemon();
+  CreateDomain(3);
+  AddDisk(3, 51712, MakeImage("nodiscard"), {{"discard-enable", "0"}});
+  AddDisk(3, 51728, MakeImage("ro"), {{"mode", "r"}});
+  AddDisk(3, 51744, MakeImage("bad"), {{"discard-enable", "sometimes"}});
+  std::unique_ptr<LibXenStoreClient> guest = GuestClient(3);
+  std::unique_ptr<XenbusBlkfront> front = Frontend(*guest, 3, 51712);
+  ASSERT_TRUE(front->Connect(kTimeout).ok());
+  EXPECT_EQ(ReadKey(BackendPath(3, 51712) + "/feature-discard"), "0");
+  EXPECT_EQ(ReadKey(BackendPath(3, 51712) + "/discard-granularity"), std::nullopt);
+  Result<int16_t> discarded = DoIo(front->queue(0), IoOp::kDiscard, 0, nullptr, 4096);
+  ASSERT_TRUE(discarded.ok());
+  EXPECT_EQ(*discarded, BLKIF_RSP_EOPNOTSUPP);
+  std::unique_ptr<XenbusBlkfront> ro = Frontend(*guest, 3, 51728);
+  ASSERT_TRUE(ro->Connect(kTimeout).ok());
+  EXPECT_EQ(ReadKey(BackendPath(3, 51728) + "/feature-discard"), "0");
+  ASSERT_TRUE(WaitForValue(BackendPath(3, 51744) + "/state", "5"));
+  std::optional<std::string> error = ReadKey(BackendPath(3, 51744) + "/hotplug-error");
+  ASSERT_TRUE(error.has_value());
+  EXPECT_NE(error->find("discard-enable"), std::string::npos) << *error;
 }
 
 // The daemon stands in for blkback, qdisk and tapback at once: each configured kind is discovered and served.

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <functional>
 #include <vector>
 
 namespace blk {
@@ -196,6 +197,55 @@ TEST(ValidateTest, FlushAndBarrierMayCarryNoData) {
     EXPECT_TRUE(v.is_write);
     request.sector_number = 15;  // two one-sector segments from 15 cross the end at 16
     EXPECT_EQ(ValidateRequest(request, Disk(16)).verdict, Verdict::kError);
+  }
+}
+
+Request DiscardRequest(uint64_t sector, uint64_t sectors) {
+  Request request;
+  request.operation = BLKIF_OP_DISCARD;
+  request.sector_number = sector;
+  request.discard_sectors = sectors;
+  return request;
+}
+
+TEST(ValidateTest, DiscardWhenOfferedCoversItsRangeAndMovesNoData) {
+  DiskLimits limits = Disk(1024);
+  limits.discard = true;
+  for (auto [sector, sectors] : {std::pair<uint64_t, uint64_t>{0, 1024}, {1000, 24}, {8, 0}}) {
+    Validation v = ValidateRequest(DiscardRequest(sector, sectors), limits);
+    EXPECT_EQ(v.verdict, Verdict::kOk) << sector << "+" << sectors << ": " << (v.reason ? v.reason : "");
+    EXPECT_EQ(v.sectors, sectors);
+    EXPECT_FALSE(v.is_write);
+  }
+}
+
+TEST(ValidateTest, BadDiscardsAreRefusedWithTheRightStatus) {
+  struct Case {
+    const char* name;
+    Request request;
+    std::function<void(DiskLimits&)> disk;
+    Verdict verdict;
+  } cases[] = {
+      {"not offered", DiscardRequest(0, 8), [](DiskLimits& d) { d.discard = false; }, Verdict::kNotSupported},
+      {"secure", [] { Request r = DiscardRequest(0, 8); r.discard_flag = BLKIF_DISCARD_SECURE; return r; }(),
+       [](DiskLimits&) {}, Verdict::kNotSupported},
+      {"read-only", DiscardRequest(0, 8), [](DiskLimits& d) { d.read_only = true; }, Verdict::kError},
+      {"past the end", DiscardRequest(1020, 8), [](DiskLimits&) {}, Verdict::kError},
+      {"start past the end", DiscardRequest(1025, 0), [](DiskLimits&) {}, Verdict::kError},
+      {"overflowing", DiscardRequest(8, ~0ull - 4), [](DiskLimits&) {}, Verdict::kError},
+      {"huge start", DiscardRequest(~0ull - 4, 8), [](DiskLimits&) {}, Verdict::kError},
+      {"misaligned on a 4k disk", DiscardRequest(4, 8), [](DiskLimits& d) { d.logical_block_size = 4096; },
+       Verdict::kError},
+      {"partial block on a 4k disk", DiscardRequest(8, 4), [](DiskLimits& d) { d.logical_block_size = 4096; },
+       Verdict::kError},
+  };
+  for (const Case& c : cases) {
+    DiskLimits limits = Disk(1024);
+    limits.discard = true;
+    c.disk(limits);
+    Validation v = ValidateRequest(c.request, limits);
+    EXPECT_EQ(v.verdict, c.verdict) << c.name;
+    EXPECT_NE(v.reason, nullptr) << c.name;
   }
 }
 
