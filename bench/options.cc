@@ -30,6 +30,7 @@ const char kBenchUsage[] =
     "  --seed=N           seed of the random offsets (default 1)\n"
     "  --poll=USEC        the backend worker keeps polling this long after serving before it sleeps (default "
     "0)\n"
+    "  --ring-order=N     the ring is 2^N pages, 0..4: 32 to 512 requests in flight (default 0)\n"
     "\n"
     "example: blkbench --filename=/var/tmp/disk.img --size=1g --rw=randread --bs=4k --iodepth=32 "
     "--runtime=10 "
@@ -211,6 +212,10 @@ Result<BenchOptions> ParseBenchOptions(const std::vector<std::string>& args) {
       auto poll = ParseNumber(name, value, 0, 100000);
       if (!poll.ok()) return poll.status();
       options.poll_us = static_cast<unsigned>(*poll);
+    } else if (name == "ring-order") {
+      auto order = ParseNumber(name, value, 0, 4);
+      if (!order.ok()) return order.status();
+      options.ring_order = static_cast<unsigned>(*order);
     } else if (name == "seed") {
       auto seed = ParseNumber(name, value, 0, std::numeric_limits<uint64_t>::max());
       if (!seed.ok()) return seed.status();

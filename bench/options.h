@@ -27,6 +27,7 @@ struct BenchOptions {
   uint32_t sector_size = 512;
   uint64_t seed = 1;
   unsigned poll_us = 0;  // the backend worker polls this long after serving before it sleeps
+  unsigned ring_order = 0;  // the frontend's ring is 2^ring_order pages (max-ring-page-order allows 0..4)
   bool help = false;
 };
 

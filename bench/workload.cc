@@ -241,6 +241,7 @@ Result<BenchResult> RunBench(const BenchOptions& options, const std::string& fil
   front_config.domid = kFrontendDomain;
   front_config.abi = *ParseProtocol(options.abi);
   front_config.max_outstanding = options.iodepth;
+  front_config.ring_pages = 1u << options.ring_order;
   auto front = Blkfront::Create(sim, front_config);
   if (!front.ok()) return front.status();
   auto worker =
