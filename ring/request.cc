@@ -83,6 +83,28 @@ void EncodeFields(const Request& request, uint8_t* slot) {
 
 Validation Reject(Verdict verdict, const char* reason) { return Validation{verdict, reason, 0, false}; }
 
+// The data segments of a request starting at `sector_number`: each within its page, the whole range inside
+// the disk and aligned to its logical block size.
+Validation ValidateSegments(std::span<const RequestSegment> segments, uint64_t sector_number,
+                            const DiskLimits& limits, bool is_write) {
+  if (is_write && limits.read_only) return Reject(Verdict::kError, "write to a read-only disk");
+  uint64_t sectors = 0;
+  for (const RequestSegment& segment : segments) {
+    if (segment.last_sect >= kSectorsPerPage) return Reject(Verdict::kError, "last_sect beyond the page");
+    if (segment.first_sect > segment.last_sect) return Reject(Verdict::kError, "first_sect after last_sect");
+    sectors += segment.last_sect - segment.first_sect + 1u;
+  }
+  // sectors <= 8 * 4096, so the sum cannot overflow unless sector_number is near 2^64.
+  if (sector_number > limits.sectors || sectors > limits.sectors - sector_number) {
+    return Reject(Verdict::kError, "sector range beyond the end of the disk");
+  }
+  uint64_t block_sectors = limits.logical_block_size >> kSectorShift;
+  if (block_sectors > 1 && (sector_number % block_sectors != 0 || sectors % block_sectors != 0)) {
+    return Reject(Verdict::kError, "not aligned to the logical block size");
+  }
+  return Validation{Verdict::kOk, nullptr, sectors, is_write};
+}
+
 // Data segments of a READ, WRITE, or of a FLUSH/BARRIER that carries data.
 Validation ValidateData(const Request& request, const DiskLimits& limits, bool is_write, bool allow_empty) {
   if (request.nr_segments == 0) {
@@ -90,23 +112,21 @@ Validation ValidateData(const Request& request, const DiskLimits& limits, bool i
     return Validation{Verdict::kOk, nullptr, 0, false};
   }
   if (request.nr_segments > kMaxDirectSegments) return Reject(Verdict::kError, "more than 11 segments");
+  return ValidateSegments(std::span(request.segments.data(), request.nr_segments), request.sector_number,
+                          limits, is_write);
+}
+
+Validation ValidateIndirectHeader(const Request& request, const DiskLimits& limits) {
+  if (limits.max_indirect_segments == 0)
+    return Reject(Verdict::kNotSupported, "indirect descriptors not offered");
+  if (request.indirect_op != BLKIF_OP_READ && request.indirect_op != BLKIF_OP_WRITE)
+    return Reject(Verdict::kError, "indirect operation is neither READ nor WRITE");
+  if (request.nr_segments == 0) return Reject(Verdict::kError, "no segments");
+  if (request.nr_segments > limits.max_indirect_segments)
+    return Reject(Verdict::kError, "more indirect segments than offered");
+  bool is_write = request.indirect_op == BLKIF_OP_WRITE;
   if (is_write && limits.read_only) return Reject(Verdict::kError, "write to a read-only disk");
-  uint64_t sectors = 0;
-  for (unsigned i = 0; i < request.nr_segments; ++i) {
-    const RequestSegment& segment = request.segments[i];
-    if (segment.last_sect >= kSectorsPerPage) return Reject(Verdict::kError, "last_sect beyond the page");
-    if (segment.first_sect > segment.last_sect) return Reject(Verdict::kError, "first_sect after last_sect");
-    sectors += segment.last_sect - segment.first_sect + 1u;
-  }
-  // sectors <= 88, so the sum cannot overflow unless sector_number is near 2^64.
-  if (request.sector_number > limits.sectors || sectors > limits.sectors - request.sector_number) {
-    return Reject(Verdict::kError, "sector range beyond the end of the disk");
-  }
-  uint64_t block_sectors = limits.logical_block_size >> kSectorShift;
-  if (block_sectors > 1 && (request.sector_number % block_sectors != 0 || sectors % block_sectors != 0)) {
-    return Reject(Verdict::kError, "not aligned to the logical block size");
-  }
-  return Validation{Verdict::kOk, nullptr, sectors, is_write};
+  return Validation{Verdict::kOk, nullptr, 0, is_write};
 }
 
 Validation ValidateDiscard(const Request& request, const DiskLimits& limits) {
@@ -160,13 +180,26 @@ Validation ValidateRequest(const Request& request, const DiskLimits& limits) {
       return ValidateData(request, limits, true, true);
     case BLKIF_OP_DISCARD:
       return ValidateDiscard(request, limits);
-    // Not advertised yet, so a frontend that sends one broke the negotiation; it gets EOPNOTSUPP, as a
-    // frontend probing for the feature expects.
     case BLKIF_OP_INDIRECT:
-      return Reject(Verdict::kNotSupported, "indirect descriptors not offered");
+      return ValidateIndirectHeader(request, limits);
     default:
       return Reject(Verdict::kError, "unknown operation");
   }
+}
+
+Validation DecodeIndirectSegments(const Request& request, std::span<const uint8_t> pages,
+                                  const DiskLimits& limits, std::span<RequestSegment> out) {
+  Validation header = ValidateIndirectHeader(request, limits);
+  if (header.verdict != Verdict::kOk) return header;
+  const size_t count = request.nr_segments;
+  if (pages.size() < count * sizeof(abi::Segment) || out.size() < count)
+    return Reject(Verdict::kError, "indirect pages missing");
+  for (size_t i = 0; i < count; ++i) {
+    abi::Segment raw;
+    std::memcpy(&raw, pages.data() + i * sizeof(raw), sizeof(raw));
+    out[i] = RequestSegment{raw.gref, raw.first_sect, raw.last_sect};
+  }
+  return ValidateSegments(out.first(count), request.sector_number, limits, header.is_write);
 }
 
 int16_t ResponseStatus(Verdict verdict) {

@@ -8,6 +8,7 @@
 
 #include <array>
 #include <cstdint>
+#include <span>
 
 #include "ring/blkif_abi.h"
 
@@ -42,10 +43,20 @@ struct DiskLimits {
   uint64_t sectors = 0;               // disk size in 512-byte sectors
   uint32_t logical_block_size = 512;  // 512 or 4096: requests must be aligned to it
   bool read_only = false;
-  bool flush = true;    // feature-flush-cache advertised
-  bool barrier = true;  // feature-barrier advertised
-  bool discard = false;  // feature-discard advertised
+  bool flush = true;                   // feature-flush-cache advertised
+  bool barrier = true;                 // feature-barrier advertised
+  bool discard = false;                // feature-discard advertised
+  uint32_t max_indirect_segments = 0;  // feature-max-indirect-segments advertised; 0: not offered
 };
+
+// An indirect page holds this many segment descriptors, in one layout for every ABI.
+inline constexpr unsigned kSegmentsPerIndirectPage = kPageSize / sizeof(abi::Segment);
+// The most any frontend may ask for: 8 indirect pages.
+inline constexpr unsigned kMaxIndirectSegments = kMaxIndirectPages * kSegmentsPerIndirectPage;
+// The indirect pages a request of `segments` segments uses.
+constexpr unsigned IndirectPages(unsigned segments) {
+  return (segments + kSegmentsPerIndirectPage - 1) / kSegmentsPerIndirectPage;
+}
 
 enum class Verdict : uint8_t { kOk, kError, kNotSupported };
 
@@ -57,8 +68,16 @@ struct Validation {
 };
 
 // Checks every field of a decoded READ/WRITE/WRITE_BARRIER/FLUSH_DISKCACHE/DISCARD/INDIRECT request against
-// `limits`. Never reads memory outside `request`.
+// `limits`. Never reads memory outside `request`. For INDIRECT only the header is checked (the operation, the
+// segment count against what was offered): the segments live in the indirect pages, which the backend must
+// first copy into private memory and hand to DecodeIndirectSegments.
 Validation ValidateRequest(const Request& request, const DiskLimits& limits);
+
+// Decodes the nr_segments descriptors of an INDIRECT request that passed ValidateRequest from `pages`, the
+// private copy of its first IndirectPages(nr_segments) indirect pages, into `out` (at least nr_segments
+// long), and checks them as the direct segments of a READ or WRITE are checked.
+Validation DecodeIndirectSegments(const Request& request, std::span<const uint8_t> pages,
+                                  const DiskLimits& limits, std::span<RequestSegment> out);
 
 // The status a response carries for a verdict.
 int16_t ResponseStatus(Verdict verdict);

@@ -227,7 +227,12 @@ TEST(ValidateTest, BadDiscardsAreRefusedWithTheRightStatus) {
     Verdict verdict;
   } cases[] = {
       {"not offered", DiscardRequest(0, 8), [](DiskLimits& d) { d.discard = false; }, Verdict::kNotSupported},
-      {"secure", [] { Request r = DiscardRequest(0, 8); r.discard_flag = BLKIF_DISCARD_SECURE; return r; }(),
+      {"secure",
+       [] {
+         Request r = DiscardRequest(0, 8);
+         r.discard_flag = BLKIF_DISCARD_SECURE;
+         return r;
+       }(),
        [](DiskLimits&) {}, Verdict::kNotSupported},
       {"read-only", DiscardRequest(0, 8), [](DiskLimits& d) { d.read_only = true; }, Verdict::kError},
       {"past the end", DiscardRequest(1020, 8), [](DiskLimits&) {}, Verdict::kError},
@@ -247,6 +252,126 @@ TEST(ValidateTest, BadDiscardsAreRefusedWithTheRightStatus) {
     EXPECT_EQ(v.verdict, c.verdict) << c.name;
     EXPECT_NE(v.reason, nullptr) << c.name;
   }
+}
+
+// An INDIRECT request of `segments` full pages from `sector`, and its indirect pages as a frontend fills
+// them.
+struct Indirect {
+  Indirect(uint8_t op, uint64_t sector, unsigned segments) {
+    request.operation = BLKIF_OP_INDIRECT;
+    request.indirect_op = op;
+    request.sector_number = sector;
+    request.nr_segments = static_cast<uint16_t>(segments);
+    pages.assign(IndirectPages(segments) * kPageSize, 0xEE);  // junk past the last descriptor
+    for (unsigned i = 0; i < segments; ++i) SetSegment(i, 1000 + i, 0, 7);
+  }
+  void SetSegment(unsigned i, uint32_t gref, uint8_t first, uint8_t last) {
+    abi::Segment raw{gref, first, last, 0};
+    std::memcpy(pages.data() + i * sizeof(raw), &raw, sizeof(raw));
+  }
+  Request request;
+  std::vector<uint8_t> pages;
+};
+
+DiskLimits IndirectDisk(uint64_t sectors, uint32_t max_segments = 256) {
+  DiskLimits limits = Disk(sectors);
+  limits.max_indirect_segments = max_segments;
+  return limits;
+}
+
+TEST(IndirectTest, PagesPerSegmentCount) {
+  EXPECT_EQ(kSegmentsPerIndirectPage, 512u);
+  EXPECT_EQ(IndirectPages(1), 1u);
+  EXPECT_EQ(IndirectPages(512), 1u);
+  EXPECT_EQ(IndirectPages(513), 2u);
+  EXPECT_EQ(IndirectPages(kMaxIndirectSegments), kMaxIndirectPages);
+}
+
+TEST(IndirectTest, SegmentsAcrossPagesDecodeAndCoverTheirRange) {
+  for (uint8_t op : {BLKIF_OP_READ, BLKIF_OP_WRITE}) {
+    Indirect indirect(op, 64, 600);  // two indirect pages, the second partly used
+    indirect.SetSegment(599, 77, 2, 5);
+    DiskLimits limits = IndirectDisk(1 << 20, 1024);
+    Validation header = ValidateRequest(indirect.request, limits);
+    ASSERT_EQ(header.verdict, Verdict::kOk) << header.reason;
+    EXPECT_EQ(header.is_write, op == BLKIF_OP_WRITE);
+    std::vector<RequestSegment> segments(600);
+    Validation v = DecodeIndirectSegments(indirect.request, indirect.pages, limits, segments);
+    ASSERT_EQ(v.verdict, Verdict::kOk) << v.reason;
+    EXPECT_EQ(v.sectors, 599u * 8 + 4);
+    EXPECT_EQ(v.is_write, op == BLKIF_OP_WRITE);
+    EXPECT_EQ(segments[0].gref, 1000u);
+    EXPECT_EQ(segments[513].gref, 1513u);
+    EXPECT_EQ(segments[599].gref, 77u);
+    EXPECT_EQ(segments[599].first_sect, 2u);
+    EXPECT_EQ(segments[599].last_sect, 5u);
+  }
+}
+
+TEST(IndirectTest, BadHeadersAreRefusedBeforeAnyPageIsRead) {
+  struct Case {
+    const char* name;
+    Indirect indirect;
+    DiskLimits limits;
+    Verdict verdict;
+  } cases[] = {
+      {"not offered", Indirect(BLKIF_OP_READ, 0, 8), Disk(1024), Verdict::kNotSupported},
+      {"indirect flush", Indirect(BLKIF_OP_FLUSH_DISKCACHE, 0, 8), IndirectDisk(1024), Verdict::kError},
+      {"indirect discard", Indirect(BLKIF_OP_DISCARD, 0, 8), IndirectDisk(1024), Verdict::kError},
+      {"indirect indirect", Indirect(BLKIF_OP_INDIRECT, 0, 8), IndirectDisk(1024), Verdict::kError},
+      {"no segments", Indirect(BLKIF_OP_READ, 0, 0), IndirectDisk(1024), Verdict::kError},
+      {"more than offered", Indirect(BLKIF_OP_READ, 0, 257), IndirectDisk(1 << 20, 256), Verdict::kError},
+      {"more than any frontend may", Indirect(BLKIF_OP_READ, 0, 4097), IndirectDisk(1 << 20, 4096),
+       Verdict::kError},
+      {"write to read-only", Indirect(BLKIF_OP_WRITE, 0, 8),
+       [] {
+         DiskLimits d = IndirectDisk(1024);
+         d.read_only = true;
+         return d;
+       }(),
+       Verdict::kError},
+  };
+  for (const Case& c : cases) {
+    Validation v = ValidateRequest(c.indirect.request, c.limits);
+    EXPECT_EQ(v.verdict, c.verdict) << c.name;
+    EXPECT_NE(v.reason, nullptr) << c.name;
+    std::vector<RequestSegment> segments(kMaxIndirectSegments + 1);
+    EXPECT_EQ(DecodeIndirectSegments(c.indirect.request, c.indirect.pages, c.limits, segments).verdict,
+              c.verdict)
+        << c.name;
+  }
+}
+
+TEST(IndirectTest, BadSegmentsInThePagesAreErrors) {
+  struct Case {
+    const char* name;
+    std::function<void(Indirect&, DiskLimits&)> mutate;
+  } cases[] = {
+      {"last_sect beyond the page", [](Indirect& i, DiskLimits&) { i.SetSegment(100, 1, 0, 8); }},
+      {"first after last", [](Indirect& i, DiskLimits&) { i.SetSegment(0, 1, 6, 5); }},
+      {"last segment past the end of the disk", [](Indirect&, DiskLimits& d) { d.sectors = 256 * 8 - 1; }},
+      {"start near 2^64", [](Indirect& i, DiskLimits&) { i.request.sector_number = ~0ull - 8; }},
+      {"misaligned on a 4k disk",
+       [](Indirect& i, DiskLimits& d) {
+         d.logical_block_size = 4096;
+         i.SetSegment(10, 1, 0, 3);
+       }},
+      {"pages too short", [](Indirect& i, DiskLimits&) { i.pages.resize(255 * sizeof(abi::Segment)); }},
+  };
+  for (const Case& c : cases) {
+    Indirect indirect(BLKIF_OP_WRITE, 0, 256);
+    DiskLimits limits = IndirectDisk(1 << 20);
+    c.mutate(indirect, limits);
+    std::vector<RequestSegment> segments(256);
+    Validation v = DecodeIndirectSegments(indirect.request, indirect.pages, limits, segments);
+    EXPECT_EQ(v.verdict, Verdict::kError) << c.name;
+    EXPECT_NE(v.reason, nullptr) << c.name;
+  }
+  // An output span shorter than the segment count is refused, not overrun.
+  Indirect indirect(BLKIF_OP_READ, 0, 16);
+  std::vector<RequestSegment> too_few(15);
+  EXPECT_EQ(DecodeIndirectSegments(indirect.request, indirect.pages, IndirectDisk(1024), too_few).verdict,
+            Verdict::kError);
 }
 
 TEST(ValidateTest, ResponseStatusPerVerdict) {
