@@ -44,16 +44,20 @@ uint32_t PagesSpanned(const Io& io) {
 
 }  // namespace
 
+// Sized once, at Init, for the most segments a request may carry.
 struct Blkfront::Shadow {
   bool in_use = false;
   uint8_t operation = 0;
-  uint8_t nr_segments = 0;
+  uint16_t nr_segments = 0;
   uint32_t io = 0;           // index into ios_
   size_t buffer_offset = 0;  // where this request's data starts in the I/O's buffer
-  std::array<GrantRef, kMaxDirectSegments> refs{};
-  std::array<uint32_t, kMaxDirectSegments> frames{};
-  std::array<uint16_t, kMaxDirectSegments> page_offset{};
-  std::array<uint16_t, kMaxDirectSegments> bytes{};
+  std::vector<GrantRef> refs;
+  std::vector<uint32_t> frames;
+  std::vector<uint16_t> page_offset;
+  std::vector<uint16_t> bytes;
+  uint32_t indirect_pages = 0;
+  std::array<GrantRef, kMaxIndirectPages> indirect_refs{};
+  std::array<uint32_t, kMaxIndirectPages> indirect_frames{};
 };
 
 struct Blkfront::IoState {
@@ -68,6 +72,7 @@ Blkfront::Blkfront(SimDomain& domain, const BlkfrontConfig& config)
     : domain_(domain),
       config_(config),
       slots_(RingSlots(config.abi, config.ring_pages)),
+      max_segments_(std::max(kMaxDirectSegments, config.indirect_segments)),
       req_prod_pvt_(config.start_index),
       rsp_cons_(config.start_index) {}
 
@@ -78,8 +83,12 @@ Result<std::unique_ptr<Blkfront>> Blkfront::Create(SimHypervisor& hypervisor, co
   }
   if (config.max_outstanding == 0)
     return Status::InvalidArgument("blkfront: max_outstanding must be positive");
+  if (config.indirect_segments > kMaxIndirectSegments)
+    return Status::InvalidArgument("blkfront: at most 4096 indirect segments");
   const uint32_t slots = RingSlots(config.abi, config.ring_pages);
-  const size_t pages = config.ring_pages + size_t{slots} * kMaxDirectSegments + config.spare_pages;
+  const uint32_t segments = std::max(kMaxDirectSegments, config.indirect_segments);
+  const size_t pages =
+      config.ring_pages + size_t{slots} * (segments + IndirectPages(segments)) + config.spare_pages;
   const size_t grant_entries =
       std::max(SimDomain::kDefaultGrantEntries, SimDomain::kFirstFreeGrantRef + pages * 2);
   // A domain that already exists is reused, as a guest reconnects its disk after the previous frontend is
@@ -120,7 +129,14 @@ Status Blkfront::Init() {
   port_ = *port;
   event_fd_ = domain_.EventFd(port_);
 
+  segments_scratch_.resize(max_segments_);
   shadows_.resize(slots_);
+  for (Shadow& shadow : shadows_) {
+    shadow.refs.resize(max_segments_);
+    shadow.frames.resize(max_segments_);
+    shadow.page_offset.resize(max_segments_);
+    shadow.bytes.resize(max_segments_);
+  }
   free_shadows_.reserve(slots_);
   for (uint32_t id = slots_; id > 0; --id) free_shadows_.push_back(id - 1);
   ios_.resize(config_.max_outstanding);
@@ -220,6 +236,41 @@ void Blkfront::ReleaseSegments(Shadow& shadow, uint32_t count) {
   for (uint32_t i = 0; i < count; ++i) {
     if (domain_.EndAccess(shadow.refs[i]).ok()) (void)domain_.FreePage(shadow.frames[i]);
   }
+  ReleaseIndirectPages(shadow);
+}
+
+void Blkfront::ReleaseIndirectPages(Shadow& shadow) {
+  for (uint32_t i = 0; i < shadow.indirect_pages; ++i) {
+    if (domain_.EndAccess(shadow.indirect_refs[i]).ok()) (void)domain_.FreePage(shadow.indirect_frames[i]);
+  }
+  shadow.indirect_pages = 0;
+}
+
+bool Blkfront::WriteIndirectPages(Shadow& shadow, std::span<const RequestSegment> segments) {
+  const uint32_t pages = IndirectPages(static_cast<uint32_t>(segments.size()));
+  for (uint32_t page = 0; page < pages; ++page) {
+    auto frame = domain_.AllocPage();
+    if (!frame.ok()) break;
+    uint8_t* memory = domain_.PageAddress(*frame);
+    std::memset(memory, 0, kPageSize);
+    for (uint32_t i = 0; i < kSegmentsPerIndirectPage; ++i) {
+      size_t index = size_t{page} * kSegmentsPerIndirectPage + i;
+      if (index >= segments.size()) break;
+      abi::Segment raw{segments[index].gref, segments[index].first_sect, segments[index].last_sect, 0};
+      std::memcpy(memory + i * sizeof(raw), &raw, sizeof(raw));
+    }
+    auto ref = domain_.GrantAccess(config_.backend_domid, *frame, /*readonly=*/true);
+    if (!ref.ok()) {
+      (void)domain_.FreePage(*frame);
+      break;
+    }
+    shadow.indirect_frames[page] = *frame;
+    shadow.indirect_refs[page] = *ref;
+    shadow.indirect_pages = page + 1;
+  }
+  if (shadow.indirect_pages == pages) return true;
+  ReleaseIndirectPages(shadow);
+  return false;
 }
 
 // Turns the next part of `io` into one request in the next ring slot. False if guest resources (pages, grant
@@ -249,11 +300,13 @@ bool Blkfront::BuildRequest(IoState& state, uint32_t io_index) {
     ++stats_.requests_pushed;
     return true;
   }
-  std::array<RequestSegment, kMaxDirectSegments> segments{};
+  const bool data_op = io.op == IoOp::kRead || io.op == IoOp::kWrite;
+  const uint32_t limit = data_op ? max_segments_ : kMaxDirectSegments;
+  std::span<RequestSegment> segments(segments_scratch_.data(), limit);
   uint32_t count = 0;
   size_t issued = state.issued;
   const bool readonly = WritesData(io.op);
-  while (count < kMaxDirectSegments && issued < io.length) {
+  while (count < limit && issued < io.length) {
     const uint8_t* source = static_cast<const uint8_t*>(io.buffer) + issued;
     const size_t offset = reinterpret_cast<uintptr_t>(source) % kPageSize;
     const size_t bytes = std::min(kPageSize - offset, io.length - issued);
@@ -281,7 +334,12 @@ bool Blkfront::BuildRequest(IoState& state, uint32_t io_index) {
     ReleaseSegments(shadow, count);
     return false;
   }
-  shadow.nr_segments = static_cast<uint8_t>(count);
+  const bool indirect = count > kMaxDirectSegments;
+  if (indirect && !WriteIndirectPages(shadow, segments.first(count))) {
+    ReleaseSegments(shadow, count);
+    return false;
+  }
+  shadow.nr_segments = static_cast<uint16_t>(count);
   shadow.in_use = true;
   free_shadows_.pop_back();
 
@@ -291,7 +349,13 @@ bool Blkfront::BuildRequest(IoState& state, uint32_t io_index) {
   request.handle = config_.handle;
   request.id = id;
   request.sector_number = io.sector + (state.issued >> kSectorShift);
-  std::copy_n(segments.begin(), count, request.segments.begin());
+  if (indirect) {
+    request.operation = BLKIF_OP_INDIRECT;
+    request.indirect_op = shadow.operation;
+    std::copy_n(shadow.indirect_refs.begin(), shadow.indirect_pages, request.indirect_grefs.begin());
+  } else {
+    std::copy_n(segments.begin(), count, request.segments.begin());
+  }
   EncodeRequest(config_.abi, request, RingEntry(req_prod_pvt_));
   ++req_prod_pvt_;
   state.issued = issued;
@@ -382,6 +446,15 @@ Status Blkfront::CompleteRequest(uint32_t id, int16_t status) {
     }
     (void)domain_.FreePage(shadow.frames[i]);
   }
+  for (uint32_t i = 0; i < shadow.indirect_pages; ++i) {
+    Status ended = domain_.EndAccess(shadow.indirect_refs[i]);
+    if (!ended.ok()) {
+      return Break(Status::ProtocolError(
+          StrFormat("indirect page grant still in use at response: %s", ended.message().c_str())));
+    }
+    (void)domain_.FreePage(shadow.indirect_frames[i]);
+  }
+  shadow.indirect_pages = 0;
   shadow.in_use = false;
   free_shadows_.push_back(id);
   if (Severity(status) > Severity(state.status))

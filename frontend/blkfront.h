@@ -29,6 +29,7 @@
 #include "base/status.h"
 #include "ring/blkif_abi.h"
 #include "ring/hypervisor.h"
+#include "ring/request.h"
 #include "ring/sim/sim_hypervisor.h"
 
 namespace blk {
@@ -47,6 +48,10 @@ struct BlkfrontConfig {
   uint32_t max_outstanding = 64;  // I/Os queued or in flight at once
   uint16_t handle = 0;        // the `handle` of every request (blkfront puts its virtual-device number there)
   uint32_t spare_pages = 16;  // guest pages left free for a test to grant by hand
+  // Segments per READ/WRITE request with indirect descriptors (what the backend's
+  // feature-max-indirect-segments allows); 0 or up to 11: direct requests only. A request needing more than
+  // 11 segments then goes as BLKIF_OP_INDIRECT, its descriptors in indirect pages granted read-only.
+  uint32_t indirect_segments = 0;
 };
 
 enum class IoOp : uint8_t {
@@ -154,7 +159,11 @@ class Blkfront {
   Status Init();
 
   bool BuildRequest(IoState& io, uint32_t io_index);
+  // Ends the grants of the first `count` data pages and of any indirect pages, and frees them.
   void ReleaseSegments(Shadow& shadow, uint32_t count);
+  void ReleaseIndirectPages(Shadow& shadow);
+  // Fills and grants the indirect pages describing `segments`; false if guest resources ran out.
+  bool WriteIndirectPages(Shadow& shadow, std::span<const RequestSegment> segments);
   Status Publish();
   Status ProcessResponse(const uint8_t* slot);
   Status CompleteRequest(uint32_t id, int16_t status);
@@ -163,6 +172,8 @@ class Blkfront {
   SimDomain& domain_;
   const BlkfrontConfig config_;
   uint32_t slots_ = 0;
+  uint32_t max_segments_ = kMaxDirectSegments;  // per READ/WRITE request
+  std::vector<RequestSegment> segments_scratch_;
   std::vector<GrantRef> ring_refs_;
   std::vector<uint32_t> ring_frames_;
   abi::SharedRingHeader* ring_header_ = nullptr;

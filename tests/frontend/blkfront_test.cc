@@ -132,6 +132,74 @@ TEST_P(BlkfrontTest, SplitsIntoRequestsOfElevenSegments) {
   }
 }
 
+// With indirect descriptors a large write goes as few INDIRECT requests, its descriptors in read-only granted
+// pages that a backend decodes with ring/request.h; the pages' grants end with the response.
+TEST_P(BlkfrontTest, IndirectRequestsCarryTheirSegmentsInGrantedPages) {
+  BlkfrontConfig config;
+  config.indirect_segments = 600;  // two indirect pages per full request
+  Start(config);
+  constexpr size_t kPages = 700;  // 600 + 100
+  AlignedBuffer buffer(kPages * kPageSize);
+  FillPattern(std::span(buffer.get(), kPages * kPageSize), 64, 9);
+  ASSERT_TRUE(front_->Submit({IoOp::kWrite, 64, kPages * kPageSize, buffer.get(), 3}).ok());
+  DiskLimits limits;
+  limits.sectors = 1 << 20;
+  limits.max_indirect_segments = 600;
+  const uint32_t prod = front_->shared_ring().req_prod;
+  ASSERT_EQ(prod - back_->req_cons(), 2u);
+  uint64_t sector = 64;
+  size_t page = 0;
+  std::vector<uint64_t> ids;
+  for (uint32_t index = back_->req_cons(); index != prod; ++index) {
+    const uint8_t* slot = back_->ring_bytes() + sizeof(abi::SharedRingHeader) +
+                          size_t{index & (front_->ring_slots() - 1)} * RingEntrySize(GetParam());
+    Request request;
+    DecodeRequest(GetParam(), slot, &request);
+    ASSERT_EQ(request.operation, BLKIF_OP_INDIRECT);
+    EXPECT_EQ(request.indirect_op, BLKIF_OP_WRITE);
+    EXPECT_EQ(request.sector_number, sector);
+    ASSERT_EQ(ValidateRequest(request, limits).verdict, Verdict::kOk);
+    // What a backend does: copy the indirect pages out (read-only grants allow that), then decode them.
+    const uint32_t pages = IndirectPages(request.nr_segments);
+    std::vector<uint8_t> indirect(pages * kPageSize);
+    std::vector<GrantCopySegment> copies;
+    for (uint32_t i = 0; i < pages; ++i)
+      copies.push_back({GrantCopySegment::Direction::kFromGuest, front_->config().domid,
+                        request.indirect_grefs[i], 0, kPageSize, indirect.data() + i * kPageSize, 0});
+    ASSERT_TRUE(sim_.hypervisor().grants.Copy(copies).ok());
+    std::vector<RequestSegment> segments(request.nr_segments);
+    Validation v = DecodeIndirectSegments(request, indirect, limits, segments);
+    ASSERT_EQ(v.verdict, Verdict::kOk) << v.reason;
+    // Every segment's page holds the data at its place in the buffer.
+    std::vector<uint8_t> data(kPageSize);
+    for (const RequestSegment& segment : segments) {
+      GrantCopySegment copy{GrantCopySegment::Direction::kFromGuest,
+                            front_->config().domid,
+                            segment.gref,
+                            0,
+                            kPageSize,
+                            data.data(),
+                            0};
+      ASSERT_TRUE(sim_.hypervisor().grants.Copy(std::span(&copy, 1)).ok());
+      ASSERT_EQ(std::memcmp(data.data(), buffer.get() + page * kPageSize, kPageSize), 0) << "page " << page;
+      ++page;
+    }
+    sector += v.sectors;
+    ids.push_back(request.id);
+  }
+  EXPECT_EQ(page, kPages);
+  (void)back_->Consume();
+  // A response names the indirect operation (READ or WRITE), as Linux's blkfront checks.
+  for (uint64_t id : ids) back_->Respond(id, BLKIF_OP_WRITE, BLKIF_RSP_OKAY);
+  back_->PushResponses();
+  IoCompletion done[1];
+  auto reaped = front_->Reap(done);
+  ASSERT_TRUE(reaped.ok()) << reaped.status().ToString();  // every grant, indirect pages included, ended
+  ASSERT_EQ(*reaped, 1u);
+  EXPECT_EQ(done[0].status, BLKIF_RSP_OKAY);
+  EXPECT_EQ(front_->domain().grants_in_use(), front_->ring_refs().size());
+}
+
 TEST_P(BlkfrontTest, BufferStartingMidPageUsesPartialSegments) {
   Start();
   AlignedBuffer buffer(4 * kPageSize);
@@ -571,6 +639,7 @@ TEST(BlkfrontCreateTest, RefusesBadConfigurations) {
   EXPECT_FALSE(Blkfront::Create(sim, {.ring_pages = 0}).ok());
   EXPECT_FALSE(Blkfront::Create(sim, {.max_outstanding = 0}).ok());
   EXPECT_FALSE(Blkfront::Create(sim, {.domid = 0}).ok());  // the backend's domain
+  EXPECT_FALSE(Blkfront::Create(sim, {.indirect_segments = kMaxIndirectSegments + 1}).ok());
   EXPECT_TRUE(Blkfront::Create(sim, {.ring_pages = 16}).ok());
 }
 
