@@ -47,6 +47,21 @@ Result<bool> ParseBool(std::string_view key, std::string_view value) {
   return Bad(key, value, "expected yes or no");
 }
 
+template <typename Field>
+Status SetUnsigned(std::string_view key, std::string_view value, uint64_t low, uint64_t high, Field* field) {
+  Result<uint64_t> number = ParseUnsigned(key, value, low, high);
+  if (!number.ok()) return number.status();
+  *field = static_cast<Field>(*number);
+  return Status::Ok();
+}
+
+Status SetBool(std::string_view key, std::string_view value, bool* field) {
+  Result<bool> parsed = ParseBool(key, value);
+  if (!parsed.ok()) return parsed.status();
+  *field = *parsed;
+  return Status::Ok();
+}
+
 Status SetKinds(std::string_view value, BlkbackdConfig* config) {
   static const std::set<std::string_view> kKnown = {"vbd", "qdisk", "vbd3"};
   std::vector<std::string> kinds;
@@ -79,11 +94,8 @@ const Key kKeys[] = {
     {"kinds", "LIST",
      "backend kinds to serve, comma-separated: vbd (blkback's), qdisk, vbd3 (tapdisk's) [vbd]", SetKinds},
     {"workers", "N", "I/O threads; queue i of a device runs on worker i % N [2]",
-     [](std::string_view v, BlkbackdConfig* c) -> Status {
-       Result<uint64_t> n = ParseUnsigned("workers", v, 1, 64);
-       if (!n.ok()) return n.status();
-       c->daemon.workers = static_cast<unsigned>(*n);
-       return Status::Ok();
+     [](std::string_view v, BlkbackdConfig* c) {
+       return SetUnsigned("workers", v, 1, 64, &c->daemon.workers);
      }},
     {"domid", "auto|N", "our own domain id; auto reads xenstore's domid key (dom0 or a driver domain) [auto]",
      [](std::string_view v, BlkbackdConfig* c) -> Status {
@@ -97,47 +109,27 @@ const Key kKeys[] = {
        return Status::Ok();
      }},
     {"aio-depth", "N", "I/Os in flight per worker [256]",
-     [](std::string_view v, BlkbackdConfig* c) -> Status {
-       Result<uint64_t> n = ParseUnsigned("aio-depth", v, 16, 65536);
-       if (!n.ok()) return n.status();
-       c->daemon.aio_depth = static_cast<unsigned>(*n);
-       return Status::Ok();
+     [](std::string_view v, BlkbackdConfig* c) {
+       return SetUnsigned("aio-depth", v, 16, 65536, &c->daemon.aio_depth);
      }},
     {"direct-io", "yes|no", "O_DIRECT on images where the file system allows it [yes]",
-     [](std::string_view v, BlkbackdConfig* c) -> Status {
-       Result<bool> b = ParseBool("direct-io", v);
-       if (!b.ok()) return b.status();
-       c->daemon.direct_io = *b;
-       return Status::Ok();
-     }},
+     [](std::string_view v, BlkbackdConfig* c) { return SetBool("direct-io", v, &c->daemon.direct_io); }},
     {"wait-for-hotplug-status", "yes|no",
      "advertise a disk only once a hotplug script wrote hotplug-status = connected [no]",
-     [](std::string_view v, BlkbackdConfig* c) -> Status {
-       Result<bool> b = ParseBool("wait-for-hotplug-status", v);
-       if (!b.ok()) return b.status();
-       c->daemon.wait_for_hotplug_status = *b;
-       return Status::Ok();
+     [](std::string_view v, BlkbackdConfig* c) {
+       return SetBool("wait-for-hotplug-status", v, &c->daemon.wait_for_hotplug_status);
      }},
     {"max-ring-page-order", "N", "largest ring a frontend may use: 2^N pages, 0..4 [4]",
-     [](std::string_view v, BlkbackdConfig* c) -> Status {
-       Result<uint64_t> n = ParseUnsigned("max-ring-page-order", v, 0, 4);
-       if (!n.ok()) return n.status();
-       c->daemon.max_ring_page_order = static_cast<uint32_t>(*n);
-       return Status::Ok();
+     [](std::string_view v, BlkbackdConfig* c) {
+       return SetUnsigned("max-ring-page-order", v, 0, 4, &c->daemon.max_ring_page_order);
      }},
     {"max-queues", "N", "queues a frontend may use; 0 = as many as workers [0]",
-     [](std::string_view v, BlkbackdConfig* c) -> Status {
-       Result<uint64_t> n = ParseUnsigned("max-queues", v, 0, 64);
-       if (!n.ok()) return n.status();
-       c->daemon.max_queues = static_cast<uint32_t>(*n);
-       return Status::Ok();
+     [](std::string_view v, BlkbackdConfig* c) {
+       return SetUnsigned("max-queues", v, 0, 64, &c->daemon.max_queues);
      }},
     {"poll-us", "N", "after serving, a worker polls its rings this long before sleeping [0]",
-     [](std::string_view v, BlkbackdConfig* c) -> Status {
-       Result<uint64_t> n = ParseUnsigned("poll-us", v, 0, 1000000);
-       if (!n.ok()) return n.status();
-       c->daemon.poll_us = static_cast<unsigned>(*n);
-       return Status::Ok();
+     [](std::string_view v, BlkbackdConfig* c) {
+       return SetUnsigned("poll-us", v, 0, 1000000, &c->daemon.poll_us);
      }},
     {"log-level", "LEVEL", "error, warning, notice, info or debug [notice]",
      [](std::string_view v, BlkbackdConfig* c) -> Status {
@@ -156,11 +148,8 @@ const Key kKeys[] = {
      }},
     {"shutdown-timeout-ms", "MS",
      "on SIGTERM, how long to wait for requests already taken from the rings [10000]",
-     [](std::string_view v, BlkbackdConfig* c) -> Status {
-       Result<uint64_t> n = ParseUnsigned("shutdown-timeout-ms", v, 0, 3600000);
-       if (!n.ok()) return n.status();
-       c->shutdown_timeout_ms = static_cast<int>(*n);
-       return Status::Ok();
+     [](std::string_view v, BlkbackdConfig* c) {
+       return SetUnsigned("shutdown-timeout-ms", v, 0, 3600000, &c->shutdown_timeout_ms);
      }},
 };
 
