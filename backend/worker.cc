@@ -88,6 +88,10 @@ bool Worker::RunOnce(int timeout_ms) {
   for (RequestPipeline* pipeline : pipelines_) retry(pipeline);
   for (auto& pipeline : retiring_) retry(pipeline.get());
   if (deferred) timeout_ms = timeout_ms < 0 ? kDeferredRetryMs : std::min(timeout_ms, kDeferredRetryMs);
+  // A ring whose last round ran out of budget has requests waiting and no kick coming for them.
+  bool another_round = false;
+  for (RequestPipeline* pipeline : pipelines_) another_round = another_round || pipeline->wants_another_round();
+  if (another_round) timeout_ms = 0;
   epoll_event events[kMaxEpollEvents];
   int ready = ::epoll_wait(epoll_.get(), events, kMaxEpollEvents, timeout_ms);
   if (ready < 0 && errno != EINTR) {
@@ -101,6 +105,11 @@ bool Worker::RunOnce(int timeout_ms) {
       RunPosted();
     } else {
       static_cast<RequestPipeline*>(source)->OnKick();
+    }
+  }
+  if (another_round) {
+    for (RequestPipeline* pipeline : pipelines_) {
+      if (pipeline->wants_another_round()) pipeline->TakeAnotherRound();
     }
   }
   if (ready > 0 && poll_us_ > 0) Poll();
