@@ -131,8 +131,8 @@ void RequestPipeline::TakeAnotherRound() {
 }
 
 void RequestPipeline::Pump() {
-  // Refused requests are answered at once and hold no slot, so a frontend publishing them as fast as we answer
-  // would keep this loop, and every other ring of the worker, waiting: a round takes one ring's worth.
+  // Refused requests are answered at once and hold no slot, so a frontend publishing them as fast as we
+  // answer would keep this loop, and every other ring of the worker, waiting: a round takes a ring's worth.
   size_t budget = ring_.slots();
   another_round_ = false;
   while (!broken() && !stopped_ && !free_slots_.empty()) {

@@ -90,7 +90,9 @@ bool Worker::RunOnce(int timeout_ms) {
   if (deferred) timeout_ms = timeout_ms < 0 ? kDeferredRetryMs : std::min(timeout_ms, kDeferredRetryMs);
   // A ring whose last round ran out of budget has requests waiting and no kick coming for them.
   bool another_round = false;
-  for (RequestPipeline* pipeline : pipelines_) another_round = another_round || pipeline->wants_another_round();
+  for (RequestPipeline* pipeline : pipelines_) {
+    if (pipeline->wants_another_round()) another_round = true;
+  }
   if (another_round) timeout_ms = 0;
   epoll_event events[kMaxEpollEvents];
   int ready = ::epoll_wait(epoll_.get(), events, kMaxEpollEvents, timeout_ms);
