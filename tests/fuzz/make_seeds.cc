@@ -59,7 +59,7 @@ Bytes Slot(Abi abi, const Request& request) {
 void RequestSeeds(const fs::path& dir) {
   struct Seed {
     const char* name;
-    uint8_t flags;  // bit 0 x86_32, 1 read-only, 2 flush, 3 barrier, 4 4 KiB sectors
+    uint8_t flags;  // bit 0 x86_32 (bit 6: native), 1 read-only, 2 flush, 3 barrier, 4 4 KiB sectors
     Request request;
   };
   Request discard;
@@ -95,6 +95,14 @@ void RequestSeeds(const fs::path& dir) {
       bytes.insert(bytes.end(), slot.begin(), slot.end());
       WriteSeed(dir, std::string(seed.name) + "-" + AbiName(abi), bytes);
     }
+  }
+  // The `protocol` key absent or "native": the backend's own layout.
+  for (int i : {0, 1}) {
+    Bytes bytes{static_cast<uint8_t>(seeds[i].flags | 0x40)};
+    Put(bytes, 2048, 4);
+    Bytes slot = Slot(kNativeAbi, seeds[i].request);
+    bytes.insert(bytes.end(), slot.begin(), slot.end());
+    WriteSeed(dir, std::string(seeds[i].name) + "-native", bytes);
   }
 }
 

@@ -1,13 +1,15 @@
-// Fuzz target: one ring slot of frontend-written bytes, decoded in either ABI (ring/request.h DecodeRequest)
-// and validated (ValidateRequest) against random disk limits. Checks that what validation accepts is safe for
-// the pipeline to act on (segments inside their page, the range inside the disk, no write to a read-only
-// disk, alignment), and that encoding a decoded request and decoding it again changes nothing.
+// Fuzz target: one ring slot of frontend-written bytes, decoded in each ABI (x86_32, x86_64, native)
+// (ring/request.h DecodeRequest) and validated (ValidateRequest) against random disk limits. Checks that what
+// validation accepts is safe for the pipeline to act on (segments inside their page, the range inside the
+// disk, no write to a read-only disk, alignment), and that encoding a decoded request and decoding it again
+// changes nothing.
 //
-// Input: one byte of flags (ABI, read-only, flush, barrier, 4 KiB sectors, a large disk), the disk size, then
-// the slot.
+// Input: one byte of flags (bits 0 and 6: the protocol; read-only, flush, barrier, 4 KiB sectors, a large
+// disk), the disk size, then the slot.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include "ring/request.h"
@@ -68,7 +70,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace blk;
   fuzz::FuzzInput input(data, size);
   uint8_t flags = input.U8();
-  Abi abi = (flags & 1) ? Abi::kX86_32 : Abi::kX86_64;
+  // The ABI as the frontend's `protocol` key names it: x86_64-abi, x86_32-abi, or native.
+  static constexpr const char* kProtocols[] = {XEN_IO_PROTO_ABI_X86_64, XEN_IO_PROTO_ABI_X86_32,
+                                               XEN_IO_PROTO_ABI_NATIVE, ""};
+  std::optional<Abi> parsed = ParseProtocol(kProtocols[(flags & 1) | ((flags >> 5) & 2)]);
+  FUZZ_CHECK(parsed.has_value());
+  Abi abi = *parsed;
   DiskLimits limits;
   limits.read_only = flags & 2;
   limits.flush = flags & 4;
