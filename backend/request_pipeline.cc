@@ -3,6 +3,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -125,9 +126,22 @@ bool RequestPipeline::PollRing() {
   return true;
 }
 
+void RequestPipeline::TakeAnotherRound() {
+  Pump();
+  PushResponses();
+}
+
 void RequestPipeline::Pump() {
+  // Refused requests are answered at once and hold no slot, so a frontend publishing them as fast as we
+  // answer would keep this loop, and every other ring of the worker, waiting: a round takes a ring's worth.
+  size_t budget = ring_.slots();
+  another_round_ = false;
   while (!broken() && !stopped_ && !free_slots_.empty()) {
-    auto taken = ring_.Take(std::span(taken_).first(free_slots_.size()));
+    if (budget == 0) {
+      another_round_ = true;
+      break;
+    }
+    auto taken = ring_.Take(std::span(taken_).first(std::min(free_slots_.size(), budget)));
     if (!taken.ok()) {
       broken_.store(true, std::memory_order_relaxed);
       Log(LogLevel::kError, name_.c_str(), "broken frontend, ring stopped: %s",
@@ -138,6 +152,7 @@ void RequestPipeline::Pump() {
       if (ring_.FinalCheckForRequests()) continue;
       break;
     }
+    budget -= *taken;
     for (size_t i = 0; i < *taken; ++i) Admit(taken_[i]);
   }
   StartQueued();

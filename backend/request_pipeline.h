@@ -92,6 +92,10 @@ class RequestPipeline final : public CompletionHandler {
   // Takes and starts requests if the frontend published any; for a worker that polls instead of sleeping.
   // Returns whether there were any.
   bool PollRing();
+  // The last round took its budget (one ring's worth of requests) and left the rest: the worker calls
+  // TakeAnotherRound() on its next iteration, after the other rings had their turn.
+  bool wants_another_round() const { return another_round_; }
+  void TakeAnotherRound();
   // Stops taking requests (requests already taken still complete).
   void StopTaking() { stopped_ = true; }
 
@@ -122,7 +126,8 @@ class RequestPipeline final : public CompletionHandler {
                   std::shared_ptr<const RawImage> image, const DiskLimits& limits, AioEngine& aio,
                   std::shared_ptr<DeviceStats> stats, Mapping buffers);
 
-  // Takes requests and starts what may start, until the ring is empty or no slot is free.
+  // Takes requests and starts what may start, until the ring is empty, no slot is free or a ring's worth of
+  // requests was taken.
   void Pump();
   // Validates a taken request; queues it in a slot or answers it at once.
   void Admit(const Request& request);
@@ -183,6 +188,7 @@ class RequestPipeline final : public CompletionHandler {
   bool responses_pending_ = false;
   std::atomic<bool> broken_{false};
   bool stopped_ = false;
+  bool another_round_ = false;
   uint64_t bad_requests_logged_ = 0;
 };
 

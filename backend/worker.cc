@@ -94,6 +94,12 @@ bool Worker::RunOnce(int timeout_ms) {
   for (RequestPipeline* pipeline : pipelines_) retry(pipeline);
   for (auto& pipeline : retiring_) retry(pipeline.get());
   if (deferred) timeout_ms = timeout_ms < 0 ? kDeferredRetryMs : std::min(timeout_ms, kDeferredRetryMs);
+  // A ring whose last round ran out of budget has requests waiting and no kick coming for them.
+  bool another_round = false;
+  for (RequestPipeline* pipeline : pipelines_) {
+    if (pipeline->wants_another_round()) another_round = true;
+  }
+  if (another_round) timeout_ms = 0;
   epoll_event events[kMaxEpollEvents];
   int ready = ::epoll_wait(epoll_.get(), events, kMaxEpollEvents, timeout_ms);
   if (ready < 0 && errno != EINTR) {
@@ -107,6 +113,11 @@ bool Worker::RunOnce(int timeout_ms) {
       RunPosted();
     } else {
       static_cast<RequestPipeline*>(source)->OnKick();
+    }
+  }
+  if (another_round) {
+    for (RequestPipeline* pipeline : pipelines_) {
+      if (pipeline->wants_another_round()) pipeline->TakeAnotherRound();
     }
   }
   if (ready > 0 && poll_us_ > 0) Poll();

@@ -33,7 +33,6 @@ void CheckFooterCopy(VhdImage& image, CheckReport* report) {
 
 void CheckBlocks(VhdImage& image, CheckReport* report,
                  const std::function<void(uint64_t, uint64_t)>& progress) {
-  const uint32_t block_size = image.header().block_size;
   std::vector<uint8_t> data;
   for (uint32_t block = 0; block < image.block_count(); ++block) {
     if (progress) progress(block, image.block_count());
@@ -58,7 +57,7 @@ void CheckBlocks(VhdImage& image, CheckReport* report,
                                  " is marked full in the batmap but its bitmap has clear bits");
     }
     if (image.type() != DiskType::kDynamic || full) continue;
-    data.resize(block_size);
+    data.resize(sectors * kSectorSize);  // a hostile header may claim 256 MiB blocks for a tiny disk
     Status status = image.file().ReadAt(uint64_t{sector} * kSectorSize + image.bitmap_bytes(),
                                         std::span(data).first(sectors * kSectorSize));
     if (!status.ok()) {

@@ -259,7 +259,10 @@ uint64_t VhdImage::block_sectors(uint32_t block) const {
   return std::min<uint64_t>(header_.block_size, virtual_size_ - start) / kSectorSize;
 }
 
-Status VhdImage::ValidateBat(uint64_t) {
+Status VhdImage::ValidateBat(uint64_t file_size) {
+  // Where blocks may end: before the footer, and inside the file (when the footer copy at offset 0 stands in
+  // for a lost trailing one, footer_offset_ lies past the end of a file that is not a whole number of sectors).
+  const uint64_t blocks_end = std::min(footer_offset_, file_size);
   struct Extent {
     uint64_t offset;
     uint64_t length;
@@ -275,10 +278,11 @@ Status VhdImage::ValidateBat(uint64_t) {
       return Corrupt("BAT entry " + std::to_string(block) + " points at offset " + std::to_string(offset) +
                      ", inside the metadata (which ends at " + std::to_string(metadata_end_) + ")");
     }
-    if (offset + length > footer_offset_) {
+    if (offset + length > blocks_end) {
       return Corrupt("BAT entry " + std::to_string(block) + " points at offset " + std::to_string(offset) +
                      ", past the end of the file (block ends at " + std::to_string(offset + length) +
-                     ", footer at " + std::to_string(footer_offset_) + ")");
+                     ", footer at " + std::to_string(footer_offset_) + ", file of " + std::to_string(file_size) +
+                     " bytes)");
     }
     extents.push_back({offset, length, block});
   }
