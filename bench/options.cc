@@ -30,6 +30,12 @@ const char kBenchUsage[] =
     "  --seed=N           seed of the random offsets (default 1)\n"
     "  --poll=USEC        the backend worker keeps polling this long after serving before it sleeps (default "
     "0)\n"
+    "  --format=FMT       raw or vhd: a missing vhd file is laid out as a fully allocated dynamic VHD of "
+    "--size "
+    "bytes (default raw)\n"
+    "  --vhd-blank        with --format=vhd: create the file as an empty dynamic VHD (it must not exist), so "
+    "that "
+    "writes allocate\n"
     "\n"
     "example: blkbench --filename=/var/tmp/disk.img --size=1g --rw=randread --bs=4k --iodepth=32 "
     "--runtime=10 "
@@ -141,6 +147,10 @@ Result<BenchOptions> ParseBenchOptions(const std::vector<std::string>& args) {
       BLK_RETURN_IF_ERROR(flag(&options.json));
       continue;
     }
+    if (name == "vhd-blank") {
+      BLK_RETURN_IF_ERROR(flag(&options.vhd_blank));
+      continue;
+    }
     if (name == "vs-fio") {
       BLK_RETURN_IF_ERROR(flag(&options.vs_fio));
       continue;
@@ -211,6 +221,10 @@ Result<BenchOptions> ParseBenchOptions(const std::vector<std::string>& args) {
       auto poll = ParseNumber(name, value, 0, 100000);
       if (!poll.ok()) return poll.status();
       options.poll_us = static_cast<unsigned>(*poll);
+    } else if (name == "format") {
+      if (value != "raw" && value != "vhd")
+        return Status::InvalidArgument("--format: '" + value + "' is neither raw nor vhd");
+      options.format = value;
     } else if (name == "seed") {
       auto seed = ParseNumber(name, value, 0, std::numeric_limits<uint64_t>::max());
       if (!seed.ok()) return seed.status();
@@ -218,6 +232,13 @@ Result<BenchOptions> ParseBenchOptions(const std::vector<std::string>& args) {
     } else {
       return Status::InvalidArgument("unknown option --" + name + " (see --help)");
     }
+  }
+  if (options.vhd_blank && options.format != "vhd") {
+    return Status::InvalidArgument("--vhd-blank needs --format=vhd");
+  }
+  if (options.vs_fio && options.format != "raw") {
+    return Status::InvalidArgument("--vs-fio: fio reads files raw; it cannot run against --format=" +
+                                   options.format);
   }
   if (options.bs % options.sector_size != 0) {
     return Status::InvalidArgument("--bs " + std::to_string(options.bs) +
