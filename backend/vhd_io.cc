@@ -1,6 +1,8 @@
 // VhdIo: reads mapped through the chain, writes in place, behind a bitmap, or into a newly allocated block.
 #include "backend/vhd_io.h"
 
+#include <linux/fs.h>
+
 #include <algorithm>
 #include <array>
 #include <cstring>
@@ -54,16 +56,14 @@ void VhdIo::QueueRead(Request& request, int fd, uint8_t* buffer, uint64_t length
   submit_.push_back(&op.cb);
 }
 
-void VhdIo::QueueWrite(Request& request, int fd, const uint8_t* buffer, uint64_t length,
-                       uint64_t file_offset) {
+void VhdIo::QueueWrite(Request& request, int fd, const uint8_t* buffer, uint64_t length, uint64_t file_offset,
+                       bool durable) {
   Op& op = NextOp(request);
   aio_.PrepareWrite(&op.cb, fd, buffer, length, file_offset, &op.tag);
-  submit_.push_back(&op.cb);
-}
-
-void VhdIo::QueueSync(Request& request) {
-  Op& op = NextOp(request);
-  aio_.PrepareFdsync(&op.cb, image_.data_fd(), &op.tag);
+  // RWF_DSYNC: the write completes once it is durable (as O_DSYNC would make it). One trip through the
+  // kernel instead of a write and then an IOCB_CMD_FDSYNC, which the kernel runs from a workqueue: on a busy
+  // machine every such hop waits for a CPU, and an allocation would take four of them.
+  if (durable) op.cb.aio_rw_flags = RWF_DSYNC;
   submit_.push_back(&op.cb);
 }
 
@@ -125,7 +125,9 @@ void VhdIo::ContinueWrite(Request& request) {
     case vhd::BlockWritePlan::Action::kInPlace:
     case vhd::BlockWritePlan::Action::kWriteThenBitmap:
       request.phase = Phase::kWriteData;
-      QueueWrite(request, image_.data_fd(), request.buffer + request.done, run, plan->data_file_offset);
+      // The bits of a kWriteThenBitmap may only claim data that is durable.
+      QueueWrite(request, image_.data_fd(), request.buffer + request.done, run, plan->data_file_offset,
+                 plan->action == vhd::BlockWritePlan::Action::kWriteThenBitmap);
       return;
     case vhd::BlockWritePlan::Action::kAllocate:
       if (!image_.allocation_gate().TryClose()) {
@@ -165,8 +167,8 @@ void VhdIo::WriteNewBlock(Request& request) {
   request.phase = Phase::kAllocWrite;
   // Neither is reachable until the BAT points at the block: they go out together.
   QueueWrite(request, image_.data_fd(), image_.footer_buffer().data(), vhd::kFooterSize,
-             plan.new_footer_offset);
-  QueueWrite(request, image_.data_fd(), block.data(), block.size(), plan.block_offset);
+             plan.new_footer_offset, /*durable=*/true);
+  QueueWrite(request, image_.data_fd(), block.data(), block.size(), plan.block_offset, /*durable=*/true);
 }
 
 void VhdIo::StepDone(Request& request) {
@@ -183,16 +185,12 @@ void VhdIo::StepDone(Request& request) {
       return;
     case Phase::kWriteData:
       if (request.failed) break;
-      if (plan.action == vhd::BlockWritePlan::Action::kWriteThenBitmap) {
-        // The bits may only claim data that is durable.
-        request.phase = Phase::kDataSync;
-        QueueSync(request);
+      if (plan.action == vhd::BlockWritePlan::Action::kInPlace) {
+        request.done = request.step_end;
+        ContinueWrite(request);
         return;
       }
-      request.done = request.step_end;
-      ContinueWrite(request);
-      return;
-    case Phase::kDataSync:
+      [[fallthrough]];  // the data is durable: now the bitmap
     case Phase::kWaitBitmap: {
       if (request.failed) break;
       if (!image_.bitmap_gate().TryClose()) {
@@ -206,7 +204,7 @@ void VhdIo::StepDone(Request& request) {
       std::copy(sectors.bytes.begin(), sectors.bytes.end(), image_.bitmap_buffer().begin());
       request.phase = Phase::kBitmapWrite;
       QueueWrite(request, image_.metadata_fd(), image_.bitmap_buffer().data(), sectors.bytes.size(),
-                 sectors.file_offset);
+                 sectors.file_offset, /*durable=*/false);
       return;
     }
     case Phase::kBitmapWrite:
@@ -219,16 +217,10 @@ void VhdIo::StepDone(Request& request) {
       ContinueWrite(request);
       return;
     case Phase::kAllocWrite:
-    case Phase::kAllocSync:
       if (request.failed) {
         // Nothing points at the new block: the next allocation may reuse its place.
         image_.allocation_gate().Open();
         break;
-      }
-      if (request.phase == Phase::kAllocWrite) {
-        request.phase = Phase::kAllocSync;
-        QueueSync(request);
-        return;
       }
       {
         std::array<uint8_t, vhd::kSectorSize> sector = leaf.BatSector(plan);
@@ -236,20 +228,14 @@ void VhdIo::StepDone(Request& request) {
       }
       request.phase = Phase::kBatWrite;
       QueueWrite(request, image_.metadata_fd(), image_.bat_buffer().data(), vhd::kSectorSize,
-                 leaf.BatSectorOffset(plan));
+                 leaf.BatSectorOffset(plan), /*durable=*/true);
       return;
     case Phase::kBatWrite:
-    case Phase::kBatSync:
       if (request.failed) {
         // The BAT on disk may or may not point at the block; it stays reserved so nothing else lands there.
         leaf.AbandonAllocation(plan);
         image_.allocation_gate().Open();
         break;
-      }
-      if (request.phase == Phase::kBatWrite) {
-        request.phase = Phase::kBatSync;
-        QueueSync(request);
-        return;
       }
       leaf.CommitAllocation(plan);
       request.done = request.step_end;

@@ -4,13 +4,15 @@
 // buffer, every file extent becomes an iocb, and the request is done when all of them are. Writes go block by
 // block, as the leaf plans them (vhd::BlockWritePlan):
 //   kInPlace         the data;
-//   kWriteThenBitmap the data, fdatasync, then the bitmap sectors (one bitmap write per image at a time, so
+//   kWriteThenBitmap the data, durably, then the bitmap sectors (one bitmap write per image at a time, so
 //                    that an older copy of a sector never lands after a newer one);
 //   kAllocate        (differencing: the parent's data read into the new block), the footer past the new
-//                    block and the block itself, fdatasync, the BAT sector, fdatasync; only then is the
+//                    block and the block itself, durably, then the BAT sector, durably; only then is the
 //                    allocation committed and the request's block done. One allocation per image at a time:
 //                    a write that finds one running waits for it and then plans again, so a block being
 //                    allocated is allocated once and later writes to it go in place.
+// "Durably" is a write with RWF_DSYNC: it completes once it is on stable storage, as a write followed by
+// fdatasync would, in one trip through the kernel.
 // The batmap is not updated: it is a hint, and an unset bit only makes readers look at the bitmap.
 // Every iocb goes into the pipeline's submission list, so it leaves in the pipeline's one io_submit per
 // round. Memory: per-slot state and iocbs are allocated with the ring; the new-block buffer belongs to the
@@ -67,15 +69,12 @@ class VhdIo final : public CompletionHandler {
   enum class Phase : uint8_t {
     kIdle,
     kRead,        // a round of reads (the request's, or a new block's parent fill)
-    kWriteData,   // in place, or the data of a kWriteThenBitmap
-    kDataSync,    // kWriteThenBitmap: the data made durable
+    kWriteData,   // in place, or the data of a kWriteThenBitmap (durable)
     kWaitBitmap,  // waiting for the image's bitmap gate
     kBitmapWrite,
     kWaitAllocation,  // waiting for the image's allocation gate
-    kAllocWrite,      // the footer and the new block
-    kAllocSync,
-    kBatWrite,
-    kBatSync,
+    kAllocWrite,      // the footer and the new block, durable
+    kBatWrite,        // the BAT sector, durable
   };
   struct Request;
   struct Op {
@@ -119,8 +118,9 @@ class VhdIo final : public CompletionHandler {
   void Fail(Request& request, const Status& why);
   Op& NextOp(Request& request);
   void QueueRead(Request& request, int fd, uint8_t* buffer, uint64_t length, uint64_t file_offset);
-  void QueueWrite(Request& request, int fd, const uint8_t* buffer, uint64_t length, uint64_t file_offset);
-  void QueueSync(Request& request);
+  // `durable`: with RWF_DSYNC.
+  void QueueWrite(Request& request, int fd, const uint8_t* buffer, uint64_t length, uint64_t file_offset,
+                  bool durable);
 
   std::string name_;
   Owner& owner_;

@@ -150,7 +150,7 @@ TEST_P(VhdRandomWorkloadTest, TenThousandMixedIosVerifiedByteForByteAndTheFileCh
     ASSERT_TRUE(guest.device && guest.front);
     EXPECT_EQ(guest.device->limits().sectors, kDiskSectors);
     Workload workload(*guest.front, model, c.depth, c.depth * 1000 + c.block_size);
-    workload.Run(c.dir == std::string("/dev/shm") ? 10000 : 4000);
+    workload.Run(c.dir == std::string("/dev/shm") ? 6000 : 3000);
     EXPECT_GT(workload.writes, 1000u);
     EXPECT_EQ(guest.device->stats().io_errors.load(), 0u);
     EXPECT_FALSE(guest.device->broken());
