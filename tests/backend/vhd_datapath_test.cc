@@ -93,7 +93,7 @@ void ExpectQemuReads(const std::string& path, const Bytes& model) {
   EXPECT_TRUE(back == model) << "qemu-img reads something else than the guest wrote";
 }
 
-enum class Chain { kDynamic, kDifferencing };
+enum class Chain { kFixed, kDynamic, kDifferencing };
 
 struct VhdCase {
   Chain chain;
@@ -120,7 +120,7 @@ Bytes MakeParent(const std::string& path) {
   return model;
 }
 
-TEST_P(VhdRandomWorkloadTest, TenThousandMixedIosVerifiedByteForByteAndTheFileChecksOut) {
+TEST_P(VhdRandomWorkloadTest, ThousandsOfMixedIosVerifiedByteForByteAndTheFileChecksOut) {
   const VhdCase& c = GetParam();
   std::string path = TestPath(c.dir, "vhd_workload");
   std::string parent_path = TestPath(c.dir, "vhd_workload_parent");
@@ -136,6 +136,8 @@ TEST_P(VhdRandomWorkloadTest, TenThousandMixedIosVerifiedByteForByteAndTheFileCh
     vhd::CreateOptions options = vhd::CreateOptions::Differencing(parent_path);
     options.block_size = c.block_size;
     ASSERT_TRUE(vhd::CreateImage(path, options).ok());
+  } else if (c.chain == Chain::kFixed) {
+    ASSERT_TRUE(vhd::CreateImage(path, vhd::CreateOptions::Fixed(kDiskBytes)).ok());
   } else {
     ASSERT_TRUE(vhd::CreateImage(path, vhd::CreateOptions::Dynamic(kDiskBytes, c.block_size)).ok());
   }
@@ -159,7 +161,7 @@ TEST_P(VhdRandomWorkloadTest, TenThousandMixedIosVerifiedByteForByteAndTheFileCh
   (*worker)->Stop();
   EXPECT_TRUE(ReadChain(path) == model) << "the image reads other than what the guest wrote";
   ExpectChecks(path);
-  if (c.chain == Chain::kDynamic) {
+  if (c.chain != Chain::kDifferencing) {
     if (HaveQemuImg()) ExpectQemuReads(path, model);
   } else {
     int fd = ::open(parent_path.c_str(), O_RDONLY);
@@ -174,14 +176,16 @@ TEST_P(VhdRandomWorkloadTest, TenThousandMixedIosVerifiedByteForByteAndTheFileCh
 }
 
 INSTANTIATE_TEST_SUITE_P(Images, VhdRandomWorkloadTest,
-                         ::testing::Values(VhdCase{Chain::kDynamic, 64, "/dev/shm", 64u << 10},
+                         ::testing::Values(VhdCase{Chain::kFixed, 32, "/dev/shm", 0},
+                                           VhdCase{Chain::kDynamic, 64, "/dev/shm", 64u << 10},
                                            VhdCase{Chain::kDynamic, 16, "/var/tmp", 2u << 20},
                                            VhdCase{Chain::kDifferencing, 64, "/dev/shm", 64u << 10},
                                            VhdCase{Chain::kDifferencing, 8, "/var/tmp", 2u << 20}),
                          [](const auto& info) {
-                           return std::string(info.param.chain == Chain::kDynamic ? "Dynamic"
-                                                                                  : "Differencing") +
-                                  "Depth" + std::to_string(info.param.depth) + "Block" +
+                           const char* kind = info.param.chain == Chain::kFixed     ? "Fixed"
+                                              : info.param.chain == Chain::kDynamic ? "Dynamic"
+                                                                                    : "Differencing";
+                           return std::string(kind) + "Depth" + std::to_string(info.param.depth) + "Block" +
                                   std::to_string(info.param.block_size >> 10) + "K" +
                                   (std::string(info.param.dir) == "/dev/shm" ? "Shm" : "Disk");
                          });
