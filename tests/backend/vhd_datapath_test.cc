@@ -338,6 +338,50 @@ TEST_F(SteppedVhdTest, FailedBatWriteFailsOnlyThatWriteAndLeavesTheImageConsiste
   ExpectChecks(path_);
 }
 
+// A block whose bitmap has only some bits set (as tapdisk leaves them): a write elsewhere in that block is a
+// kWriteThenBitmap (the data durably, then the bitmap sector).
+TEST_F(SteppedVhdTest, WriteIntoAPartlyFilledBlockSetsItsBitmapBits) {
+  vhd::CreateOptions options = vhd::CreateOptions::Dynamic(kDiskBytes);
+  options.batmap = false;
+  ASSERT_TRUE(vhd::CreateImage(path_, options).ok());
+  Bytes model(kDiskBytes, 0);
+  std::fill_n(model.begin() + 4096, 4096, 0x11);
+  uint64_t bitmap_offset = 0;
+  {
+    auto chain = vhd::VhdChain::Open(path_, true);
+    ASSERT_TRUE(chain.ok());
+    ASSERT_TRUE((*chain)->top().Write(4096, std::span<const uint8_t>(model).subspan(4096, 4096)).ok());
+    bitmap_offset = uint64_t{(*chain)->top().bat_entry(0)} * 512;
+  }
+  Bytes bitmap(512, 0);
+  bitmap[1] = 0xFF;  // sectors 8..15: bytes 4096..8191, the only ones written
+  int fd = ::open(path_.c_str(), O_WRONLY);
+  ASSERT_EQ(::pwrite(fd, bitmap.data(), bitmap.size(), static_cast<off_t>(bitmap_offset)), 512);
+  ::close(fd);
+  Connect();
+  Bytes data = Pattern(8192, 77);
+  ASSERT_EQ(Do(IoOp::kWrite, 16, data), BLKIF_RSP_OKAY);  // bytes 8192..16383: clear bits
+  std::copy(data.begin(), data.end(), model.begin() + 8192);
+  Bytes back(20480);
+  ASSERT_EQ(Do(IoOp::kRead, 0, back), BLKIF_RSP_OKAY);
+  EXPECT_TRUE(std::equal(back.begin(), back.end(), model.begin()));
+  auto bits = image().leaf().Bitmap(0);
+  ASSERT_TRUE(bits.ok());
+  EXPECT_EQ((*bits)[1], 0xFF);
+  EXPECT_EQ((*bits)[2], 0xFF);
+  EXPECT_EQ((*bits)[3], 0xFF);
+  EXPECT_EQ((*bits)[4], 0);
+  guest_.reset();
+  fd = ::open(path_.c_str(), O_RDONLY);
+  ASSERT_EQ(::pread(fd, bitmap.data(), bitmap.size(), static_cast<off_t>(bitmap_offset)), 512);
+  ::close(fd);
+  EXPECT_EQ(bitmap[2], 0xFF) << "the bitmap on disk does not claim the new data";
+  EXPECT_EQ(bitmap[4], 0);
+  ExpectChecks(path_);
+  EXPECT_TRUE(ReadChain(path_) == model);
+  if (HaveQemuImg()) ExpectQemuReads(path_, model);
+}
+
 TEST_F(SteppedVhdTest, FlushOfAnImageOpenedFromItsFooterCopyRewritesTheFooter) {
   ASSERT_TRUE(vhd::CreateImage(path_, vhd::CreateOptions::Dynamic(kDiskBytes)).ok());
   // Damage the trailing footer: the image opens from the copy at offset 0.
