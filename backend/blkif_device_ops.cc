@@ -1,6 +1,7 @@
 // BackendDeviceOps: the handshake's requests carried out on a blk::Device.
 #include "backend/blkif_device_ops.h"
 
+#include <functional>
 #include <optional>
 
 #include "ring/blkif_abi.h"
@@ -14,13 +15,12 @@ BackendDeviceOps::BackendDeviceOps(std::string name, Hypervisor hypervisor, std:
 BackendDeviceOps::~BackendDeviceOps() { Disconnect(); }
 
 Result<BlkifDiskInfo> BackendDeviceOps::Open(const BackendConfig& config) {
-  if (config.disk.format != DiskFormat::kRaw) {
-    return Status::NotSupported(name_ + ": image " + config.disk.path +
-                                ": vhd images are not supported yet (raw images only)");
-  }
   DeviceConfig device_config;
   device_config.name = name_;
   device_config.path = config.disk.path;
+  device_config.format = config.disk.format == DiskFormat::kVhd ? ImageFormatHint::kVhd
+                         : config.disk.probe                    ? ImageFormatHint::kProbe
+                                                                : ImageFormatHint::kRaw;
   device_config.read_only = !config.writable || config.device_type == DeviceType::kCdrom;
   device_config.direct = direct_io_;
   device_config.discard = config.discard_enable;
@@ -42,13 +42,18 @@ Status BackendDeviceOps::Connect(uint32_t frontend_id, const FrontendTransport& 
   if (workers_.empty()) return Status::InvalidArgument(name_ + ": no worker to serve the rings");
   std::optional<Abi> abi = ParseProtocol(transport.protocol);
   if (!abi) return Status::NotSupported(name_ + ": protocol " + transport.protocol);
+  // A VHD image's metadata is single-threaded: all its queues share one worker (chosen by the device's name,
+  // so that VHD devices spread over the workers).
+  bool one_worker = device_->image().format() == ImageFormat::kVhd;
+  size_t vhd_worker = std::hash<std::string>{}(name_) % workers_.size();
   for (size_t q = 0; q < transport.queues.size(); ++q) {
     RingConnection connection;
     connection.frontend_domid = static_cast<DomId>(frontend_id);
     connection.ring_refs.assign(transport.queues[q].ring_refs.begin(), transport.queues[q].ring_refs.end());
     connection.event_channel = transport.queues[q].event_channel;
     connection.abi = *abi;
-    Status connected = device_->Connect(hypervisor_, connection, *workers_[q % workers_.size()]);
+    Status connected =
+        device_->Connect(hypervisor_, connection, *workers_[one_worker ? vhd_worker : q % workers_.size()]);
     if (!connected.ok()) {
       device_->Disconnect();
       return connected.Annotate("queue " + std::to_string(q) + ": ");

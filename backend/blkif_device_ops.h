@@ -23,7 +23,8 @@ class BackendDeviceOps final : public BlkifDeviceOps {
   BackendDeviceOps(std::string name, Hypervisor hypervisor, std::vector<Worker*> workers, bool direct_io);
   ~BackendDeviceOps() override;
 
-  // Raw images only: a vhd: image fails with kNotSupported. A cdrom or mode "r" opens read-only.
+  // Raw and VHD images: the params prefix names the format; a bare path is probed (a VHD footer at the end
+  // makes it a VHD; a probed differencing VHD is refused). A cdrom or mode "r" opens read-only.
   Result<BlkifDiskInfo> Open(const BackendConfig& config) override;
   bool is_open() const override { return device_ != nullptr; }
   Status Connect(uint32_t frontend_id, const FrontendTransport& transport) override;

@@ -2,7 +2,8 @@
 // (one request pipeline per queue), each ring served by a worker.
 //
 // Threading: Connect and Disconnect run on a control thread; they hand each ring to its worker with
-// Worker::Call, so the ring itself is only ever touched by the worker.
+// Worker::Call, so the ring itself is only ever touched by the worker. A VHD image's metadata is used by one
+// thread at a time: every ring of a VHD device must be connected on the same worker.
 #pragma once
 
 #include <memory>
@@ -13,7 +14,7 @@
 #include "backend/request_pipeline.h"
 #include "backend/worker.h"
 #include "base/status.h"
-#include "formats/raw_image.h"
+#include "formats/disk_image.h"
 #include "ring/hypervisor.h"
 #include "ring/request.h"
 
@@ -22,6 +23,7 @@ namespace blk {
 struct DeviceConfig {
   std::string name;  // "<domid>/<devid>", used in every log line
   std::string path;  // the image
+  ImageFormatHint format = ImageFormatHint::kRaw;
   bool read_only = false;
   bool direct = true;
   uint32_t logical_block_size = 0;  // 0: the image's own
@@ -34,7 +36,7 @@ class Device {
   ~Device();
 
   const std::string& name() const { return name_; }
-  const RawImage& image() const { return *image_; }
+  const DiskImage& image() const { return *image_; }
   const DiskLimits& limits() const { return limits_; }
   // Bytes the storage frees in, when limits().discard.
   uint32_t discard_granularity() const { return discard_granularity_; }
@@ -54,7 +56,7 @@ class Device {
     std::unique_ptr<RequestPipeline> pipeline;
     Worker* worker;
   };
-  Device(std::string name, std::shared_ptr<RawImage> image, DiskLimits limits, uint32_t discard_granularity)
+  Device(std::string name, std::shared_ptr<DiskImage> image, DiskLimits limits, uint32_t discard_granularity)
       : name_(std::move(name)),
         image_(std::move(image)),
         limits_(limits),
@@ -62,7 +64,7 @@ class Device {
         stats_(std::make_shared<DeviceStats>()) {}
 
   std::string name_;
-  std::shared_ptr<RawImage> image_;  // shared with the rings, which may outlive the device (see Disconnect)
+  std::shared_ptr<DiskImage> image_;  // shared with the rings, which may outlive the device (see Disconnect)
   DiskLimits limits_;
   uint32_t discard_granularity_;
   std::shared_ptr<DeviceStats> stats_;

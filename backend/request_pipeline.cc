@@ -9,6 +9,8 @@
 
 #include "base/log.h"
 #include "formats/discard.h"
+#include "formats/raw_image.h"
+#include "formats/vhd_disk_image.h"
 
 namespace blk {
 namespace {
@@ -43,7 +45,7 @@ const char* OperationName(uint8_t operation) {
 
 Result<std::unique_ptr<RequestPipeline>> RequestPipeline::Create(std::string name, Hypervisor& hypervisor,
                                                                  const RingConnection& connection,
-                                                                 std::shared_ptr<const RawImage> image,
+                                                                 std::shared_ptr<DiskImage> image,
                                                                  const DiskLimits& limits, AioEngine& aio,
                                                                  std::shared_ptr<DeviceStats> stats) {
   size_t pages = connection.ring_refs.size();
@@ -67,9 +69,8 @@ Result<std::unique_ptr<RequestPipeline>> RequestPipeline::Create(std::string nam
 
 RequestPipeline::RequestPipeline(std::string name, Hypervisor& hypervisor, GrantMapping ring_mapping,
                                  size_t ring_pages, Abi abi, std::unique_ptr<EventChannel> channel,
-                                 DomId frontend, std::shared_ptr<const RawImage> image,
-                                 const DiskLimits& limits, AioEngine& aio, std::shared_ptr<DeviceStats> stats,
-                                 Mapping buffers)
+                                 DomId frontend, std::shared_ptr<DiskImage> image, const DiskLimits& limits,
+                                 AioEngine& aio, std::shared_ptr<DeviceStats> stats, Mapping buffers)
     : name_(std::move(name)),
       hypervisor_(hypervisor),
       ring_mapping_(std::move(ring_mapping)),
@@ -77,7 +78,8 @@ RequestPipeline::RequestPipeline(std::string name, Hypervisor& hypervisor, Grant
       channel_(std::move(channel)),
       frontend_(frontend),
       image_(std::move(image)),
-      fd_(image_->fd()),
+      fd_(image_->format() == ImageFormat::kRaw ? static_cast<RawImage&>(*image_).fd()
+                                                : static_cast<VhdDiskImage&>(*image_).data_fd()),
       limits_(limits),
       aio_(aio),
       stats_owner_(std::move(stats)),
@@ -101,8 +103,14 @@ RequestPipeline::RequestPipeline(std::string name, Hypervisor& hypervisor, Grant
   taken_.resize(slots);
   copies_.reserve(static_cast<size_t>(slots) * kMaxDirectSegments);
   copy_slots_.reserve(slots);
-  submit_.reserve(slots);
-  deferred_.reserve(slots);
+  // A VHD request may have several iocbs in flight (its pieces, or a new block and its footer).
+  size_t iocbs = image_->format() == ImageFormat::kVhd ? size_t{slots} * VhdIo::kOpsPerRequest : slots;
+  submit_.reserve(iocbs);
+  deferred_.reserve(iocbs);
+  if (image_->format() == ImageFormat::kVhd) {
+    vhd_ = std::make_unique<VhdIo>(name_, static_cast<VhdIo::Owner&>(*this),
+                                   static_cast<VhdDiskImage&>(*image_), aio_, slots, submit_);
+  }
   reads_done_.reserve(slots);
 }
 
@@ -244,6 +252,7 @@ void RequestPipeline::StartQueued() {
       }
     }
   }
+  if (!reads_done_.empty()) CopyReadsOut();  // VHD reads of holes only: done without the disk
   Submit();
 }
 
@@ -266,7 +275,24 @@ void RequestPipeline::DiscardNow(Slot& slot) {
 
 void RequestPipeline::PrepareData(Slot& slot) {
   slot.stage = Stage::kData;
+  if (vhd_) {
+    slot.chain_count = 1;
+    slot.chain_bytes = slot.length;
+    slot.chain_next = kNoSlot;
+    vhd_->Start(SlotIndex(slot), slot.writes, slot.offset, slot.length, slot.buffer);
+    return;
+  }
   ready_.push_back(SlotIndex(slot));
+}
+
+void RequestPipeline::VhdDataDone(uint32_t index, bool ok) {
+  Slot& slot = slots_[index];
+  if (ok) {
+    CompleteData(slot);
+    return;
+  }
+  DeviceStats::Add(stats_.io_errors, 1);
+  Respond(slot, BLKIF_RSP_ERROR);
 }
 
 void RequestPipeline::BuildDataIocbs() {
@@ -318,6 +344,7 @@ void RequestPipeline::SubmitChain(Slot& head) {
 
 void RequestPipeline::PrepareSync(Slot& slot) {
   slot.stage = Stage::kPostSync;
+  if (vhd_) vhd_->BeforeFlush();
   aio_.PrepareFdsync(&slot.cb, fd_, &slot.tag);
   submit_.push_back(&slot.cb);
 }
@@ -337,6 +364,11 @@ void RequestPipeline::Submit() {
       break;
     }
     // The kernel refused this one iocb for good (a bad fd, an unsupported operation): only it fails.
+    if (static_cast<AioTag*>(submit_[next]->data)->handler != this) {
+      vhd_->Refused(submit_[next], refused);
+      ++next;
+      continue;
+    }
     Slot& slot = *reinterpret_cast<Slot*>(submit_[next]->data);
     Log(LogLevel::kError, name_.c_str(), "%s id %llu: %s", OperationName(slot.request.operation),
         static_cast<unsigned long long>(slot.request.id), refused.ToString().c_str());

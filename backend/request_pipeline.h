@@ -30,10 +30,12 @@
 #include <vector>
 
 #include "backend/aio_engine.h"
+#include "backend/completion_handler.h"
 #include "backend/device_stats.h"
+#include "backend/vhd_io.h"
 #include "base/status.h"
 #include "base/unique_fd.h"
-#include "formats/raw_image.h"
+#include "formats/disk_image.h"
 #include "ring/back_ring.h"
 #include "ring/hypervisor.h"
 #include "ring/request.h"
@@ -48,29 +50,14 @@ struct RingConnection {
   Abi abi = kNativeAbi;
 };
 
-// Receives the completions of iocbs whose `data` points at an AioTag.
-class CompletionHandler {
- public:
-  virtual void OnCompletion(const io_event& event) = 0;
-  // Called once after a run of OnCompletion calls.
-  virtual void FinishCompletions() = 0;
-
- protected:
-  ~CompletionHandler() = default;
-};
-
-struct AioTag {
-  CompletionHandler* handler;
-};
-
-class RequestPipeline final : public CompletionHandler {
+class RequestPipeline final : public CompletionHandler, private VhdIo::Owner {
  public:
   // Maps the ring, binds the event channel and preallocates everything for the ring's size.
   // The pipeline shares the image and the statistics with its device, so that it can outlive the device
   // while the last of its I/O completes (see Worker::Retire).
   static Result<std::unique_ptr<RequestPipeline>> Create(std::string name, Hypervisor& hypervisor,
                                                          const RingConnection& connection,
-                                                         std::shared_ptr<const RawImage> image,
+                                                         std::shared_ptr<DiskImage> image,
                                                          const DiskLimits& limits, AioEngine& aio,
                                                          std::shared_ptr<DeviceStats> stats);
   ~RequestPipeline();
@@ -123,7 +110,7 @@ class RequestPipeline final : public CompletionHandler {
 
   RequestPipeline(std::string name, Hypervisor& hypervisor, GrantMapping ring_mapping, size_t ring_pages,
                   Abi abi, std::unique_ptr<EventChannel> channel, DomId frontend,
-                  std::shared_ptr<const RawImage> image, const DiskLimits& limits, AioEngine& aio,
+                  std::shared_ptr<DiskImage> image, const DiskLimits& limits, AioEngine& aio,
                   std::shared_ptr<DeviceStats> stats, Mapping buffers);
 
   // Takes requests and starts what may start, until the ring is empty, no slot is free or a ring's worth of
@@ -154,6 +141,9 @@ class RequestPipeline final : public CompletionHandler {
   // The first failed GNTST_* status among `slot`'s copies in `copies_` (all fail if the batch did), or okay.
   int16_t CopyFailure(const Slot& slot, const Status& batch) const;
   void NoteBadRequest(const Request& request, const char* reason);
+  // VhdIo::Owner: a VHD image's data stage, done by vhd_.
+  void VhdDataDone(uint32_t slot, bool ok) override;
+  void VhdSubmitNow() override { FinishCompletions(); }
   uint32_t SlotIndex(const Slot& slot) const { return static_cast<uint32_t>(&slot - slots_.data()); }
 
   std::string name_;
@@ -162,8 +152,9 @@ class RequestPipeline final : public CompletionHandler {
   BackRing ring_;
   std::unique_ptr<EventChannel> channel_;
   DomId frontend_;
-  std::shared_ptr<const RawImage> image_;
-  int fd_;
+  std::shared_ptr<DiskImage> image_;
+  int fd_;                      // raw: the image; VHD: the leaf's data descriptor (syncs go there)
+  std::unique_ptr<VhdIo> vhd_;  // VHD images only: their data stage
   DiskLimits limits_;
   AioEngine& aio_;
   std::shared_ptr<DeviceStats> stats_owner_;

@@ -25,8 +25,8 @@ int main(int argc, char** argv) {
   }
   blk::SetLogLevel(blk::LogLevel::kWarning);
   bool demo = options->filename.empty();
-  std::string filename =
-      demo ? "/dev/shm/blkbench-demo." + std::to_string(::getpid()) + ".img" : options->filename;
+  std::string filename = demo ? "/dev/shm/blkbench-demo." + std::to_string(::getpid()) + "." + options->format
+                              : options->filename;
   auto result = blk::RunBench(*options, filename);
   std::optional<blk::FioResult> fio;
   blk::Status fio_status;

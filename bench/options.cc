@@ -31,6 +31,12 @@ const char kBenchUsage[] =
     "  --poll=USEC        the backend worker keeps polling this long after serving before it sleeps (default "
     "0)\n"
     "  --ring-order=N     the ring is 2^N pages, 0..4: 32 to 512 requests in flight (default 0)\n"
+    "  --format=FMT       raw or vhd: a missing vhd file is laid out as a fully allocated dynamic VHD of "
+    "--size "
+    "bytes (default raw)\n"
+    "  --vhd-blank        with --format=vhd: create the file as an empty dynamic VHD (it must not exist), so "
+    "that "
+    "writes allocate\n"
     "\n"
     "example: blkbench --filename=/var/tmp/disk.img --size=1g --rw=randread --bs=4k --iodepth=32 "
     "--runtime=10 "
@@ -142,6 +148,10 @@ Result<BenchOptions> ParseBenchOptions(const std::vector<std::string>& args) {
       BLK_RETURN_IF_ERROR(flag(&options.json));
       continue;
     }
+    if (name == "vhd-blank") {
+      BLK_RETURN_IF_ERROR(flag(&options.vhd_blank));
+      continue;
+    }
     if (name == "vs-fio") {
       BLK_RETURN_IF_ERROR(flag(&options.vs_fio));
       continue;
@@ -216,6 +226,10 @@ Result<BenchOptions> ParseBenchOptions(const std::vector<std::string>& args) {
       auto order = ParseNumber(name, value, 0, 4);
       if (!order.ok()) return order.status();
       options.ring_order = static_cast<unsigned>(*order);
+    } else if (name == "format") {
+      if (value != "raw" && value != "vhd")
+        return Status::InvalidArgument("--format: '" + value + "' is neither raw nor vhd");
+      options.format = value;
     } else if (name == "seed") {
       auto seed = ParseNumber(name, value, 0, std::numeric_limits<uint64_t>::max());
       if (!seed.ok()) return seed.status();
@@ -223,6 +237,13 @@ Result<BenchOptions> ParseBenchOptions(const std::vector<std::string>& args) {
     } else {
       return Status::InvalidArgument("unknown option --" + name + " (see --help)");
     }
+  }
+  if (options.vhd_blank && options.format != "vhd") {
+    return Status::InvalidArgument("--vhd-blank needs --format=vhd");
+  }
+  if (options.vs_fio && options.format != "raw") {
+    return Status::InvalidArgument("--vs-fio: fio reads files raw; it cannot run against --format=" +
+                                   options.format);
   }
   if (options.bs % options.sector_size != 0) {
     return Status::InvalidArgument("--bs " + std::to_string(options.bs) +

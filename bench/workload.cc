@@ -16,6 +16,8 @@
 #include "backend/worker.h"
 #include "base/log.h"
 #include "base/unique_fd.h"
+#include "formats/vhd/chain.h"
+#include "formats/vhd/create.h"
 #include "frontend/blkfront.h"
 #include "frontend/pattern.h"
 #include "ring/sim/sim_hypervisor.h"
@@ -51,6 +53,34 @@ Status EnsureFile(const std::string& path, uint64_t size) {
   }
   if (::fdatasync(fd.get()) != 0) return Status::FromErrno(errno, "sync " + path);
   return Status::Ok();
+}
+
+// A VHD to serve: blank (--vhd-blank: created, so it must not exist yet), or fully allocated: created with
+// every block written once when missing, so that reads reach the storage as they do on a laid-out raw file.
+Status EnsureVhd(const std::string& path, uint64_t size, bool blank) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0) {
+    if (blank) return Status::InvalidArgument(path + " exists; --vhd-blank creates a new file");
+    auto chain = vhd::VhdChain::Open(path, false);
+    if (!chain.ok()) return chain.status();
+    if ((*chain)->top().virtual_size() < size) {
+      return Status::InvalidArgument(path + " is a VHD of " + std::to_string((*chain)->top().virtual_size()) +
+                                     " bytes, fewer than --size " + std::to_string(size));
+    }
+    return Status::Ok();
+  }
+  if (errno != ENOENT) return Status::FromErrno(errno, "stat " + path);
+  BLK_RETURN_IF_ERROR(vhd::CreateImage(path, vhd::CreateOptions::Dynamic(size)));
+  if (blank) return Status::Ok();
+  auto chain = vhd::VhdChain::Open(path, true);
+  if (!chain.ok()) return chain.status();
+  std::vector<uint8_t> chunk(2 << 20, 0xA5);
+  for (uint64_t done = 0; done < size;) {
+    size_t length = static_cast<size_t>(std::min<uint64_t>(chunk.size(), size - done));
+    BLK_RETURN_IF_ERROR((*chain)->top().Write(done, std::span(chunk).first(length)));
+    done += length;
+  }
+  return (*chain)->top().Close();
 }
 
 HypervisorOps Snapshot(const HypervisorCounters& c) {
@@ -224,10 +254,13 @@ class Driver {
 
 Result<BenchResult> RunBench(const BenchOptions& options, const std::string& filename) {
   if (options.size < options.bs) return Status::InvalidArgument("--size is smaller than --bs");
-  BLK_RETURN_IF_ERROR(EnsureFile(filename, options.size));
+  bool vhd = options.format == "vhd";
+  BLK_RETURN_IF_ERROR(vhd ? EnsureVhd(filename, options.size, options.vhd_blank)
+                          : EnsureFile(filename, options.size));
   DeviceConfig config;
   config.name = kDeviceName;
   config.path = filename;
+  config.format = vhd ? ImageFormatHint::kVhd : ImageFormatHint::kRaw;
   config.direct = options.direct;
   config.logical_block_size = options.sector_size;
   auto device = Device::Open(config);

@@ -70,4 +70,10 @@ Result<std::unique_ptr<RawImage>> RawImage::Open(const std::string& path, const 
   return image;
 }
 
+Result<size_t> RawImage::Map(uint64_t offset, uint64_t length, std::span<ImageExtent> out) {
+  if (out.empty() || length == 0) return size_t{0};
+  out[0] = {fd_.get(), offset, length};
+  return size_t{1};
+}
+
 }  // namespace blk

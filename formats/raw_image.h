@@ -11,38 +11,25 @@
 
 #include "base/status.h"
 #include "base/unique_fd.h"
+#include "formats/disk_image.h"
 
 namespace blk {
 
-struct RawOpenOptions {
-  bool read_only = false;
-  bool direct = true;  // try O_DIRECT; fall back to buffered I/O where the file system refuses it
-  uint32_t logical_block_size = 0;  // 0: the device's (block devices) or 512 (files); else 512 or 4096
-};
+using RawOpenOptions = ImageOpenOptions;
 
-class RawImage {
+class RawImage final : public DiskImage {
  public:
   static Result<std::unique_ptr<RawImage>> Open(const std::string& path, const RawOpenOptions& options);
 
-  const std::string& path() const { return path_; }
   int fd() const { return fd_.get(); }
-  uint64_t size_bytes() const { return size_bytes_; }
-  uint32_t logical_block_size() const { return logical_block_size_; }
-  uint32_t physical_block_size() const { return physical_block_size_; }
-  bool read_only() const { return read_only_; }
-  bool direct_io() const { return direct_io_; }
   bool is_block_device() const { return is_block_device_; }
+  // One extent: guest byte x is byte x of the file.
+  Result<size_t> Map(uint64_t offset, uint64_t length, std::span<ImageExtent> out) override;
 
  private:
-  RawImage() = default;
+  RawImage() : DiskImage(ImageFormat::kRaw) {}
 
-  std::string path_;
   UniqueFd fd_;
-  uint64_t size_bytes_ = 0;
-  uint32_t logical_block_size_ = 512;
-  uint32_t physical_block_size_ = 512;
-  bool read_only_ = false;
-  bool direct_io_ = false;
   bool is_block_device_ = false;
 };
 

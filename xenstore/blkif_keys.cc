@@ -129,6 +129,7 @@ Result<XenbusState> ParseXenbusState(std::string_view text, std::string_view pat
 Result<DiskParams> ParseDiskParams(std::string_view params) {
   DiskParams disk;
   std::string_view path = params;
+  disk.probe = params.starts_with('/');
   if (!params.starts_with('/')) {
     size_t colon = params.find(':');
     if (colon == std::string_view::npos)

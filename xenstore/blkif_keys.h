@@ -65,7 +65,8 @@ enum class DeviceType { kDisk, kCdrom };
 
 struct DiskParams {
   DiskFormat format = DiskFormat::kRaw;
-  std::string path;  // absolute
+  std::string path;    // absolute
+  bool probe = false;  // a bare path: no prefix named the format, the file's own footer decides
   bool operator==(const DiskParams&) const = default;
 };
 

@@ -101,7 +101,21 @@ class VhdImage {
   uint64_t BatSectorOffset(const BlockWritePlan& plan) const;
   std::array<uint8_t, kSectorSize> BatSector(const BlockWritePlan& plan) const;
   void CommitAllocation(const BlockWritePlan& plan);
+  // An allocation failed after its block and footer became durable (the BAT write failed or was not
+  // confirmed): the space stays taken, so that no later block lands where the BAT on disk may point.
+  void AbandonAllocation(const BlockWritePlan& plan);
   Status SetBatmapBit(uint32_t block);
+
+  // kWriteThenBitmap for an engine that does its own I/O, once the data is durable: sets the plan's bits in
+  // the cached bitmap (loaded) and returns the whole bitmap sectors that hold them and where they go. The
+  // bytes stay valid until the next call for the same block.
+  struct BitmapSectors {
+    uint64_t file_offset;
+    std::span<const uint8_t> bytes;
+  };
+  BitmapSectors MarkPresent(const BlockWritePlan& plan);
+  // The footer must be rewritten (Flush does it): it was read from the copy or an old-style footer.
+  bool footer_dirty() const { return footer_dirty_; }
 
   // Synchronous API.
   Status Read(uint64_t offset, std::span<uint8_t> out);

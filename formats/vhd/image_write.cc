@@ -152,6 +152,25 @@ void VhdImage::CommitAllocation(const BlockWritePlan& plan) {
   bitmaps_[plan.block] = CachedBitmap{{}, true};
 }
 
+void VhdImage::AbandonAllocation(const BlockWritePlan& plan) {
+  footer_offset_ = std::max(footer_offset_, plan.new_footer_offset);
+}
+
+VhdImage::BitmapSectors VhdImage::MarkPresent(const BlockWritePlan& plan) {
+  CachedBitmap& cached = bitmaps_.at(plan.block);
+  uint64_t in_block = plan.guest_offset % header_.block_size;
+  uint64_t first = in_block / kSectorSize;
+  uint64_t count = RoundUp(in_block + plan.length, kSectorSize) / kSectorSize - first;
+  SetBits(cached.bits, first, count);
+  // The bits stay even when the block is now full: the engine writes from them.
+  cached.full = AllBitsSet(cached.bits, block_sectors(plan.block));
+  uint64_t sector = first / 8 / kSectorSize;
+  uint64_t last = (first + count - 1) / 8 / kSectorSize;
+  return {
+      uint64_t{bat_entry(plan.block)} * kSectorSize + sector * kSectorSize,
+      std::span<const uint8_t>(cached.bits).subspan(sector * kSectorSize, (last - sector + 1) * kSectorSize)};
+}
+
 Status VhdImage::Allocate(const BlockWritePlan& plan, std::span<const uint8_t> data) {
   std::vector<uint8_t> block(new_block_bytes());
   if (NeedsParentFill(plan)) {

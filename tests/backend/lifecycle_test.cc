@@ -149,16 +149,16 @@ TEST_F(LifecycleTest, ParamsOrModeRewrittenWhileConnectedIsRefusedWithALogLine) 
   CheckIo(front_->queue(0), 0, 3);  // still the old, writable image
 }
 
-TEST_F(LifecycleTest, VhdImageFailsWithAClearMessageAndOthersKeepServing) {
+TEST_F(LifecycleTest, FileNamedVhdThatIsNotOneFailsWithAClearMessageAndOthersKeepServing) {
   StartDaemon();
   ConnectGuest(8);
   CreateDomain(9);
-  AddDisk(9, 51712, "vhd:" + MakeImage("disk.vhd"));
+  AddDisk(9, 51712, "vhd:" + MakeImage("disk.vhd"));  // raw bytes: no VHD footer anywhere
   std::string backend = BackendPath(9, 51712);
   ASSERT_TRUE(WaitForValue(backend + "/state", "5"));
   std::optional<std::string> error = ReadKey(backend + "/hotplug-error");
   ASSERT_TRUE(error.has_value());
-  EXPECT_NE(error->find("not supported yet"), std::string::npos) << *error;
+  EXPECT_NE(error->find("footer"), std::string::npos) << *error;
   EXPECT_EQ(ReadKey(backend + "/hotplug-status"), "error");
   std::optional<std::string> fatal = ReadKey("/local/domain/0/error/backend/vbd/9/51712/error");
   ASSERT_TRUE(fatal.has_value());

@@ -9,6 +9,7 @@
 
 #include "bench/fio_runner.h"
 #include "bench/histogram.h"
+#include "bench/workload.h"
 
 namespace blk {
 namespace {
@@ -63,6 +64,54 @@ TEST(BenchOptionsTest, RejectsBadValuesNamingThem) {
       EXPECT_NE(options.status().ToString().find(name), std::string::npos) << options.status().ToString();
     }
   }
+}
+
+TEST(BenchOptionsTest, FormatIsRawOrVhdAndBlankOnlyForVhd) {
+  auto defaults = ParseBenchOptions({});
+  ASSERT_TRUE(defaults.ok());
+  EXPECT_EQ(defaults->format, "raw");
+  EXPECT_FALSE(defaults->vhd_blank);
+  auto vhd = ParseBenchOptions({"--format=vhd", "--vhd-blank"});
+  ASSERT_TRUE(vhd.ok()) << vhd.status().ToString();
+  EXPECT_EQ(vhd->format, "vhd");
+  EXPECT_TRUE(vhd->vhd_blank);
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"--format=qcow2"}, {"--vhd-blank"}, {"--format=vhd", "--vs-fio"}}) {
+    auto bad = ParseBenchOptions(args);
+    ASSERT_FALSE(bad.ok()) << args[0];
+    std::string name = args.back().substr(2, args.back().find('=') - 2);
+    EXPECT_NE(bad.status().ToString().find(name), std::string::npos) << bad.status().ToString();
+  }
+}
+
+// blkbench on VHD: a fully allocated image is laid out for reads, and a blank one allocates as it is written.
+TEST(BenchVhdTest, LaysOutAnAllocatedVhdAndMeasuresFirstWritesOnABlankOne) {
+  std::string allocated = "/dev/shm/bench_vhd_test." + std::to_string(::getpid()) + ".vhd";
+  BenchOptions options;
+  options.format = "vhd";
+  options.size = 8 << 20;
+  options.rw = Pattern::kRandRead;
+  options.runtime_s = 0.2;
+  options.verify = false;
+  auto reads = RunBench(options, allocated);
+  ASSERT_TRUE(reads.ok()) << reads.status().ToString();
+  EXPECT_GT(reads->read_ios, 100u);
+  EXPECT_EQ(reads->io_errors, 0u);
+  std::ifstream file(allocated, std::ios::binary | std::ios::ate);
+  EXPECT_GT(static_cast<uint64_t>(file.tellg()), options.size) << "the VHD was not laid out";
+  ::unlink(allocated.c_str());
+
+  std::string blank = "/dev/shm/bench_vhd_blank_test." + std::to_string(::getpid()) + ".vhd";
+  options.vhd_blank = true;
+  options.rw = Pattern::kWrite;
+  options.bs = 65536;
+  options.size = 64 << 20;
+  auto writes = RunBench(options, blank);
+  ASSERT_TRUE(writes.ok()) << writes.status().ToString();
+  EXPECT_GT(writes->write_ios, 10u);
+  EXPECT_EQ(writes->io_errors, 0u);
+  EXPECT_FALSE(RunBench(options, blank).ok()) << "--vhd-blank must not reuse an existing file";
+  ::unlink(blank.c_str());
 }
 
 TEST(BenchOptionsTest, SizesUseBinaryUnits) {

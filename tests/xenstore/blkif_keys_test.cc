@@ -87,15 +87,16 @@ TEST(ParseDiskParamsTest, KnownFormatsAndBarePaths) {
     const char* params;
     DiskFormat format;
     const char* path;
+    bool probe;  // a bare path: the backend looks at the file to know its format
   };
-  for (const Case& c : {Case{"/dev/vg/guest", DiskFormat::kRaw, "/dev/vg/guest"},
-                        Case{"aio:/images/a.img", DiskFormat::kRaw, "/images/a.img"},
-                        Case{"raw:/images/a.img", DiskFormat::kRaw, "/images/a.img"},
-                        Case{"vhd:/images/a.vhd", DiskFormat::kVhd, "/images/a.vhd"},
-                        Case{"/images/with:colon.img", DiskFormat::kRaw, "/images/with:colon.img"}}) {
+  for (const Case& c : {Case{"/dev/vg/guest", DiskFormat::kRaw, "/dev/vg/guest", true},
+                        Case{"aio:/images/a.img", DiskFormat::kRaw, "/images/a.img", false},
+                        Case{"raw:/images/a.img", DiskFormat::kRaw, "/images/a.img", false},
+                        Case{"vhd:/images/a.vhd", DiskFormat::kVhd, "/images/a.vhd", false},
+                        Case{"/images/with:colon.img", DiskFormat::kRaw, "/images/with:colon.img", true}}) {
     Result<DiskParams> disk = ParseDiskParams(c.params);
     ASSERT_TRUE(disk.ok()) << c.params << ": " << disk.status().ToString();
-    EXPECT_EQ(*disk, (DiskParams{c.format, c.path})) << c.params;
+    EXPECT_EQ(*disk, (DiskParams{c.format, c.path, c.probe})) << c.params;
   }
 }
 

@@ -1,0 +1,136 @@
+// The data stage of a ring's requests on a VHD image, done asynchronously on the ring's worker.
+//
+// Reads map their range to extents (the leaf's or a parent's file, or zeros): zeros are filled in the bounce
+// buffer, every file extent becomes an iocb, and the request is done when all of them are. Writes go block by
+// block, as the leaf plans them (vhd::BlockWritePlan):
+//   kInPlace         the data;
+//   kWriteThenBitmap the data, durably, then the bitmap sectors (one bitmap write per image at a time, so
+//                    that an older copy of a sector never lands after a newer one);
+//   kAllocate        (differencing: the parent's data read into the new block), the footer past the new
+//                    block and the block itself, durably, then the BAT sector, durably; only then is the
+//                    allocation committed and the request's block done. One allocation per image at a time:
+//                    a write that finds one running waits for it and then plans again, so a block being
+//                    allocated is allocated once and later writes to it go in place.
+// "Durably" is a write with RWF_DSYNC: it completes once it is on stable storage, as a write followed by
+// fdatasync would, in one trip through the kernel.
+// The batmap is not updated: it is a hint, and an unset bit only makes readers look at the bitmap.
+// Every iocb goes into the pipeline's submission list, so it leaves in the pipeline's one io_submit per
+// round. Memory: per-slot state and iocbs are allocated with the ring; the new-block buffer belongs to the
+// image.
+//
+// Threading: owned by one pipeline, on its worker; the image is shared only with rings on the same worker.
+#pragma once
+
+#include <libaio.h>
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "backend/aio_engine.h"
+#include "backend/completion_handler.h"
+#include "formats/vhd_disk_image.h"
+
+namespace blk {
+
+class VhdIo final : public CompletionHandler {
+ public:
+  // The pipeline's side.
+  class Owner {
+   public:
+    // The data stage of slot `slot` ended (all its I/O done), successfully or not.
+    virtual void VhdDataDone(uint32_t slot, bool ok) = 0;
+    // Iocbs were queued (or requests answered) outside the pipeline's own rounds: submit and answer now.
+    virtual void VhdSubmitNow() = 0;
+
+   protected:
+    ~Owner() = default;
+  };
+  // Iocbs a request may have in flight at once (a fragmented read takes several rounds).
+  static constexpr uint32_t kOpsPerRequest = 16;
+
+  VhdIo(std::string name, Owner& owner, VhdDiskImage& image, AioEngine& aio, uint32_t slots,
+        std::vector<iocb*>& submit);
+  VhdIo(const VhdIo&) = delete;
+  VhdIo& operator=(const VhdIo&) = delete;
+
+  // Starts the data I/O of `slot`: `length` bytes at guest byte `offset`, from or into `buffer`.
+  void Start(uint32_t slot, bool write, uint64_t offset, uint32_t length, uint8_t* buffer);
+  // The kernel refused one of our iocbs at submission, for good.
+  void Refused(iocb* cb, const Status& why);
+  // A flush is about to sync the leaf: rewrites the footer first if the image says it must (once).
+  void BeforeFlush();
+
+  void OnCompletion(const io_event& event) override;
+  void FinishCompletions() override;
+
+ private:
+  enum class Phase : uint8_t {
+    kIdle,
+    kRead,        // a round of reads (the request's, or a new block's parent fill)
+    kWriteData,   // in place, or the data of a kWriteThenBitmap (durable)
+    kWaitBitmap,  // waiting for the image's bitmap gate
+    kBitmapWrite,
+    kWaitAllocation,  // waiting for the image's allocation gate
+    kAllocWrite,      // the footer and the new block, durable
+    kBatWrite,        // the BAT sector, durable
+  };
+  struct Request;
+  struct Op {
+    AioTag tag;  // first: the worker finds this engine through it
+    iocb cb;
+    Request* request;
+  };
+  struct Request final : public VhdDiskImage::Waiter {
+    VhdIo* io = nullptr;
+    uint32_t slot = 0;
+    bool write = false;
+    bool failed = false;
+    Phase phase = Phase::kIdle;
+    uint64_t offset = 0;  // guest byte of the request
+    uint32_t length = 0;
+    uint8_t* buffer = nullptr;
+    uint64_t done = 0;      // bytes of the request finished
+    uint64_t step_end = 0;  // request bytes finished when the current block's step completes
+    vhd::BlockWritePlan plan{};
+    // The range being read: the request's own, or a new block's parent fill.
+    size_t read_level = 0;
+    uint64_t read_offset = 0;
+    uint64_t read_length = 0;
+    uint64_t read_done = 0;
+    uint8_t* read_target = nullptr;
+    uint32_t in_flight = 0;
+    Op ops[kOpsPerRequest];
+    void Wake() override { io->Resume(*this); }
+  };
+
+  void Resume(Request& request);
+  // Issues the next round of reads; returns false when the range is complete (nothing issued).
+  bool ReadRound(Request& request);
+  void ContinueRead(Request& request);
+  void ContinueWrite(Request& request);
+  void StartAllocation(Request& request);
+  void WriteNewBlock(Request& request);
+  // Every iocb of the request's current step has completed (or the gate it waited on opened).
+  void StepDone(Request& request);
+  void Finish(Request& request, bool ok);
+  void Fail(Request& request, const Status& why);
+  Op& NextOp(Request& request);
+  void QueueRead(Request& request, int fd, uint8_t* buffer, uint64_t length, uint64_t file_offset);
+  // `durable`: with RWF_DSYNC.
+  void QueueWrite(Request& request, int fd, const uint8_t* buffer, uint64_t length, uint64_t file_offset,
+                  bool durable);
+
+  std::string name_;
+  Owner& owner_;
+  VhdDiskImage& image_;
+  AioEngine& aio_;
+  std::vector<iocb*>& submit_;
+  std::vector<Request> requests_;
+  // Nonzero while a caller up the stack will submit what we queue (Start, a completion, a refusal).
+  unsigned in_round_ = 0;
+  bool footer_rewritten_ = false;
+};
+
+}  // namespace blk
