@@ -27,6 +27,7 @@ struct BenchOptions {
   uint32_t sector_size = 512;
   uint64_t seed = 1;
   unsigned poll_us = 0;  // the backend worker polls this long after serving before it sleeps
+  std::string control;   // a control socket to serve during the run (blkctl list/stats/pause/resume), or ""
   bool help = false;
 };
 
