@@ -55,8 +55,10 @@ Result<std::string> ControlClient::ReadLine(int timeout_ms) {
       return line;
     }
     if (buffer_.size() > kMaxReplyLine) return Status::ProtocolError(path_ + ": reply line too long");
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-    if (left.count() <= 0) return Status::Busy(path_ + ": no reply from blkbackd within " + std::to_string(timeout_ms) + " ms");
+    auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0)
+      return Status::Busy(path_ + ": no reply from blkbackd within " + std::to_string(timeout_ms) + " ms");
     pollfd waiting{fd_.get(), POLLIN, 0};
     int ready = ::poll(&waiting, 1, static_cast<int>(left.count()));
     if (ready < 0 && errno != EINTR) return Status::FromErrno(errno, "poll " + path_);

@@ -28,8 +28,8 @@ Result<Device*> DaemonControlTarget::FindDevice(const std::string& name) {
   if (handshake == nullptr) return UnknownControlDevice(name);
   Device* device = OpenDevice(*handshake);
   if (device == nullptr) {
-    return Status::InvalidArgument(
-        StrFormat("%s has no open image (handshake state %s)", name.c_str(), BlkifStateName(handshake->state())));
+    return Status::InvalidArgument(StrFormat("%s has no open image (handshake state %s)", name.c_str(),
+                                             BlkifStateName(handshake->state())));
   }
   return device;
 }
@@ -97,8 +97,8 @@ Result<std::string> DaemonControlTarget::Resize(const std::string& name, uint64_
   BLK_RETURN_IF_ERROR((*device)->Resize(bytes));
   Status published = FindHandshake(name)->PublishResize(bytes >> kSectorShift);
   if (!published.ok()) {
-    return published.Annotate(StrFormat("%s: grown to %llu bytes, but the frontend was not told: ", name.c_str(),
-                                        static_cast<unsigned long long>(bytes)));
+    return published.Annotate(StrFormat("%s: grown to %llu bytes, but the frontend was not told: ",
+                                        name.c_str(), static_cast<unsigned long long>(bytes)));
   }
   return StrFormat("%s: %llu -> %llu bytes, published to the frontend", name.c_str(),
                    static_cast<unsigned long long>(before), static_cast<unsigned long long>(bytes));

@@ -45,7 +45,9 @@ Status UnknownControlDevice(const std::string& name) {
   return Status::NotFound("no device " + name + " (see list)");
 }
 
-void DeviceControlTarget::Add(std::string name, Device& device) { devices_.emplace_back(std::move(name), &device); }
+void DeviceControlTarget::Add(std::string name, Device& device) {
+  devices_.emplace_back(std::move(name), &device);
+}
 
 Device* DeviceControlTarget::Find(const std::string& name) {
   for (auto& [known, device] : devices_) {

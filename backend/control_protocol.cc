@@ -70,10 +70,13 @@ uint64_t Micros(uint64_t ns) { return (ns + 999) / 1000; }
 
 }  // namespace
 
-std::string ControlGreeting() { return std::string(kControlGreetingPrefix) + std::to_string(kControlProtocolVersion) + "\n"; }
+std::string ControlGreeting() {
+  return std::string(kControlGreetingPrefix) + std::to_string(kControlProtocolVersion) + "\n";
+}
 
 Status CheckControlGreeting(std::string_view line) {
-  if (line.starts_with("error ")) return Status::Error(Status::Code::kPermissionDenied, Printable(line.substr(6)));
+  if (line.starts_with("error "))
+    return Status::Error(Status::Code::kPermissionDenied, Printable(line.substr(6)));
   if (!line.starts_with(kControlGreetingPrefix)) {
     return Status::ProtocolError("not a blkbackd control socket (it said " + Echo(line) + ")");
   }
@@ -107,7 +110,8 @@ const char* ControlCommandName(ControlCommand command) {
 Result<DeviceName> ParseDeviceName(std::string_view text) {
   size_t slash = text.find('/');
   uint64_t domid = 0, devid = 0;
-  if (slash == std::string_view::npos || !ParseDecimal(text.substr(0, slash), kFirstReservedDomid - 1, &domid) ||
+  if (slash == std::string_view::npos ||
+      !ParseDecimal(text.substr(0, slash), kFirstReservedDomid - 1, &domid) ||
       !ParseDecimal(text.substr(slash + 1), std::numeric_limits<int32_t>::max(), &devid)) {
     return Bad("bad device " + Echo(text) + ": expected DOMID/DEVID as list prints it, e.g. 1/51712");
   }
@@ -155,7 +159,8 @@ Result<ControlRequest> ParseControlRequest(std::string_view line) {
   }
   for (char c : line) {
     if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7f) {
-      return Bad(StrFormat("request holds a byte 0x%02x that is not printable ASCII", static_cast<unsigned char>(c)));
+      return Bad(StrFormat("request holds a byte 0x%02x that is not printable ASCII",
+                           static_cast<unsigned char>(c)));
     }
   }
   std::vector<std::string_view> words;
@@ -221,7 +226,8 @@ Result<ControlRequest> ParseControlRequest(std::string_view line) {
       }
       uint64_t ms = 0;
       if (!ParseDecimal(value, kMaxPauseTimeoutMs, &ms) || ms == 0) {
-        return Bad(StrFormat("bad --timeout %s: milliseconds from 1 to %u", Echo(value).c_str(), kMaxPauseTimeoutMs));
+        return Bad(StrFormat("bad --timeout %s: milliseconds from 1 to %u", Echo(value).c_str(),
+                             kMaxPauseTimeoutMs));
       }
       request.timeout_ms = static_cast<uint32_t>(ms);
     }
@@ -342,7 +348,8 @@ std::vector<std::string> FormatDeviceStats(const std::vector<ControlDeviceStats>
         static_cast<unsigned long long>(s.wr_req), static_cast<unsigned long long>(s.f_req),
         static_cast<unsigned long long>(s.ds_req), static_cast<unsigned long long>(s.rd_sect),
         static_cast<unsigned long long>(s.wr_sect), static_cast<unsigned long long>(s.bad_req),
-        static_cast<unsigned long long>(s.io_errors), static_cast<unsigned long long>(Micros(s.latency_p50_ns)),
+        static_cast<unsigned long long>(s.io_errors),
+        static_cast<unsigned long long>(Micros(s.latency_p50_ns)),
         static_cast<unsigned long long>(Micros(s.latency_p99_ns)),
         static_cast<unsigned long long>(Micros(s.latency_p999_ns)),
         static_cast<unsigned long long>(Micros(s.latency_max_ns))));

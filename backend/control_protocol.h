@@ -75,9 +75,9 @@ Result<ControlReplyHead> ParseControlReplyHead(std::string_view line);
 
 // What `list` says about a device.
 struct ControlDeviceInfo {
-  std::string name;            // "DOMID/DEVID"
-  std::string state;           // the handshake's state ("connected", "init-wait", ...)
-  std::string io;              // "running", "pausing" or "paused"
+  std::string name;   // "DOMID/DEVID"
+  std::string state;  // the handshake's state ("connected", "init-wait", ...)
+  std::string io;     // "running", "pausing" or "paused"
   std::vector<std::string> images;
   std::vector<std::string> features;  // negotiated: "flush-cache", "barrier", "ring-pages=4", ...
   size_t queues = 0;

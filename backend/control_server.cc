@@ -82,8 +82,9 @@ struct ControlServer::Client {
   std::string out;
   bool busy = false;     // a pause is running for it; later lines wait
   bool closing = false;  // close once `out` is sent
-  bool want_write = false;
-  bool dead = false;     // closed; freed at the end of HandleEvents, as callers may still hold it
+  bool eof = false;      // the peer shut down its side: answer what it sent, then close
+  uint32_t interest = EPOLLIN | EPOLLRDHUP;
+  bool dead = false;  // closed; freed at the end of HandleEvents, as callers may still hold it
 };
 
 struct ControlServer::PendingPause {
@@ -241,18 +242,21 @@ void ControlServer::Accept() {
       std::string who = known ? "uid " + std::to_string(credentials.uid) : "a peer of unknown uid";
       Log(LogLevel::kWarning, kSubject, "refused %s (pid %d): only root or uid %u may command", who.c_str(),
           known ? credentials.pid : -1, own);
-      std::string reply = FormatErrorReply("permission denied: " + who + " may not command blkbackd (root or uid " +
-                                           std::to_string(own) + " only)");
+      std::string reply =
+          FormatErrorReply("permission denied: " + who + " may not command blkbackd (root or uid " +
+                           std::to_string(own) + " only)");
       (void)!::send(client->fd.get(), reply.data(), reply.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
       continue;
     }
     std::erase_if(clients_, [](const auto& entry) { return entry.second->dead; });  // nothing holds them here
     if (clients_.size() >= options_.max_clients) {
-      std::string reply = FormatErrorReply(StrFormat("too many control clients (%zu); try again later", clients_.size()));
+      std::string reply =
+          FormatErrorReply(StrFormat("too many control clients (%zu); try again later", clients_.size()));
       (void)!::send(client->fd.get(), reply.data(), reply.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
       continue;
     }
-    if (!Watch(client->fd.get(), EPOLLIN | EPOLLRDHUP, (kClientKind << kKindShift) | client->id).ok()) continue;
+    if (!Watch(client->fd.get(), EPOLLIN | EPOLLRDHUP, (kClientKind << kKindShift) | client->id).ok())
+      continue;
     Client& added = *client;
     clients_.emplace(added.id, std::move(client));
     Send(added, ControlGreeting());
@@ -267,7 +271,12 @@ void ControlServer::OnClientEvent(uint64_t id, uint32_t events) {
     Flush(client);
     if (client.dead) return;
   }
-  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+  if (events & (EPOLLHUP | EPOLLERR)) {
+    // The peer closed altogether: whatever it was waiting for carries on without it.
+    Close(id);
+    return;
+  }
+  if (events & (EPOLLIN | EPOLLRDHUP)) {
     char buffer[4096];
     for (;;) {
       ssize_t got = ::recv(client.fd.get(), buffer, sizeof(buffer), MSG_DONTWAIT);
@@ -283,9 +292,12 @@ void ControlServer::OnClientEvent(uint64_t id, uint32_t events) {
       }
       if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
       if (got < 0 && errno == EINTR) continue;
-      // The peer is gone (or the socket failed): whatever it was waiting for carries on without it.
-      Close(id);
-      return;
+      if (got < 0) {
+        Close(id);
+        return;
+      }
+      client.eof = true;  // a half-close ("echo list | nc -U"): the replies still go out
+      break;
     }
   }
   ProcessLines(client);
@@ -311,7 +323,7 @@ void ControlServer::ProcessLines(Client& client) {
     }
     Execute(client, *request);
   }
-  if (client.closing && client.out.empty()) Close(client.id);
+  UpdateInterest(client);
 }
 
 void ControlServer::Execute(Client& client, const ControlRequest& request) {
@@ -334,8 +346,9 @@ void ControlServer::Execute(Client& client, const ControlRequest& request) {
       pending->started = Clock::now();
       pending->timeout_ms = request.timeout_ms;
       pending->timer.Reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
-      Status armed = pending->timer.valid() ? ArmTimer(pending->timer.get(), static_cast<int>(request.timeout_ms), false)
-                                            : Status::FromErrno(errno, "timerfd_create");
+      Status armed = pending->timer.valid()
+                         ? ArmTimer(pending->timer.get(), static_cast<int>(request.timeout_ms), false)
+                         : Status::FromErrno(errno, "timerfd_create");
       if (armed.ok()) armed = Watch(pending->timer.get(), EPOLLIN, (kPauseTimerKind << kKindShift) | token);
       if (!armed.ok()) {
         Send(client, FormatErrorReply("pause " + device + ": " + armed.message()));
@@ -348,7 +361,8 @@ void ControlServer::Execute(Client& client, const ControlRequest& request) {
         Send(client, FormatErrorReply(started.message()));
         return;
       }
-      Log(LogLevel::kNotice, kSubject, "pause %s requested (timeout %u ms)", device.c_str(), request.timeout_ms);
+      Log(LogLevel::kNotice, kSubject, "pause %s requested (timeout %u ms)", device.c_str(),
+          request.timeout_ms);
       client.busy = true;
       pauses_.emplace(token, std::move(pending));
       return;
@@ -391,10 +405,10 @@ void ControlServer::OnPauseTimeout(uint64_t token) {
     list += (i == 0 ? "" : "; ") + outstanding[i];
   }
   if (outstanding.size() > kMaxOutstandingReported) list += "; ...";
-  std::string message = StrFormat("pause %s: not drained after %u ms; it stays pausing and becomes paused when "
-                                  "its I/O completes (resume cancels). Still outstanding: %s",
-                                  pause.device.c_str(), pause.timeout_ms,
-                                  outstanding.empty() ? "the final sync" : list.c_str());
+  std::string message = StrFormat(
+      "pause %s: not drained after %u ms; it stays pausing and becomes paused when "
+      "its I/O completes (resume cancels). Still outstanding: %s",
+      pause.device.c_str(), pause.timeout_ms, outstanding.empty() ? "the final sync" : list.c_str());
   Log(LogLevel::kWarning, kSubject, "%s", message.c_str());
   FinishPause(token, FormatErrorReply(message));
 }
@@ -434,15 +448,26 @@ void ControlServer::Flush(Client& client) {
     Close(client.id);  // the peer is gone
     return;
   }
-  bool want_write = !client.out.empty();
-  if (want_write != client.want_write) {
-    epoll_event event{};
-    event.events = EPOLLIN | EPOLLRDHUP | (want_write ? EPOLLOUT : 0u);
-    event.data.u64 = (kClientKind << kKindShift) | client.id;
-    ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, client.fd.get(), &event);
-    client.want_write = want_write;
+  UpdateInterest(client);
+}
+
+void ControlServer::UpdateInterest(Client& client) {
+  if (client.dead) return;
+  // After end of input: done once every complete line is answered (a partial last line is dropped).
+  bool done = client.out.empty() &&
+              (client.closing || (client.eof && !client.busy && client.in.find('\n') == std::string::npos));
+  if (done) {
+    Close(client.id);
+    return;
   }
-  if (client.closing && client.out.empty()) Close(client.id);
+  // After end of input, a level-triggered EPOLLIN would fire forever: only output (and hang-ups) matter then.
+  uint32_t interest = (client.eof ? 0u : EPOLLIN | EPOLLRDHUP) | (client.out.empty() ? 0u : EPOLLOUT);
+  if (interest == client.interest) return;
+  epoll_event event{};
+  event.events = interest;
+  event.data.u64 = (kClientKind << kKindShift) | client.id;
+  ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, client.fd.get(), &event);
+  client.interest = interest;
 }
 
 void ControlServer::Close(uint64_t id) {
@@ -482,7 +507,7 @@ void ControlServer::WriteStatsFiles() {
 }
 
 Result<std::unique_ptr<ControlServerThread>> ControlServerThread::Start(const ControlServerOptions& options,
-                                                                       ControlTarget& target) {
+                                                                        ControlTarget& target) {
   Result<std::unique_ptr<ControlServer>> server = ControlServer::Create(options, target);
   if (!server.ok()) return server.status();
   UniqueFd epoll(::epoll_create1(EPOLL_CLOEXEC));
@@ -493,7 +518,8 @@ Result<std::unique_ptr<ControlServerThread>> ControlServerThread::Start(const Co
     epoll_event event{};
     event.events = EPOLLIN;
     event.data.fd = fd;
-    if (::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, fd, &event) != 0) return Status::FromErrno(errno, "epoll_ctl");
+    if (::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, fd, &event) != 0)
+      return Status::FromErrno(errno, "epoll_ctl");
   }
   std::unique_ptr<ControlServerThread> loop(
       new ControlServerThread(std::move(*server), std::move(epoll), std::move(stop)));

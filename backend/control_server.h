@@ -1,6 +1,6 @@
 // The control socket: a Unix stream socket speaking the line protocol of backend/control_protocol.h, served
-// from its owner's event loop (the daemon's control thread, or blkbench's), with no thread of its own and none
-// per client.
+// from its owner's event loop (the daemon's control thread, or blkbench's), with no thread of its own and
+// none per client.
 //
 // Who may command: the peer's credentials (SO_PEERCRED) must say uid 0 or the server's own effective uid
 // (so that tests and blkbench run as an ordinary user can use their own socket). Anyone else is told so in
@@ -61,7 +61,8 @@ class ControlServer {
  public:
   // Creates the socket's directory (0700) if missing, replaces a stale socket, refuses one a live server
   // still answers on.
-  static Result<std::unique_ptr<ControlServer>> Create(const ControlServerOptions& options, ControlTarget& target);
+  static Result<std::unique_ptr<ControlServer>> Create(const ControlServerOptions& options,
+                                                       ControlTarget& target);
   // Disconnects every client and removes the socket (and the statistics files).
   ~ControlServer();
   ControlServer(const ControlServer&) = delete;
@@ -90,6 +91,8 @@ class ControlServer {
   void Execute(Client& client, const ControlRequest& request);
   void Send(Client& client, const std::string& text);
   void Flush(Client& client);
+  // Closes a client that is done, else watches for what it still needs (input, output).
+  void UpdateInterest(Client& client);
   void Close(uint64_t id);
   void OnPauseDone(uint64_t token, Status status);
   void OnPauseTimeout(uint64_t token);

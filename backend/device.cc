@@ -73,7 +73,6 @@ bool Device::broken() const {
   return false;
 }
 
-
 const char* PauseStateName(PauseState state) {
   switch (state) {
     case PauseState::kRunning:
@@ -214,8 +213,8 @@ Status Device::Resize(uint64_t bytes) {
   limits_.sectors = bytes >> kSectorShift;
   // The rings accept the new sectors before anyone tells the frontend about them.
   for (Ring& ring : rings_) ring.worker->Call([&] { ring.pipeline->SetSectors(limits_.sectors); });
-  Log(LogLevel::kNotice, name_.c_str(), "grown from %llu to %llu bytes", static_cast<unsigned long long>(current),
-      static_cast<unsigned long long>(bytes));
+  Log(LogLevel::kNotice, name_.c_str(), "grown from %llu to %llu bytes",
+      static_cast<unsigned long long>(current), static_cast<unsigned long long>(bytes));
   return Status::Ok();
 }
 

@@ -30,7 +30,7 @@ const char kBenchUsage[] =
     "  --seed=N           seed of the random offsets (default 1)\n"
     "  --poll=USEC        the backend worker keeps polling this long after serving before it sleeps (default "
     "0)\n"
-    "  --control=PATH     serve a control socket at PATH during the run, so that blkctl --socket PATH can list,\n"
+    "  --control=PATH     serve a control socket at PATH for the run: blkctl --socket PATH can list,\n"
     "                     stats, pause and resume the simulated device 1/51712\n"
     "\n"
     "example: blkbench --filename=/var/tmp/disk.img --size=1g --rw=randread --bs=4k --iodepth=32 "

@@ -1,14 +1,13 @@
 // Tests of the control socket attached to the daemon's loop: the handshake's devices are listed, paused and
 // resumed from the socket while a guest connected through xenstore does I/O, and a resize reaches xenstore
 // the way Linux blkfront notices it (new `sectors`, then `state` rewritten to Connected).
-#include "backend/control_daemon_target.h"
-
 #include <gtest/gtest.h>
 
 #include <memory>
 #include <string>
 
 #include "backend/control_client.h"
+#include "backend/control_daemon_target.h"
 #include "backend/control_server.h"
 #include "tests/backend/handshake_fixture.h"
 
@@ -59,7 +58,9 @@ class ControlDaemonTest : public HandshakeFixture {
   std::unique_ptr<ControlServer> control_;
 };
 
-bool Contains(const std::string& text, const std::string& needle) { return text.find(needle) != std::string::npos; }
+bool Contains(const std::string& text, const std::string& needle) {
+  return text.find(needle) != std::string::npos;
+}
 
 TEST_F(ControlDaemonTest, ListsPausesResumesAndResizesAConnectedGuest) {
   StartWithControl();
@@ -73,8 +74,9 @@ TEST_F(ControlDaemonTest, ListsPausesResumesAndResizesAConnectedGuest) {
   CheckIo(front->queue(0), 8, 1);
 
   std::string list = Ask("list");
-  EXPECT_TRUE(Contains(list, "1/51712 state=Connected io=running size=4194304 queues=1 "
-                             "features=flush-cache,barrier,ring-pages="))
+  EXPECT_TRUE(Contains(list,
+                       "1/51712 state=Connected io=running size=4194304 queues=1 "
+                       "features=flush-cache,barrier,ring-pages="))
       << list;
   EXPECT_TRUE(Contains(list, "images=aio:" + image)) << list;
   EXPECT_TRUE(Contains(Ask("stats 1/51712"), "wr_req=1 ")) << Ask("stats 1/51712");
@@ -111,8 +113,9 @@ TEST_F(ControlDaemonTest, ListsPausesResumesAndResizesAConnectedGuest) {
   EXPECT_EQ(ReadKey(backend + "/state"), "4");
   EXPECT_TRUE(WaitForEvents(*watcher, &events, [](const auto& seen) { return !seen.empty(); }));
   EXPECT_TRUE(Contains(Ask("list"), "size=8388608"));
-  EXPECT_EQ(Ask("resize 1/51712 4M"),
-            "error: 1/51712: refusing to shrink from 8388608 to 4194304 bytes: the guest may have data there");
+  EXPECT_EQ(
+      Ask("resize 1/51712 4M"),
+      "error: 1/51712: refusing to shrink from 8388608 to 4194304 bytes: the guest may have data there");
   // The guest may now use the new sectors.
   CheckIo(queue, (8u << 20) / 512 - 32, 3);
   EXPECT_EQ(Ask("pause 7/51712"), "error: no device 7/51712 (see list)");

@@ -76,7 +76,8 @@ TEST(ControlProtocolTest, RefusesMalformedLinesWithOneClearLine) {
   EXPECT_EQ(Refusal("resize 1/51712 1M now"), "unexpected 'now' after resize");
   EXPECT_EQ(Refusal("pause 1/51712 --timeout"), "--timeout needs a number of milliseconds");
   EXPECT_EQ(Refusal("pause 1/51712 --timeout 0"), "bad --timeout '0': milliseconds from 1 to 3600000");
-  EXPECT_EQ(Refusal("pause 1/51712 --timeout 3600001"), "bad --timeout '3600001': milliseconds from 1 to 3600000");
+  EXPECT_EQ(Refusal("pause 1/51712 --timeout 3600001"),
+            "bad --timeout '3600001': milliseconds from 1 to 3600000");
   EXPECT_EQ(Refusal("pause 1/51712 --timeout -5"), "bad --timeout '-5': milliseconds from 1 to 3600000");
   EXPECT_EQ(Refusal("pause 1/51712 --force"), "unexpected '--force' after pause DEVICE (--timeout MS)");
   EXPECT_EQ(Refusal("stats --json --json"), "--json given twice");
@@ -89,12 +90,13 @@ TEST(ControlProtocolTest, RefusesMalformedLinesWithOneClearLine) {
   EXPECT_EQ(Refusal("a b c d e f g h i"), "too many words in the request");
   // A long bad word is quoted back only in part.
   std::string long_word(200, 'z');
-  EXPECT_EQ(Refusal(long_word), "unknown command '" + std::string(48, 'z') + "...' (list, stats, pause, resume, resize)");
+  EXPECT_EQ(Refusal(long_word),
+            "unknown command '" + std::string(48, 'z') + "...' (list, stats, pause, resume, resize)");
 }
 
 TEST(ControlProtocolTest, DeviceNamesAreStrict) {
-  for (const char* bad : {"1", "1/", "/5", "a/5", "1/b", "01/5", "1/05", "-1/5", "1/5/6", "32752/1", "1/2147483648",
-                          "99999999999999999999/1", "1 /5"}) {
+  for (const char* bad : {"1", "1/", "/5", "a/5", "1/b", "01/5", "1/05", "-1/5", "1/5/6", "32752/1",
+                          "1/2147483648", "99999999999999999999/1", "1 /5"}) {
     EXPECT_FALSE(ParseDeviceName(bad).ok()) << bad;
   }
   Result<DeviceName> name = ParseDeviceName("32751/0");
@@ -131,7 +133,8 @@ TEST(ControlProtocolTest, RepliesEndWhereTheySay) {
   ASSERT_TRUE(error.ok());
   EXPECT_FALSE(error->ok);
   EXPECT_EQ(error->message, "1/51712 is not paused");
-  for (const char* bad : {"", "ok", "ok ", "ok -1", "ok 65537", "ok 1 2", "error", "error ", "OK 1", "fine"}) {
+  for (const char* bad :
+       {"", "ok", "ok ", "ok -1", "ok 65537", "ok 1 2", "error", "error ", "OK 1", "fine"}) {
     EXPECT_FALSE(ParseControlReplyHead(bad).ok()) << bad;
   }
 }
@@ -172,9 +175,10 @@ TEST(ControlProtocolTest, ListAndStatsFormatsSplitBackIntoFields) {
   stats.latency_count = 5;
   lines = FormatDeviceStats({stats, stats}, /*json=*/true);
   ASSERT_EQ(lines.size(), 1u);
-  EXPECT_EQ(lines[0].find("{\"version\":1,\"devices\":[{\"device\":\"1/51712\",\"io\":\"running\",\"oo_req\":0,"
-                          "\"rd_req\":5,"),
-            0u);
+  EXPECT_EQ(
+      lines[0].find("{\"version\":1,\"devices\":[{\"device\":\"1/51712\",\"io\":\"running\",\"oo_req\":0,"
+                    "\"rd_req\":5,"),
+      0u);
   EXPECT_NE(lines[0].find("\"latency_us\":{\"count\":5,\"p50\":2,"), std::string::npos);
   EXPECT_NE(lines[0].find("}},{\"device\""), std::string::npos);
   lines = FormatDeviceStats({stats}, /*json=*/false);
@@ -187,7 +191,8 @@ TEST(ControlProtocolTest, ListAndStatsFormatsSplitBackIntoFields) {
 TEST(ControlProtocolTest, RandomLinesNeverCrash) {
   std::mt19937_64 random(42);
   const std::string alphabet = "lisrtpaumezj0123456789/- -\t\r\n\x01\xff";
-  const char* words[] = {"list", "stats", "pause", "resume", "resize", "1/51712", "--json", "--timeout", "5", "4K"};
+  const char* words[] = {"list",    "stats",  "pause",     "resume", "resize",
+                         "1/51712", "--json", "--timeout", "5",      "4K"};
   for (int i = 0; i < 20000; ++i) {
     std::string line;
     size_t length = random() % 64;

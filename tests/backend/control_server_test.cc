@@ -2,6 +2,8 @@
 // side, ControlServer with a DeviceControlTarget on the other, and a real Device served to the userspace
 // blkfront over the simulated hypervisor. Pause and resume are checked from the guest's side: nothing is
 // answered while paused, everything is after resume, and every byte is verified.
+#include "backend/control_server.h"
+
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/socket.h>
@@ -22,7 +24,6 @@
 
 #include "backend/control_client.h"
 #include "backend/control_device.h"
-#include "backend/control_server.h"
 #include "backend/device.h"
 #include "backend/worker.h"
 #include "frontend/blkfront.h"
@@ -46,7 +47,9 @@ struct AlignedBlocks {
   uint8_t* data;
 };
 
-bool Contains(const std::string& text, const std::string& needle) { return text.find(needle) != std::string::npos; }
+bool Contains(const std::string& text, const std::string& needle) {
+  return text.find(needle) != std::string::npos;
+}
 
 class ControlServerTest : public ::testing::Test {
  protected:
@@ -198,8 +201,9 @@ TEST_F(ControlServerTest, GreetsListsAndCounts) {
   VerifyBlocks(0, kDepth, 7);
 
   std::string stats = Ask("stats 1/51712");
-  EXPECT_TRUE(Contains(stats, "1/51712 io=running in_flight=0 oo_req=0 rd_req=32 wr_req=32 f_req=0 ds_req=0 "
-                              "rd_sect=256 wr_sect=256 bad_req=0 io_errors=0"))
+  EXPECT_TRUE(Contains(stats,
+                       "1/51712 io=running in_flight=0 oo_req=0 rd_req=32 wr_req=32 f_req=0 ds_req=0 "
+                       "rd_sect=256 wr_sect=256 bad_req=0 io_errors=0"))
       << stats;
   std::string json = Ask("stats --json");
   EXPECT_TRUE(Contains(json, "{\"version\":1,\"devices\":[{\"device\":\"1/51712\",\"io\":\"running\""));
@@ -271,9 +275,11 @@ TEST_F(ControlServerTest, EveryControlErrorIsOneClearLine) {
   EXPECT_TRUE(Contains(Ask("pause 1/51712"), "paused in"));
   EXPECT_EQ(Ask("pause 1/51712"), "error: 1/51712 is already paused");
   EXPECT_EQ(Ask("resume 1/51712"), "1/51712 resumed\n");
-  EXPECT_EQ(Ask("resize 1/51712 4M"),
-            "error: 1/51712: refusing to shrink from 8388608 to 4194304 bytes: the guest may have data there");
-  EXPECT_EQ(Ask("resize 1/51712 1000"), "error: 1/51712: 1000 bytes is not a multiple of the 512-byte sector");
+  EXPECT_EQ(
+      Ask("resize 1/51712 4M"),
+      "error: 1/51712: refusing to shrink from 8388608 to 4194304 bytes: the guest may have data there");
+  EXPECT_EQ(Ask("resize 1/51712 1000"),
+            "error: 1/51712: 1000 bytes is not a multiple of the 512-byte sector");
   EXPECT_EQ(Ask("frobnicate"), "error: unknown command 'frobnicate' (list, stats, pause, resume, resize)");
   EXPECT_TRUE(Contains(Ask("pause 1-51712"), "error: bad device '1-51712'"));
 
@@ -319,7 +325,8 @@ TEST_F(ControlServerTest, ResizeGrowsTheFileAndTheRingAcceptsTheNewSectors) {
   ASSERT_TRUE(front_->Push().ok());
   ASSERT_EQ(ReapAll(1), 1u);
   VerifyBlocks(beyond, 1, 3);
-  EXPECT_EQ(Ask("resize 1/51712 16M"), "1/51712: 16777216 -> 16777216 bytes (no xenstore here: no frontend is told)\n");
+  EXPECT_EQ(Ask("resize 1/51712 16M"),
+            "1/51712: 16777216 -> 16777216 bytes (no xenstore here: no frontend is told)\n");
 }
 
 // With the worker stepped by hand, the I/O in flight cannot finish until the test lets it: the timeout
@@ -331,7 +338,8 @@ TEST_F(ControlServerTest, PauseTimeoutNamesOutstandingRequestsAndTheDeviceStaysC
   ASSERT_TRUE(front_->Push().ok());
   worker_->RunOnce(0);  // takes the requests and submits their I/O; completions wait for the next step
   std::string timed_out = Ask("pause 1/51712 --timeout 50");
-  EXPECT_TRUE(Contains(timed_out, "error: pause 1/51712: not drained after 50 ms; it stays pausing")) << timed_out;
+  EXPECT_TRUE(Contains(timed_out, "error: pause 1/51712: not drained after 50 ms; it stays pausing"))
+      << timed_out;
   EXPECT_TRUE(Contains(timed_out, "q0: write id ")) << timed_out;
   EXPECT_TRUE(Contains(timed_out, ", in I/O")) << timed_out;
   EXPECT_EQ(device_->pause_state(), PauseState::kPausing);
@@ -354,7 +362,8 @@ TEST_F(ControlServerTest, ClientDisconnectingMidPauseDisturbsNothing) {
     std::unique_ptr<ControlClient> client = Connect();
     ASSERT_NE(client, nullptr);
     std::string line = "pause 1/51712\n";
-    ASSERT_EQ(::send(client->fd(), line.data(), line.size(), MSG_NOSIGNAL), static_cast<ssize_t>(line.size()));
+    ASSERT_EQ(::send(client->fd(), line.data(), line.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(line.size()));
     for (int i = 0; i < 500 && device_->pause_state() != PauseState::kPausing; ++i) ::usleep(1000);
     ASSERT_EQ(device_->pause_state(), PauseState::kPausing);
   }  // gone before the answer
@@ -372,6 +381,30 @@ TEST_F(ControlServerTest, ClientDisconnectingMidPauseDisturbsNothing) {
   EXPECT_EQ(Ask("resume 1/51712"), "1/51712 resumed\n");
   worker_->Start();
   VerifyBlocks(0, 4, 9);
+}
+
+// "echo 'pause 1/51712' | nc -U": the client shuts down its side after the request and still gets the
+// reply, then end of file.
+TEST_F(ControlServerTest, HalfClosedClientStillGetsItsReplies) {
+  Start(true);
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::strcpy(address.sun_path, socket_path().c_str());
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+  std::string requests = "list\npause 1/51712\nstats 1/51712\n";
+  ASSERT_EQ(::send(fd, requests.data(), requests.size(), MSG_NOSIGNAL), static_cast<ssize_t>(requests.size()));
+  ASSERT_EQ(::shutdown(fd, SHUT_WR), 0);
+  std::string received;
+  char buffer[4096];
+  for (ssize_t got; (got = ::recv(fd, buffer, sizeof(buffer), 0)) > 0;) received.append(buffer, got);
+  ::close(fd);
+  EXPECT_EQ(received.find("blkbackd-control 1\nok 1\n1/51712 state=connected io=running"), 0u) << received;
+  EXPECT_TRUE(Contains(received, "\nok 1\n1/51712 paused in ")) << received;
+  EXPECT_TRUE(Contains(received, "\nok 1\n1/51712 io=paused in_flight=0 ")) << received;
+  EXPECT_EQ(received.back(), '\n');
+  EXPECT_EQ(Ask("resume 1/51712"), "1/51712 resumed\n");
 }
 
 // A peer whose uid is neither root nor ours gets one error line. Run as root: the child drops to nobody.

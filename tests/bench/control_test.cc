@@ -30,8 +30,8 @@ TEST(BenchControlTest, PauseAndResumeDuringAVerifiedRun) {
   char dir[] = "/tmp/blkbench-control-XXXXXX";
   ASSERT_NE(::mkdtemp(dir), nullptr);
   std::string socket = std::string(dir) + "/control";
-  auto options = ParseBenchOptions({"--size=16m", "--runtime=1", "--iodepth=32", "--verify", "--direct=0",
-                                    "--control=" + socket});
+  auto options = ParseBenchOptions(
+      {"--size=16m", "--runtime=1", "--iodepth=32", "--verify", "--direct=0", "--control=" + socket});
   ASSERT_TRUE(options.ok()) << options.status().ToString();
   EXPECT_EQ(options->control, socket);
   Result<BenchResult> result = Status::Busy("not run");

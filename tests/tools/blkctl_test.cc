@@ -37,7 +37,8 @@ Ran Tool(const std::string& args) {
 }
 
 TEST(BlkctlArgsTest, ParsesGlobalOptionsAndOneRequest) {
-  Result<Invocation> parsed = ParseArgs({"--socket", "/tmp/x", "stats", "1/51712", "--json", "--watch", "--count", "3"});
+  Result<Invocation> parsed =
+      ParseArgs({"--socket", "/tmp/x", "stats", "1/51712", "--json", "--watch", "--count", "3"});
   ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
   EXPECT_EQ(parsed->socket, "/tmp/x");
   EXPECT_EQ(parsed->request.command, ControlCommand::kStats);
@@ -63,7 +64,8 @@ TEST(BlkctlArgsTest, RefusesBadCommandLines) {
   EXPECT_EQ(ParseArgs({"stats", "--count", "2"}).status().message(), "--count goes with --watch");
   EXPECT_EQ(ParseArgs({"stats", "--watch", "--count", "0"}).status().message(),
             "--count needs a number from 1 to 1000000");
-  EXPECT_EQ(ParseArgs({"resize", "1/2", "1 G"}).status().message(), "argument '1 G' is empty or holds a space");
+  EXPECT_EQ(ParseArgs({"resize", "1/2", "1 G"}).status().message(),
+            "argument '1 G' is empty or holds a space");
 }
 
 class BlkctlTest : public ::testing::Test {
@@ -108,15 +110,17 @@ class BlkctlTest : public ::testing::Test {
 TEST_F(BlkctlTest, ListsPausesResumesAndResizes) {
   Ran list = Tool(Socket() + "list");
   EXPECT_EQ(list.exit_status, kExitOk);
-  EXPECT_EQ(list.output, "1/51712 state=open io=running size=1048576 queues=0 features=flush-cache,barrier images=" +
-                             image_ + "\n");
+  EXPECT_EQ(list.output,
+            "1/51712 state=open io=running size=1048576 queues=0 features=flush-cache,barrier images=" +
+                image_ + "\n");
   Ran paused = Tool(Socket() + "pause 1/51712");
   EXPECT_EQ(paused.exit_status, kExitOk);
   EXPECT_EQ(paused.output.find("1/51712 paused in "), 0u) << paused.output;
   Ran again = Tool(Socket() + "pause 1/51712");
   EXPECT_EQ(again.exit_status, kExitRefused);
   EXPECT_EQ(again.output, "blkctl: 1/51712 is already paused\n");
-  EXPECT_EQ(Tool(Socket() + "stats 1/51712").output.find("1/51712 io=paused in_flight=0 oo_req=0 rd_req=0"), 0u);
+  EXPECT_EQ(Tool(Socket() + "stats 1/51712").output.find("1/51712 io=paused in_flight=0 oo_req=0 rd_req=0"),
+            0u);
   Ran resumed = Tool(Socket() + "resume 1/51712");
   EXPECT_EQ(resumed.exit_status, kExitOk);
   EXPECT_EQ(resumed.output, "1/51712 resumed\n");
@@ -126,8 +130,9 @@ TEST_F(BlkctlTest, ListsPausesResumesAndResizes) {
   EXPECT_EQ(std::filesystem::file_size(image_), 2u << 20);
   Ran shrink = Tool(Socket() + "resize 1/51712 1M");
   EXPECT_EQ(shrink.exit_status, kExitRefused);
-  EXPECT_EQ(shrink.output,
-            "blkctl: 1/51712: refusing to shrink from 2097152 to 1048576 bytes: the guest may have data there\n");
+  EXPECT_EQ(
+      shrink.output,
+      "blkctl: 1/51712: refusing to shrink from 2097152 to 1048576 bytes: the guest may have data there\n");
   Ran unknown = Tool(Socket() + "pause 3/51712");
   EXPECT_EQ(unknown.exit_status, kExitRefused);
   EXPECT_EQ(unknown.output, "blkctl: no device 3/51712 (see list)\n");
@@ -141,7 +146,8 @@ TEST_F(BlkctlTest, StatsAsJsonAndWatched) {
   Ran watched = Tool(Socket() + "stats --watch --count 2");
   EXPECT_EQ(watched.exit_status, kExitOk);
   size_t reports = 0;
-  for (size_t at = 0; (at = watched.output.find("1/51712 io=running", at)) != std::string::npos; ++at) ++reports;
+  for (size_t at = 0; (at = watched.output.find("1/51712 io=running", at)) != std::string::npos; ++at)
+    ++reports;
   EXPECT_EQ(reports, 2u) << watched.output;
   EXPECT_EQ(watched.output.find("--- "), 0u);
 }
@@ -152,8 +158,9 @@ TEST_F(BlkctlTest, UsageErrorsAndAMissingDaemonAreOneLineWithTheirExitStatus) {
   EXPECT_NE(help.output.find("example: blkctl pause 1/51712"), std::string::npos);
   Ran usage = Tool(Socket() + "frobnicate");
   EXPECT_EQ(usage.exit_status, kExitUsage);
-  EXPECT_EQ(usage.output,
-            "blkctl: unknown command 'frobnicate' (list, stats, pause, resume, resize) (see blkctl --help)\n");
+  EXPECT_EQ(
+      usage.output,
+      "blkctl: unknown command 'frobnicate' (list, stats, pause, resume, resize) (see blkctl --help)\n");
   Ran missing = Tool("--socket " + dir_ + "/nothing list");
   EXPECT_EQ(missing.exit_status, kExitUnreachable);
   EXPECT_EQ(missing.output, "blkctl: blkbackd is not running (nothing listens on " + dir_ + "/nothing)\n");

@@ -17,10 +17,12 @@ const char kUsage[] =
     "usage: blkctl [--socket PATH] COMMAND [ARGUMENTS]\n"
     "Commands blkbackd (or blkbench --control) through its control socket.\n"
     "\n"
-    "  list                                every device: handshake state, I/O state (running, pausing, paused),\n"
+    "  list                                every device: handshake state, I/O state (running, pausing, "
+    "paused),\n"
     "                                      size, queues, negotiated features, image path(s)\n"
     "  stats [DOMID/DEVID] [--json]        blkback's counters (oo_req rd_req wr_req f_req ds_req rd_sect\n"
-    "        [--watch [--count N]]         wr_sect), requests in flight, latency percentiles; --watch repeats\n"
+    "        [--watch [--count N]]         wr_sect), requests in flight, latency percentiles; --watch "
+    "repeats\n"
     "                                      every second (--count N times)\n"
     "  pause DOMID/DEVID [--timeout MS]    stop taking requests, let in-flight I/O finish, sync the image;\n"
     "                                      returns once paused (default timeout 5000 ms)\n"
@@ -112,7 +114,8 @@ int Run(const Invocation& invocation, FILE* out, FILE* err) {
     return kExitUnreachable;
   }
   const ControlRequest& request = invocation.request;
-  int timeout_ms = request.command == ControlCommand::kPause ? static_cast<int>(request.timeout_ms) + 10000 : 30000;
+  int timeout_ms =
+      request.command == ControlCommand::kPause ? static_cast<int>(request.timeout_ms) + 10000 : 30000;
   for (unsigned round = 0;; ++round) {
     Result<ControlReply> reply = (*client)->Call(request, timeout_ms);
     if (!reply.ok()) {

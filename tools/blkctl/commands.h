@@ -27,8 +27,8 @@ struct Invocation {
   std::string socket = kDefaultSocket;
   bool help = false;
   ControlRequest request;
-  bool watch = false;    // stats only: repeat every interval
-  unsigned count = 0;    // with --watch: stop after this many reports (0: never)
+  bool watch = false;  // stats only: repeat every interval
+  unsigned count = 0;  // with --watch: stop after this many reports (0: never)
   unsigned interval_ms = 1000;
 };
 
