@@ -84,6 +84,10 @@ Result<ControlReply> ControlClient::CallLine(const std::string& line, int timeou
     if (wrote < 0) return Status::FromErrno(errno, "write " + path_);
     sent += static_cast<size_t>(wrote);
   }
+  return ReadReply(timeout_ms);
+}
+
+Result<ControlReply> ControlClient::ReadReply(int timeout_ms) {
   Result<std::string> head_line = ReadLine(timeout_ms);
   if (!head_line.ok()) return head_line.status();
   Result<ControlReplyHead> head = ParseControlReplyHead(*head_line);

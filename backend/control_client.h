@@ -32,6 +32,9 @@ class ControlClient {
   // The same with a raw request line (no "\n"), for tests of the server's parsing.
   Result<ControlReply> CallLine(const std::string& line, int timeout_ms);
 
+  // Reads the next reply only (for a request sent on fd() by hand, or several sent at once).
+  Result<ControlReply> ReadReply(int timeout_ms);
+
   int fd() const { return fd_.get(); }
 
  private:

@@ -149,12 +149,11 @@ Status Device::Pause(std::function<void(Status)> done) {
     waiter->Settle();
     return Status::Ok();
   }
+  // Starting is quick (the drain is not waited for); a ring retired while draining reports when it drains, or
+  // with an error when it is destroyed.
   for (Ring& ring : rings_) {
-    RequestPipeline* pipeline = ring.pipeline.get();
-    // Tasks run in order on the worker, so the ring is still attached when this runs, even if a Disconnect
-    // follows at once; a ring retired while draining reports when it is destroyed.
-    ring.worker->Post([pipeline, waiter] {
-      pipeline->Pause([waiter](Status status) { waiter->Arrive(std::move(status)); });
+    ring.worker->Call([&] {
+      ring.pipeline->Pause([waiter](Status status) { waiter->Arrive(std::move(status)); });
     });
   }
   return Status::Ok();
