@@ -10,6 +10,7 @@
 #include <set>
 
 #include "backend/blkif_device_ops.h"
+#include "backend/control_server.h"
 #include "base/log.h"
 #include "xenstore/blkif_keys.h"
 
@@ -105,11 +106,14 @@ void BlkbackDaemon::Stop() {
 }
 
 Result<bool> BlkbackDaemon::RunOnce(int timeout_ms) {
-  epoll_event ready[2];
-  int count = ::epoll_wait(epoll_.get(), ready, 2, timeout_ms);
+  epoll_event ready[3];
+  int count = ::epoll_wait(epoll_.get(), ready, 3, timeout_ms);
   if (count < 0 && errno != EINTR) return Status::FromErrno(errno, "epoll_wait");
   for (int i = 0; i < count; ++i) {
     if (ready[i].data.fd == stop_.get()) return false;
+  }
+  for (int i = 0; i < count; ++i) {
+    if (control_ != nullptr && ready[i].data.fd == control_->fd()) control_->HandleEvents();
   }
   BLK_RETURN_IF_ERROR(HandleEvents());
   CheckHealth();
@@ -226,6 +230,24 @@ uint32_t BlkbackDaemon::Shutdown(int timeout_ms) {
     Log(LogLevel::kWarning, kSubject, "stopping with %u requests still in flight after %d ms", left, timeout_ms);
   }
   return left;
+}
+
+Status BlkbackDaemon::AttachControl(ControlServer* server) {
+  if (control_ != nullptr) ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, control_->fd(), nullptr);
+  control_ = nullptr;
+  if (server == nullptr) return Status::Ok();
+  epoll_event event{};
+  event.events = EPOLLIN;
+  event.data.fd = server->fd();
+  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, server->fd(), &event) != 0) {
+    return Status::FromErrno(errno, "epoll_ctl (control socket)");
+  }
+  control_ = server;
+  return Status::Ok();
+}
+
+void BlkbackDaemon::ForEachDevice(const std::function<void(BlkifBackendDevice&)>& visit) {
+  for (auto& [path, device] : devices_) visit(*device);
 }
 
 const BlkifBackendDevice* BlkbackDaemon::FindDevice(const std::string& backend_path) const {

@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -28,6 +29,8 @@
 #include "xenstore/xenstore.h"
 
 namespace blk {
+
+class ControlServer;
 
 struct BlkbackDaemonOptions {
   std::vector<std::string> kinds{"vbd"};
@@ -76,6 +79,13 @@ class BlkbackDaemon {
   // Control thread only (or while the loop is not running).
   const BlkifBackendDevice* FindDevice(const std::string& backend_path) const;
 
+  // The control socket (backend/control_server.h), served from this loop: its fd joins the loop's epoll set
+  // and its commands run on the control thread. `server` must outlive the loop; nullptr detaches it.
+  // Before Run(), or on the control thread.
+  Status AttachControl(ControlServer* server);
+  // Control thread only: every device, in backend-path order (the control target's view).
+  void ForEachDevice(const std::function<void(BlkifBackendDevice&)>& visit);
+
  private:
   BlkbackDaemon(std::unique_ptr<XenStore> store, Hypervisor hypervisor, const BlkbackDaemonOptions& options,
                 uint32_t own_domid, UniqueFd epoll, UniqueFd stop);
@@ -99,6 +109,7 @@ class BlkbackDaemon {
   std::atomic<size_t> device_count_{0};
   std::atomic<uint64_t> evaluations_{0};
   std::vector<WatchEvent> events_;
+  ControlServer* control_ = nullptr;
 };
 
 }  // namespace blk

@@ -1,8 +1,12 @@
 // Device: an image served over one or more rings.
 #include "backend/device.h"
 
-#include <algorithm>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
+
+#include "base/format.h"
 #include "base/log.h"
 #include "formats/discard.h"
 #include "formats/raw_image.h"
@@ -44,9 +48,13 @@ Status Device::Connect(Hypervisor& hypervisor, const RingConnection& connection,
   if (!pipeline.ok()) return pipeline.status();
   Status attached;
   RequestPipeline* raw = pipeline->get();
-  worker.Call([&] { attached = worker.Attach(raw); });
+  bool paused = pause_state() != PauseState::kRunning;
+  worker.Call([&] {
+    if (paused) raw->Pause(nullptr);  // a ring that connects while the device is paused starts paused
+    attached = worker.Attach(raw);
+  });
   if (!attached.ok()) return attached;
-  rings_.push_back({std::move(*pipeline), &worker});
+  rings_.push_back({std::move(*pipeline), &worker, connection.ring_refs.size(), connection.abi});
   Log(LogLevel::kInfo, ring_name.c_str(), "connected: %zu-page ring, %s, event channel %u",
       connection.ring_refs.size(), AbiName(connection.abi), connection.event_channel);
   return Status::Ok();
@@ -75,6 +83,168 @@ bool Device::broken() const {
     if (ring.pipeline->broken()) return true;
   }
   return false;
+}
+
+const char* PauseStateName(PauseState state) {
+  switch (state) {
+    case PauseState::kRunning:
+      return "running";
+    case PauseState::kPausing:
+      return "pausing";
+    case PauseState::kPaused:
+      return "paused";
+  }
+  return "?";
+}
+
+std::vector<std::pair<size_t, Abi>> Device::RingLayouts() const {
+  std::vector<std::pair<size_t, Abi>> layouts;
+  for (const Ring& ring : rings_) layouts.emplace_back(ring.pages, ring.abi);
+  return layouts;
+}
+
+// Collects each ring's outcome; the last ring to report settles the pause, unless a Resume (or another
+// Pause) came in between.
+class Device::PauseWaiter {
+ public:
+  PauseWaiter(std::shared_ptr<PauseControl> control, uint64_t generation, size_t rings,
+              std::function<void(Status)> done)
+      : control_(std::move(control)), generation_(generation), remaining_(rings), done_(std::move(done)) {}
+
+  void Arrive(Status status) {
+    {
+      std::lock_guard lock(mutex_);
+      if (!status.ok() && first_failure_.ok()) first_failure_ = std::move(status);
+      if (--remaining_ > 0) return;
+    }
+    Settle();
+  }
+
+  void Settle() {
+    bool current;
+    {
+      std::lock_guard lock(control_->mutex);
+      current = control_->generation == generation_ && control_->state == PauseState::kPausing;
+      if (current) control_->state.store(PauseState::kPaused, std::memory_order_release);
+    }
+    if (!done_) return;
+    if (!current) {
+      done_(Status::Busy("resumed before the pause completed"));
+    } else {
+      done_(first_failure_);
+    }
+  }
+
+ private:
+  std::shared_ptr<PauseControl> control_;
+  uint64_t generation_;
+  std::mutex mutex_;
+  size_t remaining_;
+  Status first_failure_;
+  std::function<void(Status)> done_;
+};
+
+Status Device::Pause(std::function<void(Status)> done) {
+  uint64_t generation;
+  {
+    std::lock_guard lock(pause_->mutex);
+    PauseState state = pause_->state.load();
+    if (state != PauseState::kRunning) {
+      return Status::Error(Status::Code::kBusy, name_ + " is already " + PauseStateName(state));
+    }
+    pause_->state.store(PauseState::kPausing, std::memory_order_release);
+    generation = ++pause_->generation;
+  }
+  Log(LogLevel::kNotice, name_.c_str(), "pausing %zu ring(s)", rings_.size());
+  auto waiter = std::make_shared<PauseWaiter>(pause_, generation, rings_.size(), std::move(done));
+  if (rings_.empty()) {
+    waiter->Settle();
+    return Status::Ok();
+  }
+  // Starting is quick (the drain is not waited for); a ring retired while draining reports when it drains, or
+  // with an error when it is destroyed.
+  for (Ring& ring : rings_) {
+    ring.worker->Call([&] {
+      ring.pipeline->Pause([waiter](Status status) { waiter->Arrive(std::move(status)); });
+    });
+  }
+  return Status::Ok();
+}
+
+Status Device::Resume() {
+  PauseState was;
+  {
+    std::lock_guard lock(pause_->mutex);
+    was = pause_->state.load();
+    if (was == PauseState::kRunning) return Status::InvalidArgument(name_ + " is not paused");
+    pause_->state.store(PauseState::kRunning, std::memory_order_release);
+    ++pause_->generation;
+  }
+  for (Ring& ring : rings_) ring.worker->Call([&] { ring.pipeline->Resume(); });
+  Log(LogLevel::kNotice, name_.c_str(), "resumed (was %s)", PauseStateName(was));
+  return Status::Ok();
+}
+
+std::vector<std::string> Device::DescribeOutstanding(size_t max) {
+  std::vector<std::string> lines;
+  for (size_t q = 0; q < rings_.size() && lines.size() < max; ++q) {
+    std::vector<OutstandingRequest> found;
+    Ring& ring = rings_[q];
+    ring.worker->Call([&] { found = ring.pipeline->Outstanding(max - lines.size()); });
+    for (const OutstandingRequest& request : found) {
+      lines.push_back(StrFormat("q%zu: %s id %llu sector %llu, %s", q, BlkifOperationName(request.operation),
+                                static_cast<unsigned long long>(request.id),
+                                static_cast<unsigned long long>(request.sector), request.stage));
+    }
+  }
+  return lines;
+}
+
+Status Device::Resize(uint64_t bytes) {
+  uint64_t current = size_bytes();
+  if (limits_.read_only) return Status::InvalidArgument(name_ + ": cannot resize a read-only disk");
+  if (image_->format() != ImageFormat::kRaw) {
+    return Status::NotSupported(name_ + ": " + image_->path() + " is a " + ImageFormatName(image_->format()) +
+                                " image: online resize serves raw images only");
+  }
+  auto& raw = static_cast<RawImage&>(*image_);
+  if (raw.is_block_device()) {
+    return Status::NotSupported(name_ + ": " + image_->path() +
+                                " is a block device: grow it with its own tools, not blkbackd");
+  }
+  if (bytes % limits_.logical_block_size != 0) {
+    return Status::InvalidArgument(StrFormat("%s: %llu bytes is not a multiple of the %u-byte sector",
+                                             name_.c_str(), static_cast<unsigned long long>(bytes),
+                                             limits_.logical_block_size));
+  }
+  if (bytes < current) {
+    return Status::InvalidArgument(StrFormat(
+        "%s: refusing to shrink from %llu to %llu bytes: the guest may have data there", name_.c_str(),
+        static_cast<unsigned long long>(current), static_cast<unsigned long long>(bytes)));
+  }
+  if (bytes == current) return Status::Ok();
+  if (::ftruncate(raw.fd(), static_cast<off_t>(bytes)) != 0) {
+    return Status::FromErrno(errno, name_ + ": growing " + image_->path());
+  }
+  limits_.sectors = bytes >> kSectorShift;
+  // The rings accept the new sectors before anyone tells the frontend about them.
+  for (Ring& ring : rings_) ring.worker->Call([&] { ring.pipeline->SetSectors(limits_.sectors); });
+  Log(LogLevel::kNotice, name_.c_str(), "grown from %llu to %llu bytes",
+      static_cast<unsigned long long>(current), static_cast<unsigned long long>(bytes));
+  return Status::Ok();
+}
+
+uint32_t Device::InFlight() const {
+  uint32_t total = 0;
+  for (const Ring& ring : rings_) total += ring.pipeline->in_flight();
+  return total;
+}
+
+LatencySummary Device::Latency() const {
+  std::array<uint64_t, LatencyBuckets::kBuckets> totals{};
+  uint64_t max_ns = 0;
+  for (const Ring& ring : rings_) ring.pipeline->latency().AddTo(totals, max_ns);
+  return LatencyBuckets::Summarize(totals, max_ns);
 }
 
 }  // namespace blk

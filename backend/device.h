@@ -1,12 +1,19 @@
 // A device: one frontend disk, named "<frontend domid>/<devid>". Owns its image, its statistics and its rings
 // (one request pipeline per queue), each ring served by a worker.
 //
-// Threading: Connect and Disconnect run on a control thread; they hand each ring to its worker with
-// Worker::Call, so the ring itself is only ever touched by the worker. A VHD image's metadata is used by one
-// thread at a time: every ring of a VHD device must be connected on the same worker.
+// Threading: Connect, Disconnect, Pause, Resume, Resize and the reports run on one control thread; they
+// reach each ring through its worker (Worker::Call/Post), so the ring itself is only ever touched by the
+// worker. pause_state() and the statistics may be read from any thread. A VHD image's metadata is used by
+// one thread at a time: every ring of a VHD device must be connected on the same worker.
+//
+// Pause is asynchronous: every ring stops taking requests, drains and syncs on its own worker, and the last
+// one to finish reports. Resume (and a later image swap, which belongs between the two) runs synchronously.
 #pragma once
 
+#include <atomic>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -30,6 +37,9 @@ struct DeviceConfig {
   bool discard = true;              // offer discard where the storage takes it (the toolstack may forbid it)
 };
 
+enum class PauseState : uint8_t { kRunning, kPausing, kPaused };
+const char* PauseStateName(PauseState state);
+
 class Device {
  public:
   static Result<std::unique_ptr<Device>> Open(const DeviceConfig& config);
@@ -41,6 +51,7 @@ class Device {
   // Bytes the storage frees in, when limits().discard.
   uint32_t discard_granularity() const { return discard_granularity_; }
   DeviceStats& stats() { return *stats_; }
+  const DeviceStats& stats() const { return *stats_; }
 
   // Maps and starts serving one more ring (a queue) on `worker`.
   Status Connect(Hypervisor& hypervisor, const RingConnection& connection, Worker& worker);
@@ -50,24 +61,57 @@ class Device {
   // A frontend broke a ring's protocol; the device must be closed.
   bool broken() const;
   size_t rings() const { return rings_.size(); }
+  // The ring-page count and ABI of each ring, in queue order.
+  std::vector<std::pair<size_t, Abi>> RingLayouts() const;
+
+  // Starts pausing every ring; `done` runs on a worker thread (or at once, on this thread, without rings)
+  // once all are drained and synced, with the first failure if any. Refused if not running.
+  Status Pause(std::function<void(Status)> done);
+  // Serves everything the frontend queued while paused. Refused if not pausing or paused. A pause still
+  // draining is abandoned (its `done` gets a kBusy status).
+  Status Resume();
+  // Any thread.
+  PauseState pause_state() const { return pause_->state.load(std::memory_order_acquire); }
+  // Up to `max` requests still outstanding over all rings, one line each ("q0: write id 7 sector 2048, in
+  // I/O"), for a pause that does not finish.
+  std::vector<std::string> DescribeOutstanding(size_t max);
+  // Grows the image file to `bytes` (a multiple of the sector size) and lets every ring accept requests up
+  // to it. Shrinking is refused: the guest may have data there. Block devices are refused (grow them with
+  // their own tools).
+  Status Resize(uint64_t bytes);
+  uint64_t size_bytes() const { return limits_.sectors << kSectorShift; }
+  // Any thread: requests taken and not answered, and the latency of those answered, over all rings.
+  uint32_t InFlight() const;
+  LatencySummary Latency() const;
 
  private:
   struct Ring {
     std::unique_ptr<RequestPipeline> pipeline;
     Worker* worker;
+    size_t pages;
+    Abi abi;
   };
+  // Shared with the workers' pause callbacks, which may run after the device is gone.
+  struct PauseControl {
+    std::mutex mutex;
+    std::atomic<PauseState> state{PauseState::kRunning};
+    uint64_t generation = 0;  // bumped by every Pause and Resume: a late drain of an old pause is ignored
+  };
+  class PauseWaiter;
   Device(std::string name, std::shared_ptr<DiskImage> image, DiskLimits limits, uint32_t discard_granularity)
       : name_(std::move(name)),
         image_(std::move(image)),
         limits_(limits),
         discard_granularity_(discard_granularity),
-        stats_(std::make_shared<DeviceStats>()) {}
+        stats_(std::make_shared<DeviceStats>()),
+        pause_(std::make_shared<PauseControl>()) {}
 
   std::string name_;
   std::shared_ptr<DiskImage> image_;  // shared with the rings, which may outlive the device (see Disconnect)
   DiskLimits limits_;
   uint32_t discard_granularity_;
   std::shared_ptr<DeviceStats> stats_;
+  std::shared_ptr<PauseControl> pause_;
   std::vector<Ring> rings_;
 };
 

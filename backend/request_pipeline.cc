@@ -2,6 +2,8 @@
 #include "backend/request_pipeline.h"
 
 #include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -41,7 +43,15 @@ const char* OperationName(uint8_t operation) {
   }
 }
 
+uint64_t NowNs() {
+  timespec now;
+  ::clock_gettime(CLOCK_MONOTONIC, &now);
+  return static_cast<uint64_t>(now.tv_sec) * 1000000000ull + static_cast<uint64_t>(now.tv_nsec);
+}
+
 }  // namespace
+
+const char* BlkifOperationName(uint8_t operation) { return OperationName(operation); }
 
 Result<std::unique_ptr<RequestPipeline>> RequestPipeline::Create(std::string name, Hypervisor& hypervisor,
                                                                  const RingConnection& connection,
@@ -118,6 +128,7 @@ RequestPipeline::~RequestPipeline() {
   if (started_ != 0) {
     Log(LogLevel::kError, name_.c_str(), "destroyed with %u requests in flight", started_);
   }
+  if (pause_done_) pause_done_(Status::IoError(name_ + ": disconnected while pausing"));
 }
 
 void RequestPipeline::OnKick() {
@@ -128,7 +139,8 @@ void RequestPipeline::OnKick() {
 }
 
 bool RequestPipeline::PollRing() {
-  if (broken() || stopped_ || !ring_.HasUnconsumedRequests()) return false;
+  if (broken() || stopped_ || pause_state_ != PauseState::kRunning || !ring_.HasUnconsumedRequests())
+    return false;
   Pump();
   PushResponses();
   return true;
@@ -144,7 +156,7 @@ void RequestPipeline::Pump() {
   // answer would keep this loop, and every other ring of the worker, waiting: a round takes a ring's worth.
   size_t budget = ring_.slots();
   another_round_ = false;
-  while (!broken() && !stopped_ && !free_slots_.empty()) {
+  while (!broken() && !stopped_ && pause_state_ == PauseState::kRunning && !free_slots_.empty()) {
     if (budget == 0) {
       another_round_ = true;
       break;
@@ -205,6 +217,8 @@ void RequestPipeline::Admit(const Request& request) {
       request.operation == BLKIF_OP_WRITE_BARRIER || request.operation == BLKIF_OP_FLUSH_DISKCACHE;
   slot.stage = Stage::kQueued;
   slot.may_merge = true;
+  slot.taken_ns = NowNs();
+  in_flight_.store(in_flight_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   queue_[(queue_head_ + queue_size_) % queue_.size()] = SlotIndex(slot);
   ++queue_size_;
 }
@@ -507,6 +521,8 @@ void RequestPipeline::Respond(Slot& slot, int16_t status) {
   responses_pending_ = true;
   if (slot.request.operation == BLKIF_OP_WRITE_BARRIER) barrier_running_ = false;
   --started_;
+  latency_.Record(NowNs() - slot.taken_ns);
+  in_flight_.store(in_flight_.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
   slot.stage = Stage::kFree;
   free_slots_.push_back(SlotIndex(slot));
 }
@@ -517,12 +533,98 @@ void RequestPipeline::RespondNow(const Request& request, int16_t status) {
 }
 
 void RequestPipeline::PushResponses() {
-  if (!responses_pending_) return;
-  responses_pending_ = false;
-  if (ring_.PushResponses()) {
-    Status notified = channel_->Notify();
-    if (!notified.ok()) Log(LogLevel::kWarning, name_.c_str(), "%s", notified.ToString().c_str());
+  if (responses_pending_) {
+    responses_pending_ = false;
+    if (ring_.PushResponses()) {
+      Status notified = channel_->Notify();
+      if (!notified.ok()) Log(LogLevel::kWarning, name_.c_str(), "%s", notified.ToString().c_str());
+    }
   }
+  // Only once the last responses are on the ring may a pause be reported.
+  if (pause_state_ == PauseState::kDraining) MaybeFinishDrain();
+}
+
+void RequestPipeline::Pause(std::function<void(Status)> done) {
+  if (pause_done_) pause_done_(Status::Busy(name_ + ": paused again before the pause completed"));
+  pause_done_ = std::move(done);
+  if (pause_state_ == PauseState::kPaused) {
+    FinishPause(Status::Ok());
+    return;
+  }
+  pause_state_ = PauseState::kDraining;
+  MaybeFinishDrain();
+}
+
+void RequestPipeline::MaybeFinishDrain() {
+  if (pause_state_ != PauseState::kDraining || ring_.outstanding() != 0 || pause_sync_in_flight_) return;
+  pause_state_ = PauseState::kSyncing;
+  if (vhd_) vhd_->BeforeFlush();  // a paused VHD is a whole image on disk, footer included
+  aio_.PrepareFdsync(&pause_sync_.cb, fd_, &pause_sync_.tag);
+  iocb* batch[] = {&pause_sync_.cb};
+  Status refused;
+  if (aio_.Submit(batch, &refused) == 1) {
+    pause_sync_in_flight_ = true;
+    return;
+  }
+  // Nothing else of this ring is in flight: a synchronous sync holds up only this worker, and only once.
+  Log(LogLevel::kInfo, name_.c_str(), "pause: AIO fdsync refused (%s), syncing synchronously",
+      refused.ToString().c_str());
+  FinishPause(::fdatasync(fd_) == 0 ? Status::Ok() : Status::FromErrno(errno, name_ + ": sync before pause"));
+}
+
+void RequestPipeline::OnPauseSynced(long result) {
+  pause_sync_in_flight_ = false;
+  if (pause_state_ == PauseState::kDraining) {
+    // Resumed and paused again while this sync ran: what was written since needs a sync of its own.
+    MaybeFinishDrain();
+    return;
+  }
+  if (pause_state_ != PauseState::kSyncing) return;  // resumed meanwhile
+  FinishPause(result < 0 ? Status::FromErrno(static_cast<int>(-result), name_ + ": sync before pause")
+                         : Status::Ok());
+}
+
+void RequestPipeline::FinishPause(Status status) {
+  pause_state_ = PauseState::kPaused;
+  std::function<void(Status)> done = std::move(pause_done_);
+  pause_done_ = nullptr;
+  if (done) done(std::move(status));
+}
+
+void RequestPipeline::Resume() {
+  if (pause_state_ == PauseState::kRunning) return;
+  pause_state_ = PauseState::kRunning;
+  if (pause_done_) {
+    std::function<void(Status)> done = std::move(pause_done_);
+    pause_done_ = nullptr;
+    done(Status::Busy(name_ + ": resumed before the pause completed"));
+  }
+  Pump();
+  PushResponses();
+}
+
+std::vector<OutstandingRequest> RequestPipeline::Outstanding(size_t max) const {
+  std::vector<OutstandingRequest> found;
+  for (const Slot& slot : slots_) {
+    if (found.size() >= max) break;
+    const char* stage = nullptr;
+    switch (slot.stage) {
+      case Stage::kFree:
+        continue;
+      case Stage::kQueued:
+        stage = "queued";
+        break;
+      case Stage::kPreSync:
+      case Stage::kPostSync:
+        stage = "syncing";
+        break;
+      case Stage::kData:
+        stage = "in I/O";
+        break;
+    }
+    found.push_back({slot.request.id, slot.request.operation, slot.request.sector_number, stage});
+  }
+  return found;
 }
 
 void RequestPipeline::NoteBadRequest(const Request& request, const char* reason) {

@@ -18,13 +18,18 @@
 // and then syncs the file: everything answered before the flush was taken is durable when the flush is
 // answered.
 //
-// Threading: owned by one worker thread; every method runs there.
+// Pause: the ring stops being read, what was taken completes, the file is synced (one AIO fdsync), and only
+// then is the pause reported. While paused the frontend may keep queueing; Resume takes everything queued,
+// in ring order. Between the two the pipeline holds no request, so a later image swap can happen there.
+//
+// Threading: owned by one worker thread; every method runs there, except the accessors marked otherwise.
 #pragma once
 
 #include <libaio.h>
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -50,6 +55,16 @@ struct RingConnection {
   Abi abi = kNativeAbi;
 };
 
+// A request taken from the ring and not yet answered, as a pause report names it.
+struct OutstandingRequest {
+  uint64_t id;
+  uint8_t operation;  // BLKIF_OP_*
+  uint64_t sector;
+  const char* stage;  // "queued", "syncing", "in I/O"
+};
+
+const char* BlkifOperationName(uint8_t operation);
+
 class RequestPipeline final : public CompletionHandler, private VhdIo::Owner {
  public:
   // Maps the ring, binds the event channel and preallocates everything for the ring's size.
@@ -74,8 +89,9 @@ class RequestPipeline final : public CompletionHandler, private VhdIo::Owner {
   // The frontend broke the ring protocol; the ring is no longer read.
   // Any thread may ask.
   bool broken() const { return broken_.load(std::memory_order_relaxed); }
-  // Requests taken from the ring and not yet answered.
-  uint32_t outstanding() const { return ring_.outstanding(); }
+  // Requests taken from the ring and not yet answered, plus a pause's sync in flight: the ring must stay
+  // mapped and the pipeline alive until this is 0.
+  uint32_t outstanding() const { return ring_.outstanding() + (pause_sync_in_flight_ ? 1u : 0u); }
   // Takes and starts requests if the frontend published any; for a worker that polls instead of sleeping.
   // Returns whether there were any.
   bool PollRing();
@@ -86,8 +102,36 @@ class RequestPipeline final : public CompletionHandler, private VhdIo::Owner {
   // Stops taking requests (requests already taken still complete).
   void StopTaking() { stopped_ = true; }
 
+  // Stops taking requests; once every taken request is answered and the file synced, `done` runs (on this
+  // thread) with the sync's outcome. A Resume before that calls `done` with a kBusy status.
+  void Pause(std::function<void(Status)> done);
+  // Takes and serves everything the frontend queued meanwhile. Does nothing if not paused.
+  void Resume();
+  bool paused() const { return pause_state_ == PauseState::kPaused; }
+  // Up to `max` requests taken and not yet answered, in slot order.
+  std::vector<OutstandingRequest> Outstanding(size_t max) const;
+  // The disk grew (online resize): requests up to `sectors` become valid.
+  void SetSectors(uint64_t sectors) { limits_.sectors = sectors; }
+  // Any thread: requests taken and not yet answered, and the latency of those answered.
+  uint32_t in_flight() const { return in_flight_.load(std::memory_order_relaxed); }
+  const LatencyBuckets& latency() const { return latency_; }
+
  private:
   enum class Stage : uint8_t { kFree, kQueued, kPreSync, kData, kPostSync };
+  enum class PauseState : uint8_t { kRunning, kDraining, kSyncing, kPaused };
+  // The completion of the fdsync a pause issues once the ring is drained.
+  class PauseSync final : public CompletionHandler {
+   public:
+    explicit PauseSync(RequestPipeline& owner) : owner_(owner) { tag.handler = this; }
+    void OnCompletion(const io_event& event) override { result = static_cast<long>(event.res); }
+    void FinishCompletions() override { owner_.OnPauseSynced(result); }
+    AioTag tag;
+    iocb cb{};
+    long result = 0;
+
+   private:
+    RequestPipeline& owner_;
+  };
   struct Slot {
     AioTag tag;  // first, so an io_event's data finds the pipeline
     Request request;
@@ -105,6 +149,7 @@ class RequestPipeline final : public CompletionHandler, private VhdIo::Owner {
     uint32_t chain_bytes;  // at the head: bytes of the whole merged I/O
     uint32_t chain_next;   // the next request of the merged I/O, or kNoSlot
     iovec* iovecs;         // at the head: one per merged request
+    uint64_t taken_ns;     // CLOCK_MONOTONIC when taken from the ring, for the latency histogram
   };
   static constexpr uint32_t kNoSlot = ~0u;
 
@@ -144,6 +189,10 @@ class RequestPipeline final : public CompletionHandler, private VhdIo::Owner {
   // VhdIo::Owner: a VHD image's data stage, done by vhd_.
   void VhdDataDone(uint32_t slot, bool ok) override;
   void VhdSubmitNow() override { FinishCompletions(); }
+  // Pausing and nothing outstanding: sync the file, then report.
+  void MaybeFinishDrain();
+  void OnPauseSynced(long result);
+  void FinishPause(Status status);
   uint32_t SlotIndex(const Slot& slot) const { return static_cast<uint32_t>(&slot - slots_.data()); }
 
   std::string name_;
@@ -181,6 +230,12 @@ class RequestPipeline final : public CompletionHandler, private VhdIo::Owner {
   bool stopped_ = false;
   bool another_round_ = false;
   uint64_t bad_requests_logged_ = 0;
+  PauseState pause_state_ = PauseState::kRunning;
+  std::function<void(Status)> pause_done_;
+  PauseSync pause_sync_{*this};
+  bool pause_sync_in_flight_ = false;
+  std::atomic<uint32_t> in_flight_{0};
+  LatencyBuckets latency_;
 };
 
 }  // namespace blk

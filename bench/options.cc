@@ -37,6 +37,8 @@ const char kBenchUsage[] =
     "  --vhd-blank        with --format=vhd: create the file as an empty dynamic VHD (it must not exist), so "
     "that "
     "writes allocate\n"
+    "  --control=PATH     serve a control socket at PATH for the run: blkctl --socket PATH can list,\n"
+    "                     stats, pause and resume the simulated device 1/51712\n"
     "\n"
     "example: blkbench --filename=/var/tmp/disk.img --size=1g --rw=randread --bs=4k --iodepth=32 "
     "--runtime=10 "
@@ -160,7 +162,10 @@ Result<BenchOptions> ParseBenchOptions(const std::vector<std::string>& args) {
       if (i + 1 >= args.size()) return Status::InvalidArgument("--" + name + " needs a value");
       value = args[++i];
     }
-    if (name == "filename") {
+    if (name == "control") {
+      if (value.empty()) return Status::InvalidArgument("--control: empty path");
+      options.control = value;
+    } else if (name == "filename") {
       if (value.empty()) return Status::InvalidArgument("--filename: empty path");
       options.filename = value;
     } else if (name == "size") {

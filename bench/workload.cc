@@ -12,6 +12,8 @@
 #include <random>
 #include <vector>
 
+#include "backend/control_device.h"
+#include "backend/control_server.h"
 #include "backend/device.h"
 #include "backend/worker.h"
 #include "base/log.h"
@@ -100,8 +102,11 @@ HypervisorOps Difference(const HypervisorOps& after, const HypervisorOps& before
 // The frontend's side of the job: chooses I/Os, keeps `iodepth` in flight, checks what comes back.
 class Driver {
  public:
-  Driver(const BenchOptions& options, Blkfront& front, BenchResult& result)
-      : options_(options),
+  // `device` is asked whether it is paused (blkbench --control): a paused device answering nothing is no
+  // failure.
+  Driver(const BenchOptions& options, Blkfront& front, BenchResult& result, const Device& device)
+      : device_(device),
+        options_(options),
         front_(front),
         result_(result),
         blocks_(options.size / options.bs),
@@ -199,6 +204,9 @@ class Driver {
   Status Collect(bool measured) {
     IoCompletion done[256];
     auto got = front_.Wait(done, std::chrono::milliseconds(10000));
+    while (got.ok() && *got == 0 && device_.pause_state() != PauseState::kRunning) {
+      got = front_.Wait(done, std::chrono::milliseconds(10000));
+    }
     if (!got.ok()) return got.status();
     if (*got == 0) return Status::IoError("no completion for 10 s: the backend stopped answering");
     auto now = Clock::now();
@@ -238,6 +246,7 @@ class Driver {
     return Status::Ok();
   }
 
+  const Device& device_;
   const BenchOptions& options_;
   Blkfront& front_;
   BenchResult& result_;
@@ -292,7 +301,21 @@ Result<BenchResult> RunBench(const BenchOptions& options, const std::string& fil
   BenchResult result;
   result.filename = filename;
   result.direct_io = (*device)->image().direct_io();
-  Driver driver(options, **front, result);
+  DeviceControlTarget control_target;
+  std::unique_ptr<ControlServerThread> control;
+  if (!options.control.empty()) {
+    control_target.Add(kDeviceName, **device);
+    ControlServerOptions control_options;
+    control_options.socket_path = options.control;
+    auto started = ControlServerThread::Start(control_options, control_target);
+    if (!started.ok()) {
+      (*device)->Disconnect();
+      (*worker)->Stop();
+      return started.status().Annotate("--control: ");
+    }
+    control = std::move(*started);
+  }
+  Driver driver(options, **front, result, **device);
   if (!driver.ready())
     return Status::InvalidArgument("cannot allocate " + std::to_string(options.iodepth) + " buffers of " +
                                    std::to_string(options.bs) + " bytes");
@@ -305,6 +328,7 @@ Result<BenchResult> RunBench(const BenchOptions& options, const std::string& fil
   result.seconds = std::chrono::duration<double>(Clock::now() - started).count();
   result.backend_cpu_ns = (*worker)->CpuTimeNs() - cpu_before;
   result.ops = Difference(Snapshot(sim.counters()), before);
+  control.reset();
   (*device)->Disconnect();
   (*worker)->Stop();
   if (!status.ok()) return status;

@@ -310,6 +310,18 @@ Status BlkifBackendDevice::ConnectFrontend(const Snapshot& snapshot) {
   return Status::Ok();
 }
 
+Status BlkifBackendDevice::PublishResize(uint64_t sectors) {
+  disk_.sectors = sectors;
+  if (published_ != XenbusStateConnected) return Status::Ok();
+  BLK_RETURN_IF_ERROR(WriteIfPresent([&](Transaction& t) -> Status {
+    BLK_RETURN_IF_ERROR(t.Write(backend_path_ + "/sectors", std::to_string(sectors)));
+    return t.Write(backend_path_ + "/state", std::to_string(XenbusStateConnected));
+  }));
+  Log(LogLevel::kNotice, name_.c_str(), "published the new size: %llu sectors",
+      static_cast<unsigned long long>(sectors));
+  return Status::Ok();
+}
+
 Status BlkifBackendDevice::PublishState(XenbusState state) {
   Status written = WriteIfPresent(
       [&](Transaction& t) { return t.Write(backend_path_ + "/state", std::to_string(state)); });

@@ -99,6 +99,16 @@ class BlkifBackendDevice {
   // The error node (Linux xenbus_dev_fatal's place): /local/domain/<own>/error/backend/<kind>/<fe>/<devid>.
   std::string ErrorPath() const;
 
+  // For the control socket: the backend's operations, the image as the toolstack named it ("" before it was
+  // opened), and what this device advertises.
+  BlkifDeviceOps& ops() { return *ops_; }
+  const std::string& opened_params() const { return opened_params_; }
+  const BlkifFeatures& features() const { return options_.features; }
+  // Online resize: the backend grew the disk to `sectors`. Writes `sectors` and, when connected, rewrites
+  // `state` = Connected in the same transaction: the frontend's watch on our state fires and Linux blkfront
+  // re-reads `sectors` (this is how it learns of a new size). Not yet connected: remembered for the connect.
+  Status PublishResize(uint64_t sectors);
+
  private:
   struct Snapshot;
 

@@ -1,0 +1,170 @@
+// Tests of tools/blkctl: its command line, and the built binary against a control server in this process
+// (a DeviceControlTarget over a real, unconnected device), with exit statuses and one-line errors.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "backend/control_device.h"
+#include "backend/control_server.h"
+#include "backend/device.h"
+#include "tools/blkctl/commands.h"
+
+namespace blk::blkctl {
+namespace {
+
+const std::string kTool = BLKCTL;
+
+struct Ran {
+  int exit_status;
+  std::string output;  // stdout and stderr
+};
+
+Ran Tool(const std::string& args) {
+  Ran ran{-1, ""};
+  FILE* pipe = ::popen((kTool + " " + args + " 2>&1").c_str(), "r");
+  if (pipe == nullptr) return ran;
+  char buffer[4096];
+  for (size_t got; (got = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0;) ran.output.append(buffer, got);
+  int status = ::pclose(pipe);
+  ran.exit_status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return ran;
+}
+
+TEST(BlkctlArgsTest, ParsesGlobalOptionsAndOneRequest) {
+  Result<Invocation> parsed =
+      ParseArgs({"--socket", "/tmp/x", "stats", "1/51712", "--json", "--watch", "--count", "3"});
+  ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+  EXPECT_EQ(parsed->socket, "/tmp/x");
+  EXPECT_EQ(parsed->request.command, ControlCommand::kStats);
+  EXPECT_EQ(parsed->request.device, "1/51712");
+  EXPECT_TRUE(parsed->request.json);
+  EXPECT_TRUE(parsed->watch);
+  EXPECT_EQ(parsed->count, 3u);
+  parsed = ParseArgs({"--socket=/s", "pause", "2/768", "--timeout", "100"});
+  ASSERT_TRUE(parsed.ok());
+  EXPECT_EQ(parsed->socket, "/s");
+  EXPECT_EQ(parsed->request.timeout_ms, 100u);
+  EXPECT_EQ(ParseArgs({"list"})->socket, kDefaultSocket);
+  EXPECT_TRUE(ParseArgs({"--help"})->help);
+  EXPECT_TRUE(ParseArgs({"pause", "-h"})->help);
+}
+
+TEST(BlkctlArgsTest, RefusesBadCommandLines) {
+  EXPECT_EQ(ParseArgs({}).status().message(), "no command (list, stats, pause, resume, resize)");
+  EXPECT_EQ(ParseArgs({"--socket"}).status().message(), "--socket needs a path");
+  EXPECT_EQ(ParseArgs({"--verbose", "list"}).status().message(), "unknown option --verbose");
+  EXPECT_EQ(ParseArgs({"pause"}).status().message(), "pause needs a device (DOMID/DEVID)");
+  EXPECT_EQ(ParseArgs({"list", "--watch"}).status().message(), "--watch and --count go with stats only");
+  EXPECT_EQ(ParseArgs({"stats", "--count", "2"}).status().message(), "--count goes with --watch");
+  EXPECT_EQ(ParseArgs({"stats", "--watch", "--count", "0"}).status().message(),
+            "--count needs a number from 1 to 1000000");
+  EXPECT_EQ(ParseArgs({"resize", "1/2", "1 G"}).status().message(),
+            "argument '1 G' is empty or holds a space");
+}
+
+class BlkctlTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char dir[] = "/tmp/blkctl-test-XXXXXX";
+    ASSERT_NE(::mkdtemp(dir), nullptr);
+    dir_ = dir;
+    image_ = dir_ + "/disk.img";
+    int fd = ::open(image_.c_str(), O_CREAT | O_RDWR | O_TRUNC, 0600);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::ftruncate(fd, 1 << 20), 0);
+    ::close(fd);
+    DeviceConfig config;
+    config.name = "1/51712";
+    config.path = image_;
+    config.direct = false;
+    auto device = Device::Open(config);
+    ASSERT_TRUE(device.ok()) << device.status().ToString();
+    device_ = std::move(*device);
+    target_.Add("1/51712", *device_);
+    ControlServerOptions options;
+    options.socket_path = dir_ + "/control";
+    auto server = ControlServerThread::Start(options, target_);
+    ASSERT_TRUE(server.ok()) << server.status().ToString();
+    server_ = std::move(*server);
+  }
+  void TearDown() override {
+    server_.reset();
+    device_.reset();
+    std::error_code ignored;
+    std::filesystem::remove_all(dir_, ignored);
+  }
+  std::string Socket() const { return "--socket " + dir_ + "/control "; }
+
+  std::string dir_, image_;
+  std::unique_ptr<Device> device_;
+  DeviceControlTarget target_;
+  std::unique_ptr<ControlServerThread> server_;
+};
+
+TEST_F(BlkctlTest, ListsPausesResumesAndResizes) {
+  Ran list = Tool(Socket() + "list");
+  EXPECT_EQ(list.exit_status, kExitOk);
+  EXPECT_EQ(list.output,
+            "1/51712 state=open io=running size=1048576 queues=0 features=flush-cache,barrier images=" +
+                image_ + "\n");
+  Ran paused = Tool(Socket() + "pause 1/51712");
+  EXPECT_EQ(paused.exit_status, kExitOk);
+  EXPECT_EQ(paused.output.find("1/51712 paused in "), 0u) << paused.output;
+  Ran again = Tool(Socket() + "pause 1/51712");
+  EXPECT_EQ(again.exit_status, kExitRefused);
+  EXPECT_EQ(again.output, "blkctl: 1/51712 is already paused\n");
+  EXPECT_EQ(Tool(Socket() + "stats 1/51712").output.find("1/51712 io=paused in_flight=0 oo_req=0 rd_req=0"),
+            0u);
+  Ran resumed = Tool(Socket() + "resume 1/51712");
+  EXPECT_EQ(resumed.exit_status, kExitOk);
+  EXPECT_EQ(resumed.output, "1/51712 resumed\n");
+  EXPECT_EQ(Tool(Socket() + "resume 1/51712").output, "blkctl: 1/51712 is not paused\n");
+  Ran grown = Tool(Socket() + "resize 1/51712 2M");
+  EXPECT_EQ(grown.exit_status, kExitOk);
+  EXPECT_EQ(std::filesystem::file_size(image_), 2u << 20);
+  Ran shrink = Tool(Socket() + "resize 1/51712 1M");
+  EXPECT_EQ(shrink.exit_status, kExitRefused);
+  EXPECT_EQ(
+      shrink.output,
+      "blkctl: 1/51712: refusing to shrink from 2097152 to 1048576 bytes: the guest may have data there\n");
+  Ran unknown = Tool(Socket() + "pause 3/51712");
+  EXPECT_EQ(unknown.exit_status, kExitRefused);
+  EXPECT_EQ(unknown.output, "blkctl: no device 3/51712 (see list)\n");
+}
+
+TEST_F(BlkctlTest, StatsAsJsonAndWatched) {
+  Ran json = Tool(Socket() + "stats --json");
+  EXPECT_EQ(json.exit_status, kExitOk);
+  EXPECT_EQ(json.output.find("{\"version\":1,\"devices\":[{\"device\":\"1/51712\",\"io\":\"running\","), 0u)
+      << json.output;
+  Ran watched = Tool(Socket() + "stats --watch --count 2");
+  EXPECT_EQ(watched.exit_status, kExitOk);
+  size_t reports = 0;
+  for (size_t at = 0; (at = watched.output.find("1/51712 io=running", at)) != std::string::npos; ++at)
+    ++reports;
+  EXPECT_EQ(reports, 2u) << watched.output;
+  EXPECT_EQ(watched.output.find("--- "), 0u);
+}
+
+TEST_F(BlkctlTest, UsageErrorsAndAMissingDaemonAreOneLineWithTheirExitStatus) {
+  Ran help = Tool("--help");
+  EXPECT_EQ(help.exit_status, kExitOk);
+  EXPECT_NE(help.output.find("example: blkctl pause 1/51712"), std::string::npos);
+  Ran usage = Tool(Socket() + "frobnicate");
+  EXPECT_EQ(usage.exit_status, kExitUsage);
+  EXPECT_EQ(
+      usage.output,
+      "blkctl: unknown command 'frobnicate' (list, stats, pause, resume, resize) (see blkctl --help)\n");
+  Ran missing = Tool("--socket " + dir_ + "/nothing list");
+  EXPECT_EQ(missing.exit_status, kExitUnreachable);
+  EXPECT_EQ(missing.output, "blkctl: blkbackd is not running (nothing listens on " + dir_ + "/nothing)\n");
+}
+
+}  // namespace
+}  // namespace blk::blkctl
