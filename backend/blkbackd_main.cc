@@ -14,6 +14,8 @@
 #include <vector>
 
 #include "backend/blkback_daemon.h"
+#include "backend/control_daemon_target.h"
+#include "backend/control_server.h"
 #include "backend/daemon_config.h"
 #include "backend/daemon_process.h"
 #include "base/log.h"
@@ -67,6 +69,13 @@ int main(int argc, char** argv) {
   if (!store.ok()) return Fail(store.status().Annotate("cannot connect to xenstore: "));
   auto daemon = blk::BlkbackDaemon::Create(std::move(store).value(), (*xen)->hypervisor(), config.daemon);
   if (!daemon.ok()) return Fail(daemon.status());
+  blk::DaemonControlTarget control_target(**daemon);
+  blk::ControlServerOptions control_options;
+  control_options.socket_path = config.control_socket;
+  control_options.stats_dir = config.stats_dir;
+  auto control = blk::ControlServer::Create(control_options, control_target);
+  if (!control.ok()) return Fail(control.status().Annotate("control socket: "));
+  if (blk::Status attached = (*daemon)->AttachControl(control->get()); !attached.ok()) return Fail(attached);
 
   std::atomic<bool> run_failed{false};
   std::thread signals([&] {
@@ -85,6 +94,8 @@ int main(int argc, char** argv) {
   }
   signals.join();
   (void)blk::NotifySystemd("STOPPING=1");
+  (void)(*daemon)->AttachControl(nullptr);
+  control->reset();
   uint32_t left = (*daemon)->Shutdown(config.shutdown_timeout_ms);
   daemon->reset();
   blk::Log(blk::LogLevel::kNotice, kSubject, "stopped");

@@ -142,6 +142,15 @@ const Key kKeys[] = {
      [](std::string_view v, BlkbackdConfig* c) { return SetPath("lock-file", v, &c->lock_file); }},
     {"control-socket", "PATH", "the control socket for blkctl [/run/blkbackd/control]",
      [](std::string_view v, BlkbackdConfig* c) { return SetPath("control-socket", v, &c->control_socket); }},
+    {"stats-dir", "PATH|none",
+     "a statistics file per device, refreshed every second, for monitoring [/run/blkbackd-stats]",
+     [](std::string_view v, BlkbackdConfig* c) -> Status {
+       if (v == "none") {
+         c->stats_dir.clear();
+         return Status::Ok();
+       }
+       return SetPath("stats-dir", v, &c->stats_dir);
+     }},
     {"xenstore-socket", "PATH", "talk to this xenstored socket instead of libxenstore's default",
      [](std::string_view v, BlkbackdConfig* c) {
        return SetPath("xenstore-socket", v, &c->xenstore_socket);

@@ -23,6 +23,8 @@ struct BlkbackdConfig {
   // Holds our pid and an exclusive flock while we run: a second instance refuses to start.
   std::string lock_file = "/run/blkbackd/blkbackd.pid";
   std::string control_socket = "/run/blkbackd/control";
+  // Where each device's statistics file is refreshed once a second (blkback's counters); "" for none.
+  std::string stats_dir = "/run/blkbackd-stats";
   // Empty: libxenstore's own choice (XENSTORED_PATH, the xenstored socket, /dev/xen/xenbus).
   std::string xenstore_socket;
   // How long SIGTERM waits for requests already taken from the rings before the daemon exits anyway.

@@ -46,6 +46,7 @@ TEST(DaemonConfigTest, FileSetsEveryKindOfValue) {
       "log-level = debug\n"
       "lock-file = /run/x/pid\n"
       "control-socket = /run/x/control\n"
+      "stats-dir = none\n"
       "shutdown-timeout-ms = 2500\n",
       "test.conf", &config);
   ASSERT_TRUE(status.ok()) << status.ToString();
@@ -60,6 +61,7 @@ TEST(DaemonConfigTest, FileSetsEveryKindOfValue) {
   EXPECT_EQ(config.log_level, LogLevel::kDebug);
   EXPECT_EQ(config.lock_file, "/run/x/pid");
   EXPECT_EQ(config.control_socket, "/run/x/control");
+  EXPECT_EQ(config.stats_dir, "");
   EXPECT_EQ(config.shutdown_timeout_ms, 2500);
 }
 

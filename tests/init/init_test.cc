@@ -43,6 +43,7 @@ TEST(InitTest, TheExampleConfigurationIsValidAndStatesTheDefaults) {
   EXPECT_EQ(read.log_level, defaults.log_level);
   EXPECT_EQ(read.lock_file, defaults.lock_file);
   EXPECT_EQ(read.control_socket, defaults.control_socket);
+  EXPECT_EQ(read.stats_dir, defaults.stats_dir);
   EXPECT_EQ(read.shutdown_timeout_ms, defaults.shutdown_timeout_ms);
 }
 
