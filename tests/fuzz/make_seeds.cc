@@ -104,6 +104,23 @@ void RequestSeeds(const fs::path& dir) {
     bytes.insert(bytes.end(), slot.begin(), slot.end());
     WriteSeed(dir, std::string(seeds[i].name) + "-native", bytes);
   }
+  // The optional tail: discard offered, up to 64 indirect segments, and the indirect page of 32 segments.
+  for (Abi abi : {Abi::kX86_64, Abi::kX86_32}) {
+    for (const Request* request : {&discard, &indirect}) {
+      Bytes bytes{static_cast<uint8_t>(0x0C | (abi == Abi::kX86_32 ? 1 : 0))};
+      Put(bytes, 2048, 4);
+      Bytes slot = Slot(abi, *request);
+      bytes.insert(bytes.end(), slot.begin(), slot.end());
+      bytes.push_back(1);
+      Put(bytes, 64, 2);
+      for (unsigned i = 0; request == &indirect && i < indirect.nr_segments; ++i) {
+        Put(bytes, 100 + i, 4);
+        bytes.insert(bytes.end(), {0, 7, 0, 0});
+      }
+      WriteSeed(dir, std::string(request == &discard ? "discard" : "indirect") + "-offered-" + AbiName(abi),
+                bytes);
+    }
+  }
 }
 
 // back_ring_fuzz steps (the enum there).

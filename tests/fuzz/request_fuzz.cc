@@ -5,11 +5,13 @@
 // changes nothing.
 //
 // Input: one byte of flags (bits 0 and 6: the protocol; read-only, flush, barrier, 4 KiB sectors, a large
-// disk), the disk size, then the slot.
+// disk), the disk size, the slot, then (optional, zero when absent) a byte offering discard (bit 0) and a
+// 16-bit indirect segment maximum, and the bytes of the indirect pages an accepted INDIRECT request reads.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <optional>
+#include <span>
 #include <vector>
 
 #include "ring/request.h"
@@ -33,8 +35,50 @@ bool SameRequest(const Request& a, const Request& b) {
   return true;
 }
 
+// A range of `sectors` from `start` that validation let through.
+void CheckRange(uint64_t start, uint64_t sectors, const DiskLimits& limits) {
+  FUZZ_CHECK(start <= limits.sectors);
+  FUZZ_CHECK(sectors <= limits.sectors - start);
+  uint64_t block = limits.logical_block_size >> kSectorShift;
+  FUZZ_CHECK(start % block == 0 && sectors % block == 0);
+}
+
+void CheckAcceptedDiscard(const Request& request, const DiskLimits& limits, const Validation& validation) {
+  FUZZ_CHECK(limits.discard && !limits.read_only);
+  FUZZ_CHECK(!(request.discard_flag & BLKIF_DISCARD_SECURE));
+  FUZZ_CHECK(validation.sectors == request.discard_sectors && !validation.is_write);
+  CheckRange(request.sector_number, request.discard_sectors, limits);
+}
+
+// An INDIRECT request whose header passed: its segments come from `pages`, as the pipeline will copy them.
+void CheckIndirect(const Request& request, const DiskLimits& limits, const Validation& header,
+                   std::span<const uint8_t> rest) {
+  FUZZ_CHECK(limits.max_indirect_segments > 0);
+  FUZZ_CHECK(request.indirect_op == BLKIF_OP_READ || request.indirect_op == BLKIF_OP_WRITE);
+  FUZZ_CHECK(request.nr_segments >= 1 && request.nr_segments <= limits.max_indirect_segments);
+  FUZZ_CHECK(header.is_write == (request.indirect_op == BLKIF_OP_WRITE));
+  if (limits.read_only) FUZZ_CHECK(!header.is_write);
+  // Exactly the pages the request names, so that ASan sees any read past them.
+  std::vector<uint8_t> pages(IndirectPages(request.nr_segments) * kPageSize);
+  std::memcpy(pages.data(), rest.data(), std::min(rest.size(), pages.size()));
+  std::vector<RequestSegment> segments(request.nr_segments);
+  Validation v = DecodeIndirectSegments(request, pages, limits, segments);
+  if (v.verdict != Verdict::kOk) {
+    FUZZ_CHECK(v.verdict == Verdict::kError && v.reason != nullptr);
+    return;
+  }
+  uint64_t sectors = 0;
+  for (const RequestSegment& segment : segments) {
+    FUZZ_CHECK(segment.first_sect <= segment.last_sect && segment.last_sect < kSectorsPerPage);
+    sectors += segment.last_sect - segment.first_sect + 1u;
+  }
+  FUZZ_CHECK(v.sectors == sectors && v.is_write == header.is_write);
+  CheckRange(request.sector_number, sectors, limits);
+}
+
 void CheckAccepted(const Request& request, const DiskLimits& limits, const Validation& validation) {
   uint8_t op = request.operation;
+  if (op == BLKIF_OP_DISCARD) return CheckAcceptedDiscard(request, limits, validation);
   FUZZ_CHECK(op == BLKIF_OP_READ || op == BLKIF_OP_WRITE || op == BLKIF_OP_WRITE_BARRIER ||
              op == BLKIF_OP_FLUSH_DISKCACHE);
   FUZZ_CHECK(request.nr_segments <= kMaxDirectSegments);
@@ -86,12 +130,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // Exactly one slot's bytes in a buffer of that size, so that ASan sees any read beyond the slot.
   std::vector<uint8_t> slot(RequestSize(abi));
   input.Fill(slot);
+  limits.discard = input.U8() & 1;
+  limits.max_indirect_segments = input.U16() % (kMaxIndirectSegments + 1);
+  std::span<const uint8_t> indirect_pages = input.Rest();
   Request request;
   DecodeRequest(abi, slot.data(), &request);
   Validation validation = ValidateRequest(request, limits);
   int16_t status = ResponseStatus(validation.verdict);
   FUZZ_CHECK(status == BLKIF_RSP_OKAY || status == BLKIF_RSP_ERROR || status == BLKIF_RSP_EOPNOTSUPP);
-  if (validation.verdict == Verdict::kOk) {
+  if (validation.verdict == Verdict::kOk && request.operation == BLKIF_OP_INDIRECT) {
+    CheckIndirect(request, limits, validation, indirect_pages);
+  } else if (validation.verdict == Verdict::kOk) {
     CheckAccepted(request, limits, validation);
   } else {
     FUZZ_CHECK(validation.reason != nullptr && validation.reason[0] != '\0');
@@ -113,6 +162,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Request misread;
   DecodeRequest(other, other_slot.data(), &misread);
   Validation misvalidated = ValidateRequest(misread, limits);
-  if (misvalidated.verdict == Verdict::kOk) CheckAccepted(misread, limits, misvalidated);
+  if (misvalidated.verdict == Verdict::kOk && misread.operation == BLKIF_OP_INDIRECT) {
+    CheckIndirect(misread, limits, misvalidated, indirect_pages);
+  } else if (misvalidated.verdict == Verdict::kOk) {
+    CheckAccepted(misread, limits, misvalidated);
+  }
   return 0;
 }
