@@ -182,5 +182,30 @@ TEST_F(QmpSessionTest, QueryCommandsListsWhatIsAnswered) {
   }
 }
 
+// Deterministic noise built from JSON fragments: whatever arrives, the session answers or closes, keeps its
+// buffer bounded, and every reply it writes is a complete CRLF-terminated line.
+TEST(QmpSessionNoiseTest, SurvivesRandomFragments) {
+  const char* fragments[] = {"{",   "}",  "[",       "]",      ",",  ":",   "\"execute\"", "\"id\"", "\"quit\"",
+                             "1",   "-",  "1e999",   "\"\\u", "d800", "\"",  "true",          "nul",      "\r\n",
+                             " ",   "\x00", "\xff", "\"query-vnc\"", "\"qmp_capabilities\"", "{\"execute\":"};
+  uint32_t seed = 12345;
+  auto next = [&seed] {
+    seed = seed * 1103515245u + 12345u;
+    return (seed >> 16) & 0x7fff;
+  };
+  for (int round = 0; round < 300; ++round) {
+    VmState vm;
+    QmpSession session(&vm);
+    std::string out;
+    for (int i = 0; i < 200; ++i) {
+      std::string chunk;
+      for (int n = next() % 8; n >= 0; --n) chunk += fragments[next() % (sizeof fragments / sizeof *fragments)];
+      if (session.Feed(chunk, &out) == SessionVerdict::kClose) break;
+      ASSERT_LE(session.buffered_bytes(), QmpSession::kMaxMessageBytes + 64);
+    }
+    ASSERT_TRUE(out.empty() || out.substr(out.size() - 2) == "\r\n");
+  }
+}
+
 }  // namespace
 }  // namespace blk
