@@ -156,26 +156,37 @@ void RequestPipeline::Pump() {
   // answer would keep this loop, and every other ring of the worker, waiting: a round takes a ring's worth.
   size_t budget = ring_.slots();
   another_round_ = false;
-  while (!broken() && !stopped_ && pause_state_ == PauseState::kRunning && !free_slots_.empty()) {
-    if (budget == 0) {
-      another_round_ = true;
-      break;
+  for (;;) {
+    while (!broken() && !stopped_ && pause_state_ == PauseState::kRunning && !free_slots_.empty()) {
+      if (budget == 0) {
+        another_round_ = true;
+        break;
+      }
+      auto taken = ring_.Take(std::span(taken_).first(std::min(free_slots_.size(), budget)));
+      if (!taken.ok()) {
+        broken_.store(true, std::memory_order_relaxed);
+        Log(LogLevel::kError, name_.c_str(), "broken frontend, ring stopped: %s",
+            taken.status().ToString().c_str());
+        break;
+      }
+      if (*taken == 0) {
+        if (ring_.FinalCheckForRequests()) continue;
+        break;
+      }
+      budget -= *taken;
+      for (size_t i = 0; i < *taken; ++i) Admit(taken_[i]);
     }
-    auto taken = ring_.Take(std::span(taken_).first(std::min(free_slots_.size(), budget)));
-    if (!taken.ok()) {
-      broken_.store(true, std::memory_order_relaxed);
-      Log(LogLevel::kError, name_.c_str(), "broken frontend, ring stopped: %s",
-          taken.status().ToString().c_str());
-      break;
+    const bool slots_ran_out = free_slots_.empty();
+    StartQueued();
+    // Requests answered without I/O (VHD reads of holes) free their slots here, and no completion will come
+    // to take the rest: with the slots full, the ring was neither emptied nor re-armed (req_event), so the
+    // frontend would not kick again. Take more now, within the round's budget.
+    if (slots_ran_out && !free_slots_.empty() && !another_round_) {
+      if (budget > 0) continue;
+      another_round_ = true;  // the worker comes back to this ring after the others had their turn
     }
-    if (*taken == 0) {
-      if (ring_.FinalCheckForRequests()) continue;
-      break;
-    }
-    budget -= *taken;
-    for (size_t i = 0; i < *taken; ++i) Admit(taken_[i]);
+    break;
   }
-  StartQueued();
 }
 
 void RequestPipeline::Admit(const Request& request) {

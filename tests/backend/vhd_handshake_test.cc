@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include "base/format.h"
 #include "formats/vhd/chain.h"
 #include "formats/vhd/create.h"
 #include "tests/backend/handshake_fixture.h"
@@ -105,6 +106,63 @@ TEST_F(VhdHandshakeTest, BarePathToADifferencingVhdIsRefusedButVhdPrefixServesTh
   EXPECT_EQ(*read, BLKIF_RSP_OKAY);
   EXPECT_FALSE(CheckPattern(in.span(), 64, 9).has_value()) << "the parent's data is not visible";
   CheckIo(front_->queue(0), 64, 10);
+}
+
+}  // namespace
+}  // namespace blk
+
+namespace blk {
+namespace {
+
+// Both queues allocate the same new blocks at once (as a guest with two vCPUs writing sequentially does):
+// every write is answered, and each queue reads back what it wrote.
+TEST_F(VhdHandshakeTest, TwoQueuesAllocatingTheSameBlocksAtOnceAreAllAnswered) {
+  StartDaemon();
+  CreateDomain(1);
+  std::string path = MakeVhd("disk.vhd", 32u << 20);
+  AddDisk(1, 51712, "vhd:" + path);
+  ASSERT_NO_FATAL_FAILURE(Connect(1, 51712, 2, (32u << 20) / 512));
+  constexpr size_t kIo = 256 << 10;  // each 2 MiB block: 4 writes from queue 0 and 4 from queue 1
+  constexpr int kDepth = 8;
+  auto writer = [&](unsigned q, Status* result) {
+    Blkfront& front = front_->queue(q);
+    std::vector<std::unique_ptr<AlignedBuffer>> buffers;
+    int issued = 0, done = 0;
+    const int total = (32 << 20) / static_cast<int>(kIo) / 2;
+    while (done < total) {
+      while (issued < total && issued - done < kDepth) {
+        uint64_t block = static_cast<uint64_t>(issued / 4);
+        uint64_t sector = (block * (2u << 20) + q * (1u << 20) + (issued % 4) * kIo) / 512;
+        buffers.push_back(std::make_unique<AlignedBuffer>(kIo));
+        FillPattern(buffers.back()->span(), sector, 40 + q);
+        Io io{IoOp::kWrite, sector, kIo, buffers.back()->data, static_cast<uint64_t>(issued)};
+        if (Status s = front.Submit(io); !s.ok()) return void(*result = s);
+        ++issued;
+      }
+      IoCompletion completions[kDepth];
+      Result<size_t> got = front.Wait(completions, std::chrono::seconds(10));
+      if (!got.ok()) return void(*result = got.status());
+      if (*got == 0)
+        return void(*result = Status::Busy(StrFormat("queue %u: no answer after %d of %d", q, done, total)));
+      for (size_t i = 0; i < *got; ++i) {
+        if (completions[i].status != BLKIF_RSP_OKAY) return void(*result = Status::IoError("write failed"));
+      }
+      done += static_cast<int>(*got);
+    }
+  };
+  Status first, second;
+  std::thread other([&] { writer(1, &second); });
+  writer(0, &first);
+  other.join();
+  ASSERT_TRUE(first.ok()) << first.ToString();
+  ASSERT_TRUE(second.ok()) << second.ToString();
+  for (unsigned q = 0; q < 2; ++q) {
+    AlignedBuffer in(kIo);
+    uint64_t sector = (5 * (2u << 20) + q * (1u << 20) + 3 * kIo) / 512;
+    Result<int16_t> read = DoIo(front_->queue(q), IoOp::kRead, sector, in.data, kIo);
+    ASSERT_TRUE(read.ok() && *read == BLKIF_RSP_OKAY);
+    EXPECT_FALSE(CheckPattern(in.span(), sector, 40 + q).has_value()) << "queue " << q;
+  }
 }
 
 }  // namespace
