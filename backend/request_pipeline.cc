@@ -446,11 +446,14 @@ void RequestPipeline::OnCompletion(const io_event& event) {
     if (data && result > 0) {
       // A short transfer moved part of the data: go on with the rest at once.
       slot.done += static_cast<uint32_t>(result);
+      slot.may_merge = false;
       PrepareData(slot);
       return;
     }
-    int error = result < 0 ? static_cast<int>(-result) : EAGAIN;  // nothing moved: try again later
-    const char* why = result < 0 ? std::strerror(error) : "nothing transferred";
+    // Nothing moved without an error: the file ends before this range (the image shrank under the disk).
+    // That does not clear by waiting, so it fails the request at once.
+    int error = result < 0 ? static_cast<int>(-result) : EIO;
+    const char* why = result < 0 ? std::strerror(error) : "nothing transferred: the image file ends before this range";
     if (!data) {
       // A failed sync is never retried: the kernel may have dropped the dirty pages it could not write, and
       // reports that once per open file (errseq), so a second fdatasync could succeed over lost data.
@@ -650,6 +653,7 @@ void RequestPipeline::MaybeFinishDrain() {
 
 void RequestPipeline::OnPauseSynced(long result) {
   pause_sync_in_flight_ = false;
+  if (result < 0) DeviceStats::Add(stats_.sync_errors, 1);  // sticky, as a flush's (see OnCompletion)
   if (pause_state_ == PauseState::kDraining) {
     // Resumed and paused again while this sync ran: what was written since needs a sync of its own.
     MaybeFinishDrain();

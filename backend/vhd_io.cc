@@ -122,13 +122,15 @@ void VhdIo::ContinueWrite(Request& request) {
   }
   request.plan = *plan;
   request.step_end = request.done + run;
-  switch (plan->action) {
+  if (plan->action == vhd::BlockWritePlan::Action::kInPlace && plan->block == request.unsaved_bitmap_block)
+    request.plan.action = vhd::BlockWritePlan::Action::kWriteThenBitmap;
+  switch (request.plan.action) {
     case vhd::BlockWritePlan::Action::kInPlace:
     case vhd::BlockWritePlan::Action::kWriteThenBitmap:
       request.phase = Phase::kWriteData;
       // The bits of a kWriteThenBitmap may only claim data that is durable.
       QueueWrite(request, image_.data_fd(), request.buffer + request.done, run, plan->data_file_offset,
-                 plan->action == vhd::BlockWritePlan::Action::kWriteThenBitmap);
+                 request.plan.action == vhd::BlockWritePlan::Action::kWriteThenBitmap);
       return;
     case vhd::BlockWritePlan::Action::kAllocate:
       if (!image_.allocation_gate().TryClose()) {
@@ -210,7 +212,10 @@ void VhdIo::StepDone(Request& request) {
     }
     case Phase::kBitmapWrite:
       image_.bitmap_gate().Open();
-      if (request.failed()) break;
+      if (request.failed()) {
+        request.unsaved_bitmap_block = plan.block;
+        break;
+      }
       request.done = request.step_end;
       ContinueWrite(request);
       return;
@@ -264,6 +269,7 @@ void VhdIo::Fail(Request& request, const Status& why) {
 
 void VhdIo::Finish(Request& request, int error) {
   request.phase = Phase::kIdle;
+  if (error == 0) request.unsaved_bitmap_block = kNoBlock;
   owner_.VhdDataDone(request.slot, error);
 }
 

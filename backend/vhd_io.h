@@ -77,6 +77,7 @@ class VhdIo final : public CompletionHandler {
     kAllocWrite,      // the footer and the new block, durable
     kBatWrite,        // the BAT sector, durable
   };
+  static constexpr uint32_t kNoBlock = ~0u;
   struct Request;
   struct Op {
     AioTag tag;  // first: the worker finds this engine through it
@@ -88,6 +89,10 @@ class VhdIo final : public CompletionHandler {
     uint32_t slot = 0;
     bool write = false;
     int error = 0;  // the first failure's errno
+    // A bitmap write of this slot's request failed after the cached bits were set: until a request of the
+    // slot succeeds, its in-place writes to this block write the bitmap too, so that a retry that finds the
+    // bits already set (in memory only) still puts them on disk.
+    uint32_t unsaved_bitmap_block = kNoBlock;
     bool failed() const { return error != 0; }
     Phase phase = Phase::kIdle;
     uint64_t offset = 0;  // guest byte of the request

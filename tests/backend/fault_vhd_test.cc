@@ -1,12 +1,14 @@
 // Failing storage under a dynamic VHD: a write whose allocation fails (ENOSPC on the new block or its footer,
 // EIO on the BAT sector) is the only one answered with an error, the image stays consistent (vhd check, qemu,
 // a reopen), and transient errors and short transfers during an allocation are retried to success.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 
+#include "base/unique_fd.h"
 #include "formats/vhd/chain.h"
 #include "formats/vhd/check.h"
 #include "formats/vhd/create.h"
@@ -156,6 +158,48 @@ TEST_F(VhdFaultTest, TransientErrorsAndShortTransfersDuringAnAllocationAreRetrie
   ExpectChecks(path_);
   EXPECT_EQ(ReadBack(path_, kBlock, fresh.size()), fresh);
   EXPECT_EQ(ReadBack(path_, 64 << kSectorShift, in_place.size()), in_place);
+}
+
+TEST_F(VhdFaultTest, ABitmapWriteRetriedAfterATransientErrorStillReachesTheDisk) {
+  // A block whose bitmap claims only sectors 8..15 (as tapdisk leaves blocks): a write at sector 64 goes data
+  // first, then the bitmap sector. That bitmap write fails once; the retry finds the bits already set in
+  // memory and must still write them.
+  std::string partial = path_ + ".partial";
+  paths_.push_back(partial);
+  vhd::CreateOptions options = vhd::CreateOptions::Dynamic(kDiskBytes);
+  options.batmap = false;
+  ASSERT_TRUE(vhd::CreateImage(partial, options).ok());
+  uint64_t bitmap_offset = 0;
+  {
+    auto chain = vhd::VhdChain::Open(partial, true);
+    ASSERT_TRUE(chain.ok());
+    ASSERT_TRUE((*chain)->top().Write(4096, Pattern(4096, 3)).ok());
+    bitmap_offset = uint64_t{(*chain)->top().bat_entry(0)} * 512;
+  }
+  Bytes bitmap(512, 0);
+  bitmap[1] = 0xFF;
+  {
+    UniqueFd fd(::open(partial.c_str(), O_WRONLY));
+    ASSERT_TRUE(fd.valid());
+    ASSERT_EQ(::pwrite(fd.get(), bitmap.data(), bitmap.size(), static_cast<off_t>(bitmap_offset)), 512);
+  }
+  Guest& guest = AddGuest(partial, ImageFormatHint::kVhd);
+  FaultRule rule = WriteRule(-1, bitmap_offset, bitmap_offset + 512, EAGAIN);
+  rule.times = 1;
+  faults_.Add(rule);
+  Bytes data = Pattern(4096, 11);
+  EXPECT_EQ(Do(*guest.front, IoOp::kWrite, 64, data), BLKIF_RSP_OKAY);
+  EXPECT_EQ(faults_.fired(), 1u);
+  EXPECT_EQ(Flush(*guest.front), BLKIF_RSP_OKAY);
+  {
+    UniqueFd fd(::open(partial.c_str(), O_RDONLY));
+    ASSERT_TRUE(fd.valid());
+    ASSERT_EQ(::pread(fd.get(), bitmap.data(), bitmap.size(), static_cast<off_t>(bitmap_offset)), 512);
+  }
+  EXPECT_EQ(bitmap[8], 0xFF) << "the bits of sectors 64..71 never reached the disk";
+  EXPECT_EQ(bitmap[1], 0xFF);
+  ExpectChecks(partial);
+  EXPECT_EQ(ReadBack(partial, 64 << kSectorShift, data.size()), data);
 }
 
 }  // namespace
