@@ -4,6 +4,9 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <time.h>
+
+#include <algorithm>
 #include <cerrno>
 
 namespace blk {
@@ -55,7 +58,23 @@ void AioEngine::PrepareFdsync(iocb* cb, int fd, void* tag) const {
   cb->data = tag;
 }
 
+namespace {
+
+uint64_t MonotonicNs() {
+  timespec now;
+  ::clock_gettime(CLOCK_MONOTONIC, &now);
+  return static_cast<uint64_t>(now.tv_sec) * 1000000000ull + static_cast<uint64_t>(now.tv_nsec);
+}
+
+}  // namespace
+
 size_t AioEngine::Submit(std::span<iocb*> batch, Status* first_error) {
+  if (faults_ != nullptr) [[unlikely]]
+    return SubmitWithFaults(batch, first_error);
+  return SubmitToKernel(batch, first_error);
+}
+
+size_t AioEngine::SubmitToKernel(std::span<iocb*> batch, Status* first_error) {
   size_t accepted = 0;
   while (accepted < batch.size()) {
     int rc = io_submit(context_, static_cast<long>(batch.size() - accepted), batch.data() + accepted);
@@ -82,7 +101,91 @@ size_t AioEngine::Reap(std::span<io_event> out) {
   do {
     rc = io_getevents(context_, 0, static_cast<long>(out.size()), out.data(), &no_wait);
   } while (rc == -EINTR);
-  return rc > 0 ? static_cast<size_t>(rc) : 0;
+  size_t reaped = rc > 0 ? static_cast<size_t>(rc) : 0;
+  if (faults_ != nullptr || !held_.empty() || !made_up_.empty()) [[unlikely]]
+    return ReapWithFaults(out, reaped);
+  return reaped;
+}
+
+// One iocb at a time, so that each meets the rules in order; tests only.
+size_t AioEngine::SubmitWithFaults(std::span<iocb*> batch, Status* first_error) {
+  size_t accepted = 0;
+  for (iocb* cb : batch) {
+    uint64_t now = MonotonicNs();
+    if (const FaultRule* rule = faults_->Match(*cb, FaultRule::When::kSubmit, now)) {
+      *first_error = Status::FromErrno(rule->error, "io_submit (injected)");
+      return accepted;
+    }
+    const FaultRule* rule = faults_->Match(*cb, FaultRule::When::kComplete, now);
+    if (rule != nullptr && rule->effect == FaultRule::Effect::kError) {
+      io_event event{};
+      event.data = cb->data;
+      event.obj = cb;
+      event.res = static_cast<unsigned long>(-static_cast<long>(rule->error));
+      made_up_.push_back(event);
+      uint64_t one = 1;
+      [[maybe_unused]] ssize_t ignored = ::write(event_fd_.get(), &one, sizeof(one));
+      ++accepted;
+      continue;
+    }
+    iocb* single[] = {cb};
+    if (SubmitToKernel(single, first_error) != 1) return accepted;
+    if (rule != nullptr && rule->effect == FaultRule::Effect::kStall) {
+      to_stall_.emplace_back(cb, uint64_t{rule->stall_ms} * 1000000ull);
+    } else if (rule != nullptr && rule->effect == FaultRule::Effect::kShort) {
+      to_stall_.emplace_back(cb, ~0ull);  // marks "report short" (see ReapWithFaults)
+    }
+    ++accepted;
+  }
+  return accepted;
+}
+
+uint64_t AioEngine::next_held_ns() const {
+  uint64_t next = 0;
+  for (const HeldEvent& held : held_) {
+    if (next == 0 || held.due_ns < next) next = held.due_ns;
+  }
+  return next;
+}
+
+size_t AioEngine::ReapWithFaults(std::span<io_event> out, size_t reaped) {
+  uint64_t now = MonotonicNs();
+  size_t kept = 0;
+  for (size_t i = 0; i < reaped; ++i) {
+    io_event event = out[i];
+    auto marked = std::find_if(to_stall_.begin(), to_stall_.end(),
+                               [&](const auto& entry) { return entry.first == event.obj; });
+    if (marked != to_stall_.end()) {
+      uint64_t stall = marked->second;
+      to_stall_.erase(marked);
+      if (stall == ~0ull) {
+        long result = static_cast<long>(event.res);
+        // Half, in whole sectors, and at least one sector moved.
+        if (result > 512) event.res = static_cast<unsigned long>(std::max(512l, (result / 2) & ~511l));
+      } else {
+        held_.push_back({event, now + stall});
+        continue;
+      }
+    }
+    out[kept++] = event;
+  }
+  for (auto it = held_.begin(); it != held_.end() && kept < out.size();) {
+    if (it->due_ns <= now) {
+      out[kept++] = it->event;
+      it = held_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  size_t taken = std::min(made_up_.size(), out.size() - kept);
+  std::copy_n(made_up_.begin(), taken, out.begin() + static_cast<long>(kept));
+  made_up_.erase(made_up_.begin(), made_up_.begin() + static_cast<long>(taken));
+  kept += taken;
+  if (!made_up_.empty()) {
+    uint64_t one = 1;
+    [[maybe_unused]] ssize_t ignored = ::write(event_fd_.get(), &one, sizeof(one));
+  }
+  return kept;
 }
 
 }  // namespace blk

@@ -11,7 +11,9 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <vector>
 
+#include "backend/aio_faults.h"
 #include "base/status.h"
 #include "base/unique_fd.h"
 
@@ -44,13 +46,38 @@ class AioEngine {
   // Clears the eventfd and collects up to `out.size()` completions without blocking.
   size_t Reap(std::span<io_event> out);
 
+  // Tests: injects the faults `faults` describes (nullptr: none). Not owned; must outlive its use.
+  void set_faults(AioFaults* faults) { faults_ = faults; }
+  // Completions a fault holds back: the worker wakes up for them by `next_held_ns()` (CLOCK_MONOTONIC; 0: none).
+  uint64_t next_held_ns() const;
+
+  // How long a request whose I/O keeps failing with a transient error (EAGAIN, EINTR, ENOMEM, EBUSY) is
+  // retried before it fails; the pipelines of this engine's worker read it. See BlkbackDaemonOptions.
+  uint64_t io_retry_ns() const { return io_retry_ns_; }
+  void set_io_retry_ns(uint64_t ns) { io_retry_ns_ = ns; }
+
  private:
   AioEngine(io_context_t context, UniqueFd event_fd, unsigned depth)
       : context_(context), event_fd_(std::move(event_fd)), depth_(depth) {}
 
+  size_t SubmitWithFaults(std::span<iocb*> batch, Status* first_error);
+  size_t SubmitToKernel(std::span<iocb*> batch, Status* first_error);
+  size_t ReapWithFaults(std::span<io_event> out, size_t reaped);
+
   io_context_t context_;
   UniqueFd event_fd_;
   unsigned depth_;
+  uint64_t io_retry_ns_ = 120ull * 1000000000ull;
+  AioFaults* faults_ = nullptr;
+  // Fault state (tests only): completions made up without the kernel, iocbs whose completion is to be held
+  // back and for how long, completions held back until a time.
+  struct HeldEvent {
+    io_event event;
+    uint64_t due_ns;
+  };
+  std::vector<io_event> made_up_;
+  std::vector<std::pair<iocb*, uint64_t>> to_stall_;
+  std::vector<HeldEvent> held_;
 };
 
 }  // namespace blk

@@ -81,6 +81,7 @@ Status BlkbackDaemon::StartWorkersAndDiscovery() {
   for (unsigned i = 0; i < options_.workers; ++i) {
     Result<std::unique_ptr<Worker>> worker = Worker::Create("worker" + std::to_string(i), options_.aio_depth, options_.poll_us);
     if (!worker.ok()) return worker.status();
+    (*worker)->aio().set_io_retry_ns(uint64_t{options_.io_retry_seconds} * 1000000000ull);
     (*worker)->Start();
     workers_.push_back(std::move(worker).value());
   }

@@ -46,6 +46,9 @@ struct BlkbackDaemonOptions {
   uint32_t max_ring_page_order = 4;
   // 0: as many queues as workers.
   uint32_t max_queues = 0;
+  // How long a request whose I/O fails with a transient error (EAGAIN, EINTR, ENOMEM, EBUSY) is retried, with
+  // a growing back-off, before it fails; like tapdisk's.
+  unsigned io_retry_seconds = 120;
   // How often the loop looks for rings a frontend broke, in milliseconds.
   int health_check_ms = 100;
 };

@@ -131,6 +131,11 @@ const Key kKeys[] = {
      [](std::string_view v, BlkbackdConfig* c) {
        return SetUnsigned("poll-us", v, 0, 1000000, &c->daemon.poll_us);
      }},
+    {"io-retry-seconds", "N",
+     "how long I/O failing with a transient error (EAGAIN, ENOMEM...) is retried before it fails [120]",
+     [](std::string_view v, BlkbackdConfig* c) {
+       return SetUnsigned("io-retry-seconds", v, 0, 86400, &c->daemon.io_retry_seconds);
+     }},
     {"log-level", "LEVEL", "error, warning, notice, info or debug [notice]",
      [](std::string_view v, BlkbackdConfig* c) -> Status {
        std::string text(v);

@@ -23,6 +23,9 @@ struct DeviceStats {
   std::atomic<uint64_t> wr_sect{0};
   std::atomic<uint64_t> bad_req{0};    // requests answered with an error before any I/O (malformed)
   std::atomic<uint64_t> io_errors{0};  // requests whose I/O or grant copy failed
+  // fdatasyncs of the image that failed. Sticky: once nonzero, every later flush and barrier of the device
+  // fails (see SECURITY.md, "Failing storage").
+  std::atomic<uint64_t> sync_errors{0};
   std::atomic<uint64_t> iocbs{0};      // I/Os submitted to the kernel: adjacent requests merge into one
 
   static void Add(std::atomic<uint64_t>& counter, uint64_t amount) {

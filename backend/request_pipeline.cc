@@ -43,6 +43,14 @@ const char* OperationName(uint8_t operation) {
   }
 }
 
+// Errors that say "not now" rather than "not ever": the I/O is tried again after a back-off.
+bool IsTransient(int error) {
+  return error == EAGAIN || error == EINTR || error == ENOMEM || error == EBUSY;
+}
+
+constexpr uint32_t kFirstRetryDelayMs = 1;
+constexpr uint32_t kMaxRetryDelayMs = 1000;
+
 uint64_t NowNs() {
   timespec now;
   ::clock_gettime(CLOCK_MONOTONIC, &now);
@@ -122,6 +130,7 @@ RequestPipeline::RequestPipeline(std::string name, Hypervisor& hypervisor, Grant
                                    static_cast<VhdDiskImage&>(*image_), aio_, slots, submit_);
   }
   reads_done_.reserve(slots);
+  retrying_.reserve(slots);
 }
 
 RequestPipeline::~RequestPipeline() {
@@ -229,6 +238,8 @@ void RequestPipeline::Admit(const Request& request) {
   slot.stage = Stage::kQueued;
   slot.may_merge = true;
   slot.taken_ns = NowNs();
+  slot.done = 0;
+  slot.retry_deadline_ns = 0;
   in_flight_.store(in_flight_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   queue_[(queue_head_ + queue_size_) % queue_.size()] = SlotIndex(slot);
   ++queue_size_;
@@ -310,14 +321,17 @@ void RequestPipeline::PrepareData(Slot& slot) {
   ready_.push_back(SlotIndex(slot));
 }
 
-void RequestPipeline::VhdDataDone(uint32_t index, bool ok) {
+void RequestPipeline::VhdDataDone(uint32_t index, int error) {
   Slot& slot = slots_[index];
-  if (ok) {
+  if (error == 0) {
     CompleteData(slot);
-    return;
+  } else if (IsTransient(error)) {
+    // The whole data stage runs again: its writes are idempotent, and an allocation that failed was either
+    // committed (the retry writes in place) or left nothing the BAT points at.
+    RetryLater(slot, std::strerror(error));
+  } else {
+    FailIo(slot, std::strerror(error));
   }
-  DeviceStats::Add(stats_.io_errors, 1);
-  Respond(slot, BLKIF_RSP_ERROR);
 }
 
 void RequestPipeline::BuildDataIocbs() {
@@ -348,10 +362,13 @@ void RequestPipeline::BuildDataIocbs() {
 
 void RequestPipeline::SubmitChain(Slot& head) {
   if (head.chain_count == 1) {
+    // `done`: what a short transfer already moved.
     if (head.writes) {
-      aio_.PrepareWrite(&head.cb, fd_, head.buffer, head.length, head.offset, &head.tag);
+      aio_.PrepareWrite(&head.cb, fd_, head.buffer + head.done, head.length - head.done,
+                        head.offset + head.done, &head.tag);
     } else {
-      aio_.PrepareRead(&head.cb, fd_, head.buffer, head.length, head.offset, &head.tag);
+      aio_.PrepareRead(&head.cb, fd_, head.buffer + head.done, head.length - head.done,
+                       head.offset + head.done, &head.tag);
     }
   } else {
     int count = 0;
@@ -428,24 +445,36 @@ void RequestPipeline::RetryDeferred() {
 void RequestPipeline::OnCompletion(const io_event& event) {
   Slot& slot = *reinterpret_cast<Slot*>(event.data);
   long result = static_cast<long>(event.res);
-  bool failed = slot.stage == Stage::kData ? result != static_cast<long>(slot.chain_bytes) : result < 0;
-  if (failed && slot.stage == Stage::kData && slot.chain_count > 1) {
+  bool data = slot.stage == Stage::kData;
+  long expected = data ? static_cast<long>(slot.chain_bytes - slot.done) : 0;
+  bool failed = data ? result != expected : result < 0;
+  if (failed && data && slot.chain_count > 1) {
     // Which of the merged requests failed is not known: retry each alone.
     SplitChain(slot);
     return;
   }
   if (failed) {
-    if (result < 0) {
-      Log(LogLevel::kError, name_.c_str(), "%s id %llu at byte %llu: %s",
-          OperationName(slot.request.operation), static_cast<unsigned long long>(slot.request.id),
-          static_cast<unsigned long long>(slot.offset), std::strerror(static_cast<int>(-result)));
-    } else {
-      Log(LogLevel::kError, name_.c_str(), "%s id %llu at byte %llu: short transfer of %ld of %u bytes",
-          OperationName(slot.request.operation), static_cast<unsigned long long>(slot.request.id),
-          static_cast<unsigned long long>(slot.offset), result, slot.length);
+    if (data && result > 0) {
+      // A short transfer moved part of the data: go on with the rest at once.
+      slot.done += static_cast<uint32_t>(result);
+      slot.may_merge = false;
+      PrepareData(slot);
+      return;
     }
-    DeviceStats::Add(stats_.io_errors, 1);
-    Respond(slot, BLKIF_RSP_ERROR);
+    // Nothing moved without an error: the file ends before this range (the image shrank under the disk).
+    // That does not clear by waiting, so it fails the request at once.
+    int error = result < 0 ? static_cast<int>(-result) : EIO;
+    const char* why = result < 0 ? std::strerror(error) : "nothing transferred: the image file ends before this range";
+    if (!data) {
+      // A failed sync is never retried: the kernel may have dropped the dirty pages it could not write, and
+      // reports that once per open file (errseq), so a second fdatasync could succeed over lost data.
+      DeviceStats::Add(stats_.sync_errors, 1);
+      FailIo(slot, why);
+    } else if (IsTransient(error)) {
+      RetryLater(slot, why);
+    } else {
+      FailIo(slot, why);
+    }
     return;
   }
   switch (slot.stage) {
@@ -462,13 +491,63 @@ void RequestPipeline::OnCompletion(const io_event& event) {
       break;
     }
     case Stage::kPostSync:
-      Respond(slot, BLKIF_RSP_OKAY);
+      // Sticky: after any failed sync of this image, no flush may claim that earlier writes are durable.
+      if (stats_.sync_errors.load(std::memory_order_relaxed) != 0) {
+        FailIo(slot, "an earlier sync of this image failed");
+      } else {
+        Respond(slot, BLKIF_RSP_OKAY);
+      }
       break;
     case Stage::kFree:
     case Stage::kQueued:
       Log(LogLevel::kError, name_.c_str(), "completion for a slot that is not in flight");
       break;
   }
+}
+
+void RequestPipeline::FailIo(Slot& slot, const char* why) {
+  Log(LogLevel::kError, name_.c_str(), "%s id %llu at byte %llu: %s", OperationName(slot.request.operation),
+      static_cast<unsigned long long>(slot.request.id), static_cast<unsigned long long>(slot.offset), why);
+  DeviceStats::Add(stats_.io_errors, 1);
+  Respond(slot, BLKIF_RSP_ERROR);
+}
+
+void RequestPipeline::RetryLater(Slot& slot, const char* why) {
+  uint64_t now = NowNs();
+  if (slot.retry_deadline_ns == 0) {
+    slot.retry_deadline_ns = now + aio_.io_retry_ns();
+    slot.retry_delay_ms = kFirstRetryDelayMs;
+    Log(LogLevel::kWarning, name_.c_str(), "%s id %llu at byte %llu: %s; retrying",
+        OperationName(slot.request.operation), static_cast<unsigned long long>(slot.request.id),
+        static_cast<unsigned long long>(slot.offset), why);
+  } else {
+    slot.retry_delay_ms = std::min(slot.retry_delay_ms * 2, kMaxRetryDelayMs);
+  }
+  if (now >= slot.retry_deadline_ns) {
+    FailIo(slot, "transient errors did not clear within io-retry-seconds");
+    return;
+  }
+  slot.retry_at_ns = std::min<uint64_t>(now + uint64_t{slot.retry_delay_ms} * 1000000ull, slot.retry_deadline_ns);
+  slot.may_merge = false;
+  retrying_.push_back(SlotIndex(slot));
+  if (next_retry_ns_ == 0 || slot.retry_at_ns < next_retry_ns_) next_retry_ns_ = slot.retry_at_ns;
+}
+
+void RequestPipeline::RunDueRetries() {
+  uint64_t now = NowNs();
+  next_retry_ns_ = 0;
+  for (size_t i = 0; i < retrying_.size();) {
+    Slot& slot = slots_[retrying_[i]];
+    if (slot.retry_at_ns > now) {
+      if (next_retry_ns_ == 0 || slot.retry_at_ns < next_retry_ns_) next_retry_ns_ = slot.retry_at_ns;
+      ++i;
+      continue;
+    }
+    retrying_[i] = retrying_.back();
+    retrying_.pop_back();
+    PrepareData(slot);  // only data stages are retried
+  }
+  FinishCompletions();
 }
 
 void RequestPipeline::CompleteData(Slot& slot) {
@@ -585,6 +664,7 @@ void RequestPipeline::MaybeFinishDrain() {
 
 void RequestPipeline::OnPauseSynced(long result) {
   pause_sync_in_flight_ = false;
+  if (result < 0) DeviceStats::Add(stats_.sync_errors, 1);  // sticky, as a flush's (see OnCompletion)
   if (pause_state_ == PauseState::kDraining) {
     // Resumed and paused again while this sync ran: what was written since needs a sync of its own.
     MaybeFinishDrain();

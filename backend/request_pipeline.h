@@ -86,6 +86,10 @@ class RequestPipeline final : public CompletionHandler, private VhdIo::Owner {
   // Submissions the kernel refused for lack of resources are waiting to be retried.
   bool has_deferred_submissions() const { return !deferred_.empty(); }
   void RetryDeferred();
+  // I/Os that failed with a transient error wait for a back-off: the worker runs RunDueRetries() by
+  // `next_retry_ns()` (CLOCK_MONOTONIC; 0: none waiting).
+  uint64_t next_retry_ns() const { return next_retry_ns_; }
+  void RunDueRetries();
   // The frontend broke the ring protocol; the ring is no longer read.
   // Any thread may ask.
   bool broken() const { return broken_.load(std::memory_order_relaxed); }
@@ -150,6 +154,10 @@ class RequestPipeline final : public CompletionHandler, private VhdIo::Owner {
     uint32_t chain_next;   // the next request of the merged I/O, or kNoSlot
     iovec* iovecs;         // at the head: one per merged request
     uint64_t taken_ns;     // CLOCK_MONOTONIC when taken from the ring, for the latency histogram
+    uint32_t done;         // data bytes already transferred (a short transfer continues from there)
+    uint32_t retry_delay_ms;
+    uint64_t retry_deadline_ns;  // transient failures: when retrying stops (0: none failed yet)
+    uint64_t retry_at_ns;
   };
   static constexpr uint32_t kNoSlot = ~0u;
 
@@ -170,6 +178,9 @@ class RequestPipeline final : public CompletionHandler, private VhdIo::Owner {
   void BuildDataIocbs();
   void SubmitChain(Slot& head);
   void CompleteData(Slot& slot);
+  // A transient failure: the slot's stage runs again after a back-off, or fails once the retry time is up.
+  void RetryLater(Slot& slot, const char* why);
+  void FailIo(Slot& slot, const char* why);
   // Retries each request of a merged I/O on its own.
   void SplitChain(Slot& head);
   void PrepareSync(Slot& slot);
@@ -187,7 +198,7 @@ class RequestPipeline final : public CompletionHandler, private VhdIo::Owner {
   int16_t CopyFailure(const Slot& slot, const Status& batch) const;
   void NoteBadRequest(const Request& request, const char* reason);
   // VhdIo::Owner: a VHD image's data stage, done by vhd_.
-  void VhdDataDone(uint32_t slot, bool ok) override;
+  void VhdDataDone(uint32_t slot, int error) override;
   void VhdSubmitNow() override { FinishCompletions(); }
   // Pausing and nothing outstanding: sync the file, then report.
   void MaybeFinishDrain();
@@ -225,6 +236,8 @@ class RequestPipeline final : public CompletionHandler, private VhdIo::Owner {
   std::vector<iocb*> submit_;
   std::vector<iocb*> deferred_;
   std::vector<Slot*> reads_done_;
+  std::vector<uint32_t> retrying_;  // slots waiting for a back-off
+  uint64_t next_retry_ns_ = 0;
   bool responses_pending_ = false;
   std::atomic<bool> broken_{false};
   bool stopped_ = false;

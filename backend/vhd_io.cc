@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <cstring>
 
 #include "base/log.h"
@@ -29,7 +30,7 @@ void VhdIo::Start(uint32_t slot, bool write, uint64_t offset, uint32_t length, u
   ++in_round_;
   Request& request = requests_[slot];
   request.write = write;
-  request.failed = false;
+  request.error = 0;
   request.offset = offset;
   request.length = length;
   request.buffer = buffer;
@@ -73,7 +74,7 @@ bool VhdIo::ReadRound(Request& request) {
     Result<size_t> mapped = image_.MapFrom(request.read_level, request.read_offset + request.read_done,
                                            request.read_length - request.read_done, extents);
     if (!mapped.ok()) {
-      request.failed = true;
+      request.error = EIO;
       Log(LogLevel::kError, name_.c_str(), "%s", mapped.status().ToString().c_str());
       return false;
     }
@@ -96,19 +97,19 @@ void VhdIo::ContinueRead(Request& request) {
   request.phase = Phase::kRead;
   if (ReadRound(request)) return;
   bool filling = request.write;  // a new block's parent fill
-  if (request.failed) {
+  if (request.failed()) {
     if (filling) image_.allocation_gate().Open();
-    Finish(request, false);
+    Finish(request, request.error);
   } else if (filling) {
     WriteNewBlock(request);
   } else {
-    Finish(request, true);
+    Finish(request, 0);
   }
 }
 
 void VhdIo::ContinueWrite(Request& request) {
   if (request.done == request.length) {
-    Finish(request, true);
+    Finish(request, 0);
     return;
   }
   uint64_t at = request.offset + request.done;
@@ -121,13 +122,15 @@ void VhdIo::ContinueWrite(Request& request) {
   }
   request.plan = *plan;
   request.step_end = request.done + run;
-  switch (plan->action) {
+  if (plan->action == vhd::BlockWritePlan::Action::kInPlace && plan->block == request.unsaved_bitmap_block)
+    request.plan.action = vhd::BlockWritePlan::Action::kWriteThenBitmap;
+  switch (request.plan.action) {
     case vhd::BlockWritePlan::Action::kInPlace:
     case vhd::BlockWritePlan::Action::kWriteThenBitmap:
       request.phase = Phase::kWriteData;
       // The bits of a kWriteThenBitmap may only claim data that is durable.
       QueueWrite(request, image_.data_fd(), request.buffer + request.done, run, plan->data_file_offset,
-                 plan->action == vhd::BlockWritePlan::Action::kWriteThenBitmap);
+                 request.plan.action == vhd::BlockWritePlan::Action::kWriteThenBitmap);
       return;
     case vhd::BlockWritePlan::Action::kAllocate:
       if (!image_.allocation_gate().TryClose()) {
@@ -176,15 +179,15 @@ void VhdIo::StepDone(Request& request) {
   const vhd::BlockWritePlan& plan = request.plan;
   switch (request.phase) {
     case Phase::kRead:
-      if (request.failed) {
+      if (request.failed()) {
         if (request.write) image_.allocation_gate().Open();
-        Finish(request, false);
+        Finish(request, request.error);
       } else {
         ContinueRead(request);
       }
       return;
     case Phase::kWriteData:
-      if (request.failed) break;
+      if (request.failed()) break;
       if (plan.action == vhd::BlockWritePlan::Action::kInPlace) {
         request.done = request.step_end;
         ContinueWrite(request);
@@ -192,7 +195,7 @@ void VhdIo::StepDone(Request& request) {
       }
       [[fallthrough]];  // the data is durable: now the bitmap
     case Phase::kWaitBitmap: {
-      if (request.failed) break;
+      if (request.failed()) break;
       if (!image_.bitmap_gate().TryClose()) {
         request.phase = Phase::kWaitBitmap;
         image_.bitmap_gate().Wait(request);
@@ -209,7 +212,10 @@ void VhdIo::StepDone(Request& request) {
     }
     case Phase::kBitmapWrite:
       image_.bitmap_gate().Open();
-      if (request.failed) break;
+      if (request.failed()) {
+        request.unsaved_bitmap_block = plan.block;
+        break;
+      }
       request.done = request.step_end;
       ContinueWrite(request);
       return;
@@ -217,7 +223,7 @@ void VhdIo::StepDone(Request& request) {
       ContinueWrite(request);
       return;
     case Phase::kAllocWrite:
-      if (request.failed) {
+      if (request.failed()) {
         // Nothing points at the new block: the next allocation may reuse its place.
         image_.allocation_gate().Open();
         break;
@@ -231,7 +237,7 @@ void VhdIo::StepDone(Request& request) {
                  leaf.BatSectorOffset(plan), /*durable=*/true);
       return;
     case Phase::kBatWrite:
-      if (request.failed) {
+      if (request.failed()) {
         // The BAT on disk may or may not point at the block; it stays reserved so nothing else lands there.
         leaf.AbandonAllocation(plan);
         image_.allocation_gate().Open();
@@ -246,7 +252,7 @@ void VhdIo::StepDone(Request& request) {
       Log(LogLevel::kError, name_.c_str(), "completion for a request that is not in flight");
       return;
   }
-  Finish(request, false);
+  Finish(request, request.error);
 }
 
 void VhdIo::Resume(Request& request) {
@@ -258,12 +264,13 @@ void VhdIo::Resume(Request& request) {
 
 void VhdIo::Fail(Request& request, const Status& why) {
   Log(LogLevel::kError, name_.c_str(), "%s", why.ToString().c_str());
-  Finish(request, false);
+  Finish(request, why.error_number() != 0 ? why.error_number() : EIO);
 }
 
-void VhdIo::Finish(Request& request, bool ok) {
+void VhdIo::Finish(Request& request, int error) {
   request.phase = Phase::kIdle;
-  owner_.VhdDataDone(request.slot, ok);
+  if (error == 0) request.unsaved_bitmap_block = kNoBlock;
+  owner_.VhdDataDone(request.slot, error);
 }
 
 void VhdIo::OnCompletion(const io_event& event) {
@@ -272,15 +279,16 @@ void VhdIo::OnCompletion(const io_event& event) {
   Request& request = *op.request;
   auto result = static_cast<long>(event.res);
   if (result < 0 || static_cast<unsigned long>(result) != op.cb.u.c.nbytes) {
-    if (!request.failed) {
-      Log(LogLevel::kError, name_.c_str(), "vhd %s of %lu bytes at file byte %lld: %s",
+    if (!request.failed()) {
+      Log(LogLevel::kWarning, name_.c_str(), "vhd %s of %lu bytes at file byte %lld: %s",
           op.cb.aio_lio_opcode == IO_CMD_PREAD    ? "read"
           : op.cb.aio_lio_opcode == IO_CMD_PWRITE ? "write"
                                                   : "sync",
           op.cb.u.c.nbytes, op.cb.u.c.offset,
           result < 0 ? std::strerror(static_cast<int>(-result)) : "short transfer");
+      // A short transfer is retried as a whole, like a transient error.
+      request.error = result < 0 ? static_cast<int>(-result) : EAGAIN;
     }
-    request.failed = true;
   }
   if (--request.in_flight == 0) StepDone(request);
   --in_round_;
@@ -292,8 +300,10 @@ void VhdIo::Refused(iocb* cb, const Status& why) {
   ++in_round_;
   Op& op = *static_cast<Op*>(cb->data);
   Request& request = *op.request;
-  if (!request.failed) Log(LogLevel::kError, name_.c_str(), "vhd I/O refused: %s", why.ToString().c_str());
-  request.failed = true;
+  if (!request.failed()) {
+    Log(LogLevel::kError, name_.c_str(), "vhd I/O refused: %s", why.ToString().c_str());
+    request.error = why.error_number() != 0 ? why.error_number() : EIO;
+  }
   if (--request.in_flight == 0) StepDone(request);
   --in_round_;
 }

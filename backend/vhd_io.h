@@ -39,8 +39,9 @@ class VhdIo final : public CompletionHandler {
   // The pipeline's side.
   class Owner {
    public:
-    // The data stage of slot `slot` ended (all its I/O done), successfully or not.
-    virtual void VhdDataDone(uint32_t slot, bool ok) = 0;
+    // The data stage of slot `slot` ended (all its I/O done): `error` is 0, or the errno of its first failure
+    // (EAGAIN for a short transfer: the owner may start the whole stage again).
+    virtual void VhdDataDone(uint32_t slot, int error) = 0;
     // Iocbs were queued (or requests answered) outside the pipeline's own rounds: submit and answer now.
     virtual void VhdSubmitNow() = 0;
 
@@ -76,6 +77,7 @@ class VhdIo final : public CompletionHandler {
     kAllocWrite,      // the footer and the new block, durable
     kBatWrite,        // the BAT sector, durable
   };
+  static constexpr uint32_t kNoBlock = ~0u;
   struct Request;
   struct Op {
     AioTag tag;  // first: the worker finds this engine through it
@@ -86,7 +88,12 @@ class VhdIo final : public CompletionHandler {
     VhdIo* io = nullptr;
     uint32_t slot = 0;
     bool write = false;
-    bool failed = false;
+    int error = 0;  // the first failure's errno
+    // A bitmap write of this slot's request failed after the cached bits were set: until a request of the
+    // slot succeeds, its in-place writes to this block write the bitmap too, so that a retry that finds the
+    // bits already set (in memory only) still puts them on disk.
+    uint32_t unsaved_bitmap_block = kNoBlock;
+    bool failed() const { return error != 0; }
     Phase phase = Phase::kIdle;
     uint64_t offset = 0;  // guest byte of the request
     uint32_t length = 0;
@@ -114,7 +121,7 @@ class VhdIo final : public CompletionHandler {
   void WriteNewBlock(Request& request);
   // Every iocb of the request's current step has completed (or the gate it waited on opened).
   void StepDone(Request& request);
-  void Finish(Request& request, bool ok);
+  void Finish(Request& request, int error);
   void Fail(Request& request, const Status& why);
   Op& NextOp(Request& request);
   void QueueRead(Request& request, int fd, uint8_t* buffer, uint64_t length, uint64_t file_offset);

@@ -84,6 +84,16 @@ void Worker::ReapRetired() {
   std::erase_if(retiring_, [](const std::unique_ptr<RequestPipeline>& p) { return p->outstanding() == 0; });
 }
 
+namespace {
+
+uint64_t MonotonicNs() {
+  timespec now;
+  ::clock_gettime(CLOCK_MONOTONIC, &now);
+  return static_cast<uint64_t>(now.tv_sec) * 1000000000ull + static_cast<uint64_t>(now.tv_nsec);
+}
+
+}  // namespace
+
 bool Worker::RunOnce(int timeout_ms) {
   bool deferred = false;
   auto retry = [&](RequestPipeline* pipeline) {
@@ -100,6 +110,18 @@ bool Worker::RunOnce(int timeout_ms) {
     if (pipeline->wants_another_round()) another_round = true;
   }
   if (another_round) timeout_ms = 0;
+  // Back-offs of transient I/O errors, and completions a test's fault holds back, wake the loop by a timeout.
+  uint64_t next_timer_ns = aio_->next_held_ns();
+  auto earliest = [&](uint64_t at_ns) {
+    if (at_ns != 0 && (next_timer_ns == 0 || at_ns < next_timer_ns)) next_timer_ns = at_ns;
+  };
+  for (RequestPipeline* pipeline : pipelines_) earliest(pipeline->next_retry_ns());
+  for (auto& pipeline : retiring_) earliest(pipeline->next_retry_ns());
+  if (next_timer_ns != 0) {
+    uint64_t now = MonotonicNs();
+    int wait_ms = next_timer_ns <= now ? 0 : static_cast<int>((next_timer_ns - now + 999999) / 1000000);
+    timeout_ms = timeout_ms < 0 ? wait_ms : std::min(timeout_ms, wait_ms);
+  }
   epoll_event events[kMaxEpollEvents];
   int ready = ::epoll_wait(epoll_.get(), events, kMaxEpollEvents, timeout_ms);
   if (ready < 0 && errno != EINTR) {
@@ -114,6 +136,16 @@ bool Worker::RunOnce(int timeout_ms) {
     } else {
       static_cast<RequestPipeline*>(source)->OnKick();
     }
+  }
+  if (next_timer_ns != 0) {
+    uint64_t now = MonotonicNs();
+    if (aio_->next_held_ns() != 0 && aio_->next_held_ns() <= now) HandleCompletions();
+    auto run_due = [&](RequestPipeline* pipeline) {
+      if (pipeline->next_retry_ns() != 0 && pipeline->next_retry_ns() <= now) pipeline->RunDueRetries();
+    };
+    for (RequestPipeline* pipeline : pipelines_) run_due(pipeline);
+    for (size_t i = 0; i < retiring_.size(); ++i) run_due(retiring_[i].get());
+    if (!retiring_.empty()) ReapRetired();
   }
   if (another_round) {
     for (RequestPipeline* pipeline : pipelines_) {

@@ -43,6 +43,7 @@ TEST(DaemonConfigTest, FileSetsEveryKindOfValue) {
       "max-ring-page-order = 2\n"
       "max-queues = 3\n"
       "poll-us = 50\n"
+      "io-retry-seconds = 7\n"
       "log-level = debug\n"
       "lock-file = /run/x/pid\n"
       "control-socket = /run/x/control\n"
@@ -58,6 +59,7 @@ TEST(DaemonConfigTest, FileSetsEveryKindOfValue) {
   EXPECT_EQ(config.daemon.max_ring_page_order, 2u);
   EXPECT_EQ(config.daemon.max_queues, 3u);
   EXPECT_EQ(config.daemon.poll_us, 50u);
+  EXPECT_EQ(config.daemon.io_retry_seconds, 7u);
   EXPECT_EQ(config.log_level, LogLevel::kDebug);
   EXPECT_EQ(config.lock_file, "/run/x/pid");
   EXPECT_EQ(config.control_socket, "/run/x/control");

@@ -1,0 +1,255 @@
+// Failing storage under the request pipeline (raw images): each injected fault kind, what the guest sees,
+// bounded retries, stalls that hold up only their own I/O, and flushes that never lie.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+
+#include "tests/backend/fault_fixture.h"
+
+namespace blk {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+Bytes ReadFile(const std::string& path, uint64_t offset, size_t bytes) {
+  Bytes data(bytes);
+  int fd = ::open(path.c_str(), O_RDONLY);
+  EXPECT_GE(fd, 0);
+  EXPECT_EQ(::pread(fd, data.data(), bytes, static_cast<off_t>(offset)), static_cast<ssize_t>(bytes));
+  ::close(fd);
+  return data;
+}
+
+TEST(AioFaultsTest, NthMatchTimesAndRangeSelectWhichIoFails) {
+  AioFaults faults;
+  FaultRule rule;
+  rule.op = FaultRule::Op::kWrite;
+  rule.begin = 4096;
+  rule.end = 8192;
+  rule.nth = 2;
+  faults.Add(rule);
+  iocb cb{};
+  char buffer[512];
+  io_prep_pwrite(&cb, 7, buffer, sizeof(buffer), 4096);
+  iocb outside{};
+  io_prep_pwrite(&outside, 7, buffer, sizeof(buffer), 8192);
+  iocb read{};
+  io_prep_pread(&read, 7, buffer, sizeof(buffer), 4096);
+  EXPECT_EQ(faults.Match(outside, FaultRule::When::kComplete, 0), nullptr);
+  EXPECT_EQ(faults.Match(read, FaultRule::When::kComplete, 0), nullptr);
+  EXPECT_EQ(faults.Match(cb, FaultRule::When::kComplete, 0), nullptr);  // the first match
+  EXPECT_EQ(faults.Match(cb, FaultRule::When::kSubmit, 0), nullptr);    // another stage
+  EXPECT_NE(faults.Match(cb, FaultRule::When::kComplete, 0), nullptr);  // the second
+  EXPECT_EQ(faults.Match(cb, FaultRule::When::kComplete, 0), nullptr);  // and only it
+  EXPECT_EQ(faults.fired(), 1u);
+
+  AioFaults later;
+  FaultRule timed;
+  timed.op = FaultRule::Op::kAny;
+  timed.after_ns = 1000;
+  timed.times = 1;
+  later.Add(timed);
+  EXPECT_EQ(later.Match(read, FaultRule::When::kComplete, 999), nullptr);
+  EXPECT_NE(later.Match(read, FaultRule::When::kComplete, 1000), nullptr);
+  EXPECT_EQ(later.Match(read, FaultRule::When::kComplete, 2000), nullptr);
+}
+
+// EIO and ENOSPC are permanent: exactly the affected write fails at once, its data never lands, and a healthy
+// disk on the same worker keeps every byte.
+class PermanentErrorTest : public FaultTest, public ::testing::WithParamInterface<int> {};
+
+TEST_P(PermanentErrorTest, FailsOnlyTheAffectedWriteAtOnceAndTheNeighbourKeepsItsData) {
+  LogCapture log;
+  Guest& failing = AddRaw("fault_failing", 0x11);
+  Guest& healthy = AddRaw("fault_healthy", 0x22);
+  std::vector<int> fds = FdsOf(paths_[0]);
+  ASSERT_EQ(fds.size(), 1u);
+  faults_.Add(WriteRule(fds[0], 1 << 20, (1 << 20) + 4096, GetParam()));
+
+  Bytes hit = Pattern(8192, 1), miss = Pattern(8192, 2), other = Pattern(8192, 3);
+  auto start = Clock::now();
+  EXPECT_EQ(Do(*failing.front, IoOp::kWrite, (1 << 20) >> kSectorShift, hit), BLKIF_RSP_ERROR);
+  EXPECT_LT(Clock::now() - start, std::chrono::milliseconds(200)) << "a permanent error is not retried";
+  EXPECT_EQ(Do(*failing.front, IoOp::kWrite, (2 << 20) >> kSectorShift, miss), BLKIF_RSP_OKAY);
+  EXPECT_EQ(Do(*healthy.front, IoOp::kWrite, (1 << 20) >> kSectorShift, other), BLKIF_RSP_OKAY);
+
+  Bytes back(8192);
+  EXPECT_EQ(Do(*failing.front, IoOp::kRead, (2 << 20) >> kSectorShift, back), BLKIF_RSP_OKAY);
+  EXPECT_EQ(back, miss);
+  EXPECT_EQ(Do(*healthy.front, IoOp::kRead, (1 << 20) >> kSectorShift, back), BLKIF_RSP_OKAY);
+  EXPECT_EQ(back, other);
+  // The failed write did not reach the file: what was there stays.
+  EXPECT_EQ(ReadFile(paths_[0], 1 << 20, 8192), Bytes(8192, 0x11));
+  EXPECT_EQ(failing.device->stats().io_errors.load(), 1u);
+  EXPECT_EQ(healthy.device->stats().io_errors.load(), 0u);
+  EXPECT_FALSE(log.Contains("retrying"));
+}
+
+INSTANTIATE_TEST_SUITE_P(Errors, PermanentErrorTest, ::testing::Values(EIO, ENOSPC, EROFS),
+                         [](const auto& info) { return std::to_string(info.param); });
+
+class TransientErrorTest : public FaultTest, public ::testing::WithParamInterface<int> {};
+
+TEST_P(TransientErrorTest, IsRetriedUntilItClearsAndTheWriteLands) {
+  LogCapture log;
+  Guest& guest = AddRaw("fault_transient", 0);
+  FaultRule rule = WriteRule(-1, 0, UINT64_MAX, GetParam());
+  rule.times = 4;
+  faults_.Add(rule);
+  Bytes data = Pattern(16384, 4);
+  EXPECT_EQ(Do(*guest.front, IoOp::kWrite, 64, data), BLKIF_RSP_OKAY);
+  EXPECT_EQ(faults_.fired(), 4u);
+  EXPECT_EQ(ReadFile(paths_[0], 64 << kSectorShift, data.size()), data);
+  EXPECT_EQ(guest.device->stats().io_errors.load(), 0u);
+  EXPECT_TRUE(log.Contains("retrying"));
+}
+
+TEST_P(TransientErrorTest, ThatNeverClearsFailsTheRequestOnceIoRetrySecondsPass) {
+  Guest& guest = AddRaw("fault_transient_forever", 0);
+  faults_.Add(WriteRule(-1, 0, UINT64_MAX, GetParam()));
+  Bytes data = Pattern(4096, 5);
+  auto start = Clock::now();
+  EXPECT_EQ(Do(*guest.front, IoOp::kWrite, 8, data), BLKIF_RSP_ERROR);
+  auto took = Clock::now() - start;
+  EXPECT_GE(took, std::chrono::nanoseconds(kRetryNs));
+  EXPECT_LT(took, std::chrono::nanoseconds(kRetryNs) + std::chrono::milliseconds(700));
+  // Exponential: a handful of attempts, not one per millisecond.
+  EXPECT_GE(faults_.fired(), 4u);
+  EXPECT_LE(faults_.fired(), 12u);
+  EXPECT_EQ(guest.device->stats().io_errors.load(), 1u);
+  // The device goes on serving.
+  faults_.Clear();
+  EXPECT_EQ(Do(*guest.front, IoOp::kWrite, 8, data), BLKIF_RSP_OKAY);
+}
+
+INSTANTIATE_TEST_SUITE_P(Errors, TransientErrorTest, ::testing::Values(EAGAIN, EINTR, ENOMEM, EBUSY),
+                         [](const auto& info) { return std::to_string(info.param); });
+
+TEST_F(FaultTest, ShortTransfersContinueWithTheRemainder) {
+  Guest& guest = AddRaw("fault_short", 0);
+  FaultRule rule;
+  rule.op = FaultRule::Op::kAny;
+  rule.effect = FaultRule::Effect::kShort;
+  rule.times = 6;
+  faults_.Add(rule);
+  Bytes data = Pattern(45056, 6), back(45056);
+  EXPECT_EQ(Do(*guest.front, IoOp::kWrite, 2048, data), BLKIF_RSP_OKAY);
+  EXPECT_EQ(Do(*guest.front, IoOp::kRead, 2048, back), BLKIF_RSP_OKAY);
+  EXPECT_EQ(back, data);
+  EXPECT_EQ(faults_.fired(), 6u);
+  EXPECT_EQ(guest.device->stats().io_errors.load(), 0u);
+}
+
+TEST_F(FaultTest, SubmissionRefusedForNowIsRetriedAndRefusedForGoodFailsThatRequestOnly) {
+  Guest& guest = AddRaw("fault_submit", 0);
+  FaultRule busy = WriteRule(-1, 0, 4096, EAGAIN);
+  busy.when = FaultRule::When::kSubmit;
+  busy.times = 3;
+  faults_.Add(busy);
+  FaultRule bad = WriteRule(-1, 65536, 65536 + 4096, EBADF);
+  bad.when = FaultRule::When::kSubmit;
+  faults_.Add(bad);
+  Bytes first = Pattern(4096, 7), second = Pattern(4096, 8);
+  ASSERT_TRUE(guest.front->Queue({IoOp::kWrite, 0, 4096, first.data(), 1}).ok());
+  ASSERT_TRUE(guest.front->Queue({IoOp::kWrite, 128, 4096, second.data(), 2}).ok());
+  ASSERT_TRUE(guest.front->Push().ok());
+  auto done = Step(*guest.front, 2);
+  ASSERT_EQ(done.size(), 2u);
+  for (const auto& completion : done)
+    EXPECT_EQ(completion.status, completion.tag == 1 ? BLKIF_RSP_OKAY : BLKIF_RSP_ERROR) << completion.tag;
+  EXPECT_EQ(ReadFile(paths_[0], 0, 4096), first);
+  EXPECT_EQ(ReadFile(paths_[0], 65536, 4096), Bytes(4096, 0));
+}
+
+TEST_F(FaultTest, AStalledIoHoldsUpOnlyItselfNotTheOtherRingsOfItsWorker) {
+  Guest& stalled = AddRaw("fault_stalled", 0);
+  Guest& other = AddRaw("fault_other", 0);
+  std::vector<int> fds = FdsOf(paths_[0]);
+  ASSERT_EQ(fds.size(), 1u);
+  FaultRule stall = WriteRule(fds[0], 0, UINT64_MAX, 0);
+  stall.effect = FaultRule::Effect::kStall;
+  stall.stall_ms = 400;
+  stall.times = 1;
+  faults_.Add(stall);
+  Bytes slow = Pattern(4096, 9);
+  ASSERT_TRUE(stalled.front->Submit({IoOp::kWrite, 0, 4096, slow.data(), 1}).ok());
+  auto start = Clock::now();
+  worker_->RunOnce(5);  // takes and submits the stalled write
+  for (unsigned i = 0; i < 20; ++i) {
+    Bytes data = Pattern(4096, 10 + i), back(4096);
+    EXPECT_EQ(Do(*other.front, IoOp::kWrite, i * 8, data), BLKIF_RSP_OKAY);
+    EXPECT_EQ(Do(*other.front, IoOp::kRead, i * 8, back), BLKIF_RSP_OKAY);
+    EXPECT_EQ(back, data);
+  }
+  EXPECT_LT(Clock::now() - start, std::chrono::milliseconds(300)) << "the other ring waited for the stall";
+  IoCompletion none[4];
+  EXPECT_EQ(*stalled.front->Reap(none), 0u) << "the stalled write completed early";
+  auto done = Step(*stalled.front, 1);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].status, BLKIF_RSP_OKAY);
+  auto took = Clock::now() - start;
+  EXPECT_GE(took, std::chrono::milliseconds(400));
+  EXPECT_LT(took, std::chrono::milliseconds(900));
+}
+
+// The rule: an fdatasync that failed may have dropped writes already acknowledged, and Linux reports that
+// once (errseq); so from the first failed sync of an image every later flush of it fails too, until the
+// image is opened again.
+TEST_F(FaultTest, AFailedSyncFailsThatFlushAndEveryLaterOneButNotTheData) {
+  Guest& guest = AddRaw("fault_flush", 0);
+  Guest& healthy = AddRaw("fault_flush_healthy", 0);
+  Bytes data = Pattern(4096, 11), back(4096);
+  EXPECT_EQ(Do(*guest.front, IoOp::kWrite, 0, data), BLKIF_RSP_OKAY);
+  EXPECT_EQ(Flush(*guest.front), BLKIF_RSP_OKAY);
+  FaultRule sync;
+  sync.op = FaultRule::Op::kSync;
+  sync.fd = FdsOf(paths_[0]).at(0);
+  sync.times = 1;
+  faults_.Add(sync);
+  EXPECT_EQ(Do(*guest.front, IoOp::kWrite, 8, data), BLKIF_RSP_OKAY);
+  EXPECT_EQ(Flush(*guest.front), BLKIF_RSP_ERROR);
+  EXPECT_EQ(faults_.fired(), 1u);
+  EXPECT_EQ(Flush(*guest.front), BLKIF_RSP_ERROR) << "a later sync succeeding proves nothing";
+  Bytes barrier_data = Pattern(4096, 12);
+  EXPECT_EQ(Do(*guest.front, IoOp::kWriteBarrier, 16, barrier_data), BLKIF_RSP_ERROR);
+  EXPECT_EQ(guest.device->stats().sync_errors.load(), 1u);
+  // Reads and writes still work; the neighbour's flushes are honest successes.
+  EXPECT_EQ(Do(*guest.front, IoOp::kRead, 0, back), BLKIF_RSP_OKAY);
+  EXPECT_EQ(back, data);
+  EXPECT_EQ(Do(*healthy.front, IoOp::kWrite, 0, data), BLKIF_RSP_OKAY);
+  EXPECT_EQ(Flush(*healthy.front), BLKIF_RSP_OKAY);
+}
+
+TEST_F(FaultTest, AFlushWhoseDataWriteFailsPermanentlyIsAnError) {
+  Guest& guest = AddRaw("fault_flush_data", 0);
+  faults_.Add(WriteRule(-1, 0, UINT64_MAX, EIO));
+  Bytes data = Pattern(4096, 13);
+  EXPECT_EQ(Do(*guest.front, IoOp::kFlushDiskCache, 0, data), BLKIF_RSP_ERROR);
+  EXPECT_EQ(Do(*guest.front, IoOp::kWriteBarrier, 0, data), BLKIF_RSP_ERROR);
+  faults_.Clear();
+  EXPECT_EQ(Flush(*guest.front), BLKIF_RSP_OKAY);
+}
+
+TEST_F(FaultTest, AMergedIoWithOneFailingRequestIsSplitAndOnlyThatOneFails) {
+  Guest& guest = AddRaw("fault_merged", 0);
+  faults_.Add(WriteRule(-1, 3 * 4096, 4 * 4096, EIO));
+  std::vector<Bytes> data;
+  for (unsigned i = 0; i < 6; ++i) data.push_back(Pattern(4096, 20 + i));
+  for (unsigned i = 0; i < 6; ++i)
+    ASSERT_TRUE(guest.front->Queue({IoOp::kWrite, i * 8ull, 4096, data[i].data(), i}).ok());
+  ASSERT_TRUE(guest.front->Push().ok());
+  auto done = Step(*guest.front, 6);
+  ASSERT_EQ(done.size(), 6u);
+  for (const auto& completion : done)
+    EXPECT_EQ(completion.status, completion.tag == 3 ? BLKIF_RSP_ERROR : BLKIF_RSP_OKAY) << completion.tag;
+  for (unsigned i = 0; i < 6; ++i) {
+    if (i != 3) {
+      EXPECT_EQ(ReadFile(paths_[0], i * 4096ull, 4096), data[i]) << i;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace blk
