@@ -417,6 +417,7 @@ void RequestPipeline::Submit() {
     if (slot.stage == Stage::kData && slot.chain_count > 1) {
       SplitChain(slot);
     } else {
+      if (vhd_ && slot.stage == Stage::kPostSync) vhd_->AfterSync(false);
       DeviceStats::Add(stats_.io_errors, 1);
       Respond(slot, BLKIF_RSP_ERROR);
     }
@@ -466,6 +467,7 @@ void RequestPipeline::OnCompletion(const io_event& event) {
     int error = result < 0 ? static_cast<int>(-result) : EIO;
     const char* why = result < 0 ? std::strerror(error) : "nothing transferred: the image file ends before this range";
     if (!data) {
+      if (vhd_ && slot.stage == Stage::kPostSync) vhd_->AfterSync(false);
       // A failed sync is never retried: the kernel may have dropped the dirty pages it could not write, and
       // reports that once per open file (errseq), so a second fdatasync could succeed over lost data.
       DeviceStats::Add(stats_.sync_errors, 1);
@@ -491,6 +493,7 @@ void RequestPipeline::OnCompletion(const io_event& event) {
       break;
     }
     case Stage::kPostSync:
+      if (vhd_) vhd_->AfterSync(true);
       // Sticky: after any failed sync of this image, no flush may claim that earlier writes are durable.
       if (stats_.sync_errors.load(std::memory_order_relaxed) != 0) {
         FailIo(slot, "an earlier sync of this image failed");
@@ -659,12 +662,15 @@ void RequestPipeline::MaybeFinishDrain() {
   // Nothing else of this ring is in flight: a synchronous sync holds up only this worker, and only once.
   Log(LogLevel::kInfo, name_.c_str(), "pause: AIO fdsync refused (%s), syncing synchronously",
       refused.ToString().c_str());
-  FinishPause(::fdatasync(fd_) == 0 ? Status::Ok() : Status::FromErrno(errno, name_ + ": sync before pause"));
+  Status synced = ::fdatasync(fd_) == 0 ? Status::Ok() : Status::FromErrno(errno, name_ + ": sync before pause");
+  if (vhd_) vhd_->AfterSync(synced.ok());
+  FinishPause(std::move(synced));
 }
 
 void RequestPipeline::OnPauseSynced(long result) {
   pause_sync_in_flight_ = false;
   if (result < 0) DeviceStats::Add(stats_.sync_errors, 1);  // sticky, as a flush's (see OnCompletion)
+  if (vhd_) vhd_->AfterSync(result >= 0);
   if (pause_state_ == PauseState::kDraining) {
     // Resumed and paused again while this sync ran: what was written since needs a sync of its own.
     MaybeFinishDrain();

@@ -2,6 +2,7 @@
 #include "backend/vhd_io.h"
 
 #include <linux/fs.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -216,6 +217,9 @@ void VhdIo::StepDone(Request& request) {
         request.unsaved_bitmap_block = plan.block;
         break;
       }
+      // Not durable yet (no RWF_DSYNC): the batmap may claim the block only after the next sync.
+      if (leaf.has_batmap() && leaf.BlockFull(plan.block) && !leaf.BatmapBit(plan.block))
+        full_unsynced_.push_back(plan.block);
       request.done = request.step_end;
       ContinueWrite(request);
       return;
@@ -244,6 +248,7 @@ void VhdIo::StepDone(Request& request) {
         break;
       }
       leaf.CommitAllocation(plan);
+      leaf.NoteBlockFull(plan.block);  // the new block, all bits set, and its BAT entry are durable
       request.done = request.step_end;
       image_.allocation_gate().Open();  // waiters plan again: the block is there now
       ContinueWrite(request);
@@ -309,13 +314,76 @@ void VhdIo::Refused(iocb* cb, const Status& why) {
 }
 
 void VhdIo::BeforeFlush() {
-  if (footer_rewritten_ || !image_.leaf().footer_dirty()) return;
-  footer_rewritten_ = true;
-  // Only an image opened from its footer copy or an old-style footer gets here, once per open: a synchronous
-  // rewrite (two sectors and syncs) on the worker costs less than a state machine for it.
-  Status status = image_.leaf().Flush();
-  if (!status.ok())
-    Log(LogLevel::kError, name_.c_str(), "rewriting the footer: %s", status.ToString().c_str());
+  vhd::VhdImage& leaf = image_.leaf();
+  // A sync already in flight may have been issued before those bitmap writes ended: only the first of
+  // overlapping syncs takes them, and any of them that succeeds covers it.
+  if (syncs_in_flight_++ == 0) {
+    full_syncing_.insert(full_syncing_.end(), full_unsynced_.begin(), full_unsynced_.end());
+    full_unsynced_.clear();
+  }
+  // Both are written synchronously, through the O_DIRECT descriptor, and made durable by the flush's own
+  // sync: the batmap only after new blocks since the last flush (a sector or two and its header), the footer
+  // once per open of an image opened from its footer copy or an old-style footer.
+  if (leaf.batmap_dirty()) {
+    Status status;
+    for (const vhd::VhdImage::MetadataWrite& write : leaf.PendingBatmapWrites()) {
+      status = WriteMetadataNow(write.file_offset, write.bytes);
+      if (!status.ok()) break;
+    }
+    if (status.ok()) {
+      leaf.BatmapWritten();
+    } else {
+      Log(LogLevel::kWarning, name_.c_str(), "batmap not updated (a hint: it may lag): %s",
+          status.ToString().c_str());
+    }
+  }
+  if (!footer_rewritten_ && leaf.footer_dirty()) {
+    footer_rewritten_ = true;
+    Status status;
+    if (leaf.footer_offset() % vhd::kSectorSize != 0) {
+      // An old 511-byte footer, not where a direct write can go: the image's own buffered file, which syncs
+      // at once, so no dirty page stays behind.
+      status = leaf.Flush();
+    } else {
+      std::array<uint8_t, vhd::kFooterSize> footer = leaf.EncodedFooter();
+      status = WriteMetadataNow(leaf.footer_offset(), footer);
+      // A fixed disk has no copy at offset 0: that is guest data.
+      if (status.ok() && leaf.type() != vhd::DiskType::kFixed) status = WriteMetadataNow(0, footer);
+      if (status.ok()) leaf.FootersWritten();
+    }
+    if (!status.ok())
+      Log(LogLevel::kError, name_.c_str(), "rewriting the footer: %s", status.ToString().c_str());
+  }
+}
+
+Status VhdIo::WriteMetadataNow(uint64_t file_offset, std::span<const uint8_t> bytes) {
+  std::span<uint8_t> buffer = image_.metadata_buffer();
+  if (bytes.size() > buffer.size()) return Status::InvalidArgument("metadata write larger than its buffer");
+  std::copy(bytes.begin(), bytes.end(), buffer.begin());
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t wrote = ::pwrite(image_.metadata_fd(), buffer.data() + done, bytes.size() - done,
+                             static_cast<off_t>(file_offset + done));
+    if (wrote < 0 && errno == EINTR) continue;
+    if (wrote <= 0) {
+      return Status::FromErrno(wrote < 0 ? errno : EIO,
+                               "write of " + std::to_string(bytes.size()) + " bytes at file byte " +
+                                   std::to_string(file_offset));
+    }
+    done += static_cast<size_t>(wrote);
+  }
+  return Status::Ok();
+}
+
+void VhdIo::AfterSync(bool ok) {
+  if (syncs_in_flight_ > 0) --syncs_in_flight_;
+  if (ok) {
+    for (uint32_t block : full_syncing_) image_.leaf().NoteBlockFull(block);
+    full_syncing_.clear();
+  } else if (syncs_in_flight_ == 0) {
+    full_unsynced_.insert(full_unsynced_.end(), full_syncing_.begin(), full_syncing_.end());
+    full_syncing_.clear();
+  }
 }
 
 }  // namespace blk

@@ -60,8 +60,12 @@ class VhdIo final : public CompletionHandler {
   void Start(uint32_t slot, bool write, uint64_t offset, uint32_t length, uint8_t* buffer);
   // The kernel refused one of our iocbs at submission, for good.
   void Refused(iocb* cb, const Status& why);
-  // A flush is about to sync the leaf: rewrites the footer first if the image says it must (once).
+  // A flush is about to sync the leaf: rewrites the footer first if the image says it must (once), and
+  // writes the batmap bits of blocks known to be full and durable.
   void BeforeFlush();
+  // The sync that followed BeforeFlush ended (`ok`: it succeeded): blocks whose bitmaps became full before it
+  // may now be marked in the batmap.
+  void AfterSync(bool ok);
 
   void OnCompletion(const io_event& event) override;
   void FinishCompletions() override;
@@ -124,6 +128,8 @@ class VhdIo final : public CompletionHandler {
   void Finish(Request& request, int error);
   void Fail(Request& request, const Status& why);
   Op& NextOp(Request& request);
+  // A synchronous write through the metadata descriptor (O_DIRECT), from the image's aligned metadata buffer.
+  Status WriteMetadataNow(uint64_t file_offset, std::span<const uint8_t> bytes);
   void QueueRead(Request& request, int fd, uint8_t* buffer, uint64_t length, uint64_t file_offset);
   // `durable`: with RWF_DSYNC.
   void QueueWrite(Request& request, int fd, const uint8_t* buffer, uint64_t length, uint64_t file_offset,
@@ -138,6 +144,10 @@ class VhdIo final : public CompletionHandler {
   // Nonzero while a caller up the stack will submit what we queue (Start, a completion, a refusal).
   unsigned in_round_ = 0;
   bool footer_rewritten_ = false;
+  // Blocks filled by a bitmap write that no sync covers yet, and those the sync in flight covers.
+  std::vector<uint32_t> full_unsynced_;
+  std::vector<uint32_t> full_syncing_;
+  unsigned syncs_in_flight_ = 0;
 };
 
 }  // namespace blk

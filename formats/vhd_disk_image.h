@@ -86,6 +86,8 @@ class VhdDiskImage final : public DiskImage {
   std::span<uint8_t> bat_buffer();
   // For the bitmap sectors of one kWriteThenBitmap at a time.
   std::span<uint8_t> bitmap_buffer();
+  // For the batmap, or a footer, written at a flush (the whole batmap fits).
+  std::span<uint8_t> metadata_buffer();
 
  private:
   VhdDiskImage() : DiskImage(ImageFormat::kVhd) {}
@@ -99,6 +101,7 @@ class VhdDiskImage final : public DiskImage {
   Gate bitmap_gate_;
   Mapping scratch_;  // new block + footer + BAT sector, then the bitmap buffer
   uint64_t bitmap_buffer_bytes_ = 0;
+  uint64_t metadata_buffer_bytes_ = 0;
 };
 
 }  // namespace blk

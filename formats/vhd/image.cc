@@ -301,6 +301,11 @@ Status VhdImage::ValidateBat(uint64_t file_size) {
 
 bool VhdImage::BatmapBit(uint32_t block) const { return has_batmap_ && TestBit(batmap_, block); }
 
+bool VhdImage::BlockFull(uint32_t block) const {
+  auto cached = bitmaps_.find(block);
+  return cached != bitmaps_.end() && cached->second.full;
+}
+
 Status VhdImage::LoadBitmap(uint32_t block) {
   if (bitmaps_.contains(block)) return Status::Ok();
   uint32_t sector = bat_entry(block);

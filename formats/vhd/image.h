@@ -63,6 +63,7 @@ class VhdImage {
   DiskType type() const { return footer_.type(); }
   uint64_t virtual_size() const { return virtual_size_; }
   bool has_batmap() const { return has_batmap_; }
+  uint64_t batmap_bytes() const { return batmap_.size(); }
   // Warnings found while opening (a footer copy used, the size rule applied, a stale batmap).
   const std::vector<std::string>& notes() const { return notes_; }
   uint32_t block_count() const { return block_count_; }
@@ -90,7 +91,7 @@ class VhdImage {
   //      data in;
   //   2. write EncodedFooter() at plan.new_footer_offset and the block at plan.block_offset; fdatasync;
   //   3. write BatSector(plan) at BatSectorOffset(plan); fdatasync; acknowledge; CommitAllocation(plan);
-  //   4. SetBatmapBit(plan.block) (synchronous for now: a sector and the batmap header).
+  //   4. NoteBlockFull(plan.block); the batmap reaches the file with WriteBatmap (a flush, Close).
   // Two writes to one unallocated block must not both allocate it: the engine holds the second until step 3
   // ends.
   uint64_t new_block_bytes() const { return bitmap_bytes_ + header_.block_size; }
@@ -104,7 +105,31 @@ class VhdImage {
   // An allocation failed after its block and footer became durable (the BAT write failed or was not
   // confirmed): the space stays taken, so that no later block lands where the BAT on disk may point.
   void AbandonAllocation(const BlockWritePlan& plan);
+  // Writes `block`'s batmap bit at once (a sector and the batmap header, synced).
   Status SetBatmapBit(uint32_t block);
+  // The batmap is a hint that may lag but never runs ahead of the bitmaps: call this only once the block's
+  // full bitmap (or the new block with all bits set) is durable. The bit is set in memory; WriteBatmap (or
+  // Flush, Close) writes it.
+  void NoteBlockFull(uint32_t block);
+  bool batmap_dirty() const { return batmap_dirty_first_ != kBatmapClean; }
+  // Writes the batmap sectors changed by NoteBlockFull since the last call, and the header with its new
+  // checksum, through this image's file; no sync (Flush syncs after it).
+  Status WriteBatmap();
+  // The same for an engine that writes through its own (O_DIRECT) descriptor: a buffered write there would
+  // leave a dirty page-cache page that the engine's direct writes into the same page collide with. The
+  // changed batmap sectors, then the header sector (checksum updated); BatmapWritten() once both are written.
+  struct MetadataWrite {
+    uint64_t file_offset;
+    std::span<const uint8_t> bytes;
+  };
+  std::array<MetadataWrite, 2> PendingBatmapWrites();
+  void BatmapWritten() { batmap_dirty_first_ = kBatmapClean; }
+  // FootersWritten(): EncodedFooter() is now at footer_offset() and, unless fixed, at offset 0.
+  void FootersWritten() { footer_dirty_ = false; }
+  // Clears `block`'s batmap bit in the file (synced): tests make the partly filled blocks tapdisk leaves.
+  Status ClearBatmapBitForTesting(uint32_t block);
+  // Whether every sector of `block` is present (cached: an unloaded partly filled block says false).
+  bool BlockFull(uint32_t block) const;
 
   // kWriteThenBitmap for an engine that does its own I/O, once the data is durable: sets the plan's bits in
   // the cached bitmap (loaded) and returns the whole bitmap sectors that hold them and where they go. The
@@ -165,6 +190,10 @@ class VhdImage {
   BatmapHeader batmap_header_;
   uint64_t batmap_header_offset_ = 0;
   std::vector<uint8_t> batmap_;
+  std::array<uint8_t, kSectorSize> batmap_header_sector_;  // what PendingBatmapWrites hands out
+  static constexpr uint32_t kBatmapClean = ~0u;
+  uint32_t batmap_dirty_first_ = kBatmapClean;  // the batmap sectors NoteBlockFull changed, first to last
+  uint32_t batmap_dirty_last_ = 0;
   std::unordered_map<uint32_t, CachedBitmap> bitmaps_;
   std::vector<uint8_t> full_bitmap_;  // what Bitmap() shows for a full block
   std::vector<std::string> notes_;

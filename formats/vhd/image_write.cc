@@ -192,17 +192,49 @@ Status VhdImage::Allocate(const BlockWritePlan& plan, std::span<const uint8_t> d
 }
 
 Status VhdImage::SetBatmapBit(uint32_t block) {
-  if (!has_batmap_ || TestBit(batmap_, block)) return Status::Ok();
-  SetBits(batmap_, block, 1);
-  uint64_t sector = block / 8 / kSectorSize;
-  BLK_RETURN_IF_ERROR(
-      file_->WriteAt(batmap_header_.batmap_offset + sector * kSectorSize,
-                     std::span<const uint8_t>(batmap_).subspan(sector * kSectorSize, kSectorSize)));
-  batmap_header_.checksum = BatmapChecksum(batmap_);
-  std::array<uint8_t, kSectorSize> header;
-  EncodeBatmapHeader(batmap_header_, header);
-  BLK_RETURN_IF_ERROR(file_->WriteAt(batmap_header_offset_, header));
+  NoteBlockFull(block);
+  if (!batmap_dirty()) return Status::Ok();
+  BLK_RETURN_IF_ERROR(WriteBatmap());
   return file_->Sync();
+}
+
+void VhdImage::NoteBlockFull(uint32_t block) {
+  if (!has_batmap_ || TestBit(batmap_, block)) return;
+  SetBits(batmap_, block, 1);
+  uint32_t sector = block / 8 / kSectorSize;
+  if (!batmap_dirty()) {
+    batmap_dirty_first_ = batmap_dirty_last_ = sector;
+  } else {
+    batmap_dirty_first_ = std::min(batmap_dirty_first_, sector);
+    batmap_dirty_last_ = std::max(batmap_dirty_last_, sector);
+  }
+}
+
+Status VhdImage::ClearBatmapBitForTesting(uint32_t block) {
+  if (!has_batmap_ || !TestBit(batmap_, block)) return Status::Ok();
+  batmap_[block / 8] &= static_cast<uint8_t>(~(0x80u >> (block % 8)));
+  bitmaps_.erase(block);
+  batmap_dirty_first_ = batmap_dirty_last_ = block / 8 / kSectorSize;
+  BLK_RETURN_IF_ERROR(WriteBatmap());
+  return file_->Sync();
+}
+
+std::array<VhdImage::MetadataWrite, 2> VhdImage::PendingBatmapWrites() {
+  uint64_t first = batmap_dirty_first_;
+  uint64_t count = uint64_t{batmap_dirty_last_} - first + 1;
+  batmap_header_.checksum = BatmapChecksum(batmap_);
+  EncodeBatmapHeader(batmap_header_, batmap_header_sector_);
+  return {MetadataWrite{batmap_header_.batmap_offset + first * kSectorSize,
+                        std::span<const uint8_t>(batmap_).subspan(first * kSectorSize, count * kSectorSize)},
+          MetadataWrite{batmap_header_offset_, batmap_header_sector_}};
+}
+
+Status VhdImage::WriteBatmap() {
+  if (!batmap_dirty()) return Status::Ok();
+  for (const MetadataWrite& write : PendingBatmapWrites())
+    BLK_RETURN_IF_ERROR(file_->WriteAt(write.file_offset, write.bytes));
+  BatmapWritten();
+  return Status::Ok();
 }
 
 Status VhdImage::WriteFooters() {
@@ -224,6 +256,7 @@ Status VhdImage::WriteFooters() {
 
 Status VhdImage::Flush() {
   if (!writable_) return Status::Ok();
+  BLK_RETURN_IF_ERROR(WriteBatmap());
   BLK_RETURN_IF_ERROR(file_->Sync());
   if (footer_dirty_) BLK_RETURN_IF_ERROR(WriteFooters());
   return Status::Ok();

@@ -433,6 +433,84 @@ TEST_F(SteppedVhdTest, FlushOfAnImageOpenedFromItsFooterCopyRewritesTheFooter) {
   EXPECT_TRUE((*reopened)->top().notes().empty());
 }
 
+// What the file's batmap says of `blocks`, read by a separate opening of the image (as XenServer's tools would
+// read it), and whether that opening found the batmap's checksum good.
+std::vector<bool> BatmapOnDisk(const std::string& path, std::initializer_list<uint32_t> blocks) {
+  std::vector<bool> bits;
+  auto chain = vhd::VhdChain::Open(path, false);
+  EXPECT_TRUE(chain.ok()) << chain.status().ToString();
+  if (!chain.ok()) return bits;
+  EXPECT_TRUE((*chain)->top().has_batmap());
+  for (const std::string& note : (*chain)->top().notes()) ADD_FAILURE() << "opening noted: " << note;
+  for (uint32_t block : blocks) bits.push_back((*chain)->top().BatmapBit(block));
+  return bits;
+}
+
+// tapdisk's batmap: a block the backend allocated is marked full in the file by the next flush (not before:
+// the batmap is written with the flush's sync), and the bits of other blocks stay clear.
+TEST_F(SteppedVhdTest, BlocksAllocatedThroughTheBackendAreMarkedInTheBatmapByTheNextFlush) {
+  vhd::CreateOptions options = vhd::CreateOptions::Dynamic(kDiskBytes);
+  options.block_size = 1u << 20;
+  ASSERT_TRUE(vhd::CreateImage(path_, options).ok());
+  Connect();
+  ASSERT_TRUE(image().leaf().has_batmap());
+  Bytes first = Pattern(4096, 1), fourth = Pattern(8192, 4);
+  ASSERT_EQ(Do(IoOp::kWrite, 8, first), BLKIF_RSP_OKAY);
+  ASSERT_EQ(Do(IoOp::kWrite, (3u << 20) >> 9, fourth), BLKIF_RSP_OKAY);
+  EXPECT_EQ(BatmapOnDisk(path_, {0, 1, 3}), (std::vector<bool>{false, false, false}));
+  Bytes none;
+  ASSERT_EQ(Do(IoOp::kFlushDiskCache, 0, none), BLKIF_RSP_OKAY);
+  EXPECT_EQ(BatmapOnDisk(path_, {0, 1, 2, 3}), (std::vector<bool>{true, false, false, true}));
+  ExpectChecks(path_);
+  // Allocated and never flushed: closing the device writes the batmap.
+  Bytes sixth = Pattern(4096, 6);
+  ASSERT_EQ(Do(IoOp::kWrite, (5u << 20) >> 9, sixth), BLKIF_RSP_OKAY);
+  guest_.reset();
+  EXPECT_EQ(BatmapOnDisk(path_, {0, 3, 4, 5}), (std::vector<bool>{true, true, false, true}));
+  ExpectChecks(path_);
+}
+
+// A partly filled block (as tapdisk leaves them) that the guest fills: its bitmap write is not durable until a
+// sync covers it, so the batmap bit may follow only after such a sync - never ahead of the bitmap.
+TEST_F(SteppedVhdTest, APartlyFilledBlockThatBecomesFullIsMarkedInTheBatmapOnlyAfterASyncCoveredItsBitmap) {
+  vhd::CreateOptions options = vhd::CreateOptions::Dynamic(kDiskBytes);
+  options.block_size = 64u << 10;
+  ASSERT_TRUE(vhd::CreateImage(path_, options).ok());
+  uint64_t bitmap_offset = 0;
+  {
+    auto chain = vhd::VhdChain::Open(path_, true);
+    ASSERT_TRUE(chain.ok());
+    ASSERT_TRUE((*chain)->top().Write(0, Pattern(64u << 10, 2)).ok());
+    bitmap_offset = uint64_t{(*chain)->top().bat_entry(0)} * 512;
+  }
+  // Only the first half of block 0 is present now, and its batmap bit is cleared to match (sector 0 of the
+  // batmap: the batmap header's checksum must be made to agree).
+  Bytes bitmap(512, 0);
+  std::fill_n(bitmap.begin(), 8, 0xFF);  // sectors 0..63
+  int fd = ::open(path_.c_str(), O_WRONLY);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::pwrite(fd, bitmap.data(), bitmap.size(), static_cast<off_t>(bitmap_offset)), 512);
+  ::close(fd);
+  {
+    auto chain = vhd::VhdChain::Open(path_, true);
+    ASSERT_TRUE(chain.ok());
+    ASSERT_TRUE((*chain)->top().ClearBatmapBitForTesting(0).ok());
+  }
+  ASSERT_EQ(BatmapOnDisk(path_, {0}), (std::vector<bool>{false}));
+  Connect();
+  Bytes second_half = Pattern(32u << 10, 3);
+  ASSERT_EQ(Do(IoOp::kWrite, 64, second_half), BLKIF_RSP_OKAY);
+  EXPECT_TRUE(image().leaf().BlockFull(0));
+  Bytes none;
+  ASSERT_EQ(Do(IoOp::kFlushDiskCache, 0, none), BLKIF_RSP_OKAY);
+  EXPECT_EQ(BatmapOnDisk(path_, {0}), (std::vector<bool>{false})) << "the batmap ran ahead of the bitmap's sync";
+  EXPECT_TRUE(image().leaf().BatmapBit(0)) << "the sync covered the bitmap: the bit is due";
+  ASSERT_EQ(Do(IoOp::kFlushDiskCache, 0, none), BLKIF_RSP_OKAY);
+  EXPECT_EQ(BatmapOnDisk(path_, {0}), (std::vector<bool>{true}));
+  guest_.reset();
+  ExpectChecks(path_);
+}
+
 TEST_F(SteppedVhdTest, ReadOnlyVhdServesReadsAndRefusesWrites) {
   Bytes model = MakeParent(path_);
   BlkfrontConfig config;
