@@ -45,6 +45,26 @@ TEST(InitTest, TheExampleConfigurationIsValidAndStatesTheDefaults) {
   EXPECT_EQ(read.control_socket, defaults.control_socket);
   EXPECT_EQ(read.stats_dir, defaults.stats_dir);
   EXPECT_EQ(read.shutdown_timeout_ms, defaults.shutdown_timeout_ms);
+  EXPECT_EQ(read.daemon.io_retry_seconds, defaults.daemon.io_retry_seconds);
+}
+
+// The file says it has every key: each option --help shows with a [default] is there, set to that default.
+TEST(InitTest, TheExampleConfigurationHasEveryKeyTheHelpShowsWithItsDefault) {
+  std::string conf = ReadFile(kInit + "/blkbackd.conf");
+  std::istringstream usage(UsageText());
+  std::string line;
+  int keys = 0;
+  while (std::getline(usage, line)) {
+    if (line.rfind("  --", 0) != 0 || line.back() != ']') continue;
+    std::string key = line.substr(4, line.find(' ', 4) - 4);
+    std::string value = line.substr(line.rfind('[') + 1);
+    value.pop_back();
+    if (key == "config") continue;  // where the file itself is
+    ++keys;
+    EXPECT_NE(conf.find("\n" + key + " = " + value + "\n"), std::string::npos)
+        << "blkbackd.conf lacks the line: " << key << " = " << value;
+  }
+  EXPECT_GE(keys, 15);
 }
 
 TEST(InitTest, TheUnitPassesSystemdsChecker) {
