@@ -4,10 +4,10 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#include <time.h>
-
 #include <algorithm>
 #include <cerrno>
+
+#include "base/clock.h"
 
 namespace blk {
 
@@ -57,16 +57,6 @@ void AioEngine::PrepareFdsync(iocb* cb, int fd, void* tag) const {
   io_set_eventfd(cb, event_fd_.get());
   cb->data = tag;
 }
-
-namespace {
-
-uint64_t MonotonicNs() {
-  timespec now;
-  ::clock_gettime(CLOCK_MONOTONIC, &now);
-  return static_cast<uint64_t>(now.tv_sec) * 1000000000ull + static_cast<uint64_t>(now.tv_nsec);
-}
-
-}  // namespace
 
 size_t AioEngine::Submit(std::span<iocb*> batch, Status* first_error) {
   if (faults_ != nullptr) [[unlikely]]

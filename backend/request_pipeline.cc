@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "base/clock.h"
 #include "base/log.h"
 #include "formats/discard.h"
 #include "formats/raw_image.h"
@@ -51,11 +52,6 @@ bool IsTransient(int error) {
 constexpr uint32_t kFirstRetryDelayMs = 1;
 constexpr uint32_t kMaxRetryDelayMs = 1000;
 
-uint64_t NowNs() {
-  timespec now;
-  ::clock_gettime(CLOCK_MONOTONIC, &now);
-  return static_cast<uint64_t>(now.tv_sec) * 1000000000ull + static_cast<uint64_t>(now.tv_nsec);
-}
 
 }  // namespace
 
@@ -237,7 +233,7 @@ void RequestPipeline::Admit(const Request& request) {
       request.operation == BLKIF_OP_WRITE_BARRIER || request.operation == BLKIF_OP_FLUSH_DISKCACHE;
   slot.stage = Stage::kQueued;
   slot.may_merge = true;
-  slot.taken_ns = NowNs();
+  slot.taken_ns = MonotonicNs();
   slot.done = 0;
   slot.retry_deadline_ns = 0;
   in_flight_.store(in_flight_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
@@ -516,7 +512,7 @@ void RequestPipeline::FailIo(Slot& slot, const char* why) {
 }
 
 void RequestPipeline::RetryLater(Slot& slot, const char* why) {
-  uint64_t now = NowNs();
+  uint64_t now = MonotonicNs();
   if (slot.retry_deadline_ns == 0) {
     slot.retry_deadline_ns = now + aio_.io_retry_ns();
     slot.retry_delay_ms = kFirstRetryDelayMs;
@@ -537,7 +533,7 @@ void RequestPipeline::RetryLater(Slot& slot, const char* why) {
 }
 
 void RequestPipeline::RunDueRetries() {
-  uint64_t now = NowNs();
+  uint64_t now = MonotonicNs();
   next_retry_ns_ = 0;
   for (size_t i = 0; i < retrying_.size();) {
     Slot& slot = slots_[retrying_[i]];
@@ -614,7 +610,7 @@ void RequestPipeline::Respond(Slot& slot, int16_t status) {
   responses_pending_ = true;
   if (slot.request.operation == BLKIF_OP_WRITE_BARRIER) barrier_running_ = false;
   --started_;
-  latency_.Record(NowNs() - slot.taken_ns);
+  latency_.Record(MonotonicNs() - slot.taken_ns);
   in_flight_.store(in_flight_.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
   slot.stage = Stage::kFree;
   free_slots_.push_back(SlotIndex(slot));

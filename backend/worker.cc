@@ -12,6 +12,7 @@
 #include <condition_variable>
 #include <cstring>
 
+#include "base/clock.h"
 #include "base/log.h"
 
 namespace blk {
@@ -83,16 +84,6 @@ uint32_t Worker::retiring_requests() const {
 void Worker::ReapRetired() {
   std::erase_if(retiring_, [](const std::unique_ptr<RequestPipeline>& p) { return p->outstanding() == 0; });
 }
-
-namespace {
-
-uint64_t MonotonicNs() {
-  timespec now;
-  ::clock_gettime(CLOCK_MONOTONIC, &now);
-  return static_cast<uint64_t>(now.tv_sec) * 1000000000ull + static_cast<uint64_t>(now.tv_nsec);
-}
-
-}  // namespace
 
 bool Worker::RunOnce(int timeout_ms) {
   bool deferred = false;

@@ -94,6 +94,19 @@ class VhdFaultTest : public FaultTest {
     EXPECT_EQ(ReadBack(path_, kBlock, 4096), again);
   }
 
+  // `rule` fails one write of a new block's allocation, while a write in place into block 0 goes in the same
+  // round: only the allocating write fails, and the image recovers.
+  void ExpectOnlyTheAllocatingWriteFails(FaultRule rule, uint32_t seed) {
+    rule.times = 1;
+    faults_.Add(rule);
+    Bytes fresh = Pattern(4096, seed), in_place = Pattern(4096, seed + 1);
+    auto [fresh_status, in_place_status] = WriteNewAndInPlace(fresh, in_place);
+    EXPECT_EQ(faults_.fired(), 1u);
+    EXPECT_EQ(fresh_status, BLKIF_RSP_ERROR);
+    EXPECT_EQ(in_place_status, BLKIF_RSP_OKAY);
+    ExpectRecovered(in_place);
+  }
+
   std::string path_;
   Guest* guest_ = nullptr;
   uint64_t end_before_ = 0;
@@ -102,38 +115,16 @@ class VhdFaultTest : public FaultTest {
 
 TEST_F(VhdFaultTest, NoSpaceForTheNewBlockFailsOnlyThatWrite) {
   // The new block and its footer go at the end of the file.
-  FaultRule rule = WriteRule(-1, end_before_ - 512, UINT64_MAX, ENOSPC);
-  rule.times = 1;
-  faults_.Add(rule);
-  Bytes fresh = Pattern(4096, 2), in_place = Pattern(4096, 3);
-  auto [fresh_status, in_place_status] = WriteNewAndInPlace(fresh, in_place);
-  EXPECT_EQ(fresh_status, BLKIF_RSP_ERROR);
-  EXPECT_EQ(in_place_status, BLKIF_RSP_OKAY);
-  ExpectRecovered(in_place);
+  ExpectOnlyTheAllocatingWriteFails(WriteRule(-1, end_before_ - 512, UINT64_MAX, ENOSPC), 2);
 }
 
 TEST_F(VhdFaultTest, NoSpaceForTheBlockWhileItsFooterLandedFailsOnlyThatWrite) {
   // Only the 2 MiB block write fails; the new footer past it is written.
-  FaultRule rule = WriteRule(-1, end_before_ - 512, end_before_ + kBlock - 512, ENOSPC);
-  rule.times = 1;
-  faults_.Add(rule);
-  Bytes fresh = Pattern(4096, 4), in_place = Pattern(4096, 5);
-  auto [fresh_status, in_place_status] = WriteNewAndInPlace(fresh, in_place);
-  EXPECT_EQ(fresh_status, BLKIF_RSP_ERROR);
-  EXPECT_EQ(in_place_status, BLKIF_RSP_OKAY);
-  ExpectRecovered(in_place);
+  ExpectOnlyTheAllocatingWriteFails(WriteRule(-1, end_before_ - 512, end_before_ + kBlock - 512, ENOSPC), 4);
 }
 
 TEST_F(VhdFaultTest, FailedBatSectorWriteFailsOnlyThatWrite) {
-  FaultRule rule = WriteRule(-1, bat_, bat_ + 512, EIO);
-  rule.times = 1;
-  faults_.Add(rule);
-  Bytes fresh = Pattern(4096, 6), in_place = Pattern(4096, 7);
-  auto [fresh_status, in_place_status] = WriteNewAndInPlace(fresh, in_place);
-  EXPECT_EQ(faults_.fired(), 1u);
-  EXPECT_EQ(fresh_status, BLKIF_RSP_ERROR);
-  EXPECT_EQ(in_place_status, BLKIF_RSP_OKAY);
-  ExpectRecovered(in_place);
+  ExpectOnlyTheAllocatingWriteFails(WriteRule(-1, bat_, bat_ + 512, EIO), 6);
 }
 
 TEST_F(VhdFaultTest, TransientErrorsAndShortTransfersDuringAnAllocationAreRetriedToSuccess) {
