@@ -46,6 +46,11 @@ struct BlkbackDaemonOptions {
   uint32_t max_ring_page_order = 4;
   // 0: as many queues as workers.
   uint32_t max_queues = 0;
+  // feature-max-indirect-segments offered to frontends; 0: indirect descriptors off.
+  uint32_t max_indirect_segments = 256;
+  // feature-persistent offered, and how many grants each ring keeps mapped (Linux blkback: 1056).
+  bool persistent_grants = true;
+  uint32_t persistent_grants_per_ring = 1056;
   // How often the loop looks for rings a frontend broke, in milliseconds.
   int health_check_ms = 100;
 };
