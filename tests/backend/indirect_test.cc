@@ -30,6 +30,7 @@ class IndirectDatapathTest : public ::testing::Test {
     BlkfrontConfig config;
     config.indirect_segments = front_segments;
     config.max_outstanding = depth;
+    config.spare_pages = 512;  // for the hand-made requests' pages
     guest_ = std::make_unique<Guest>(sim_, path_, 1, config, false, *worker_, true, 0, ImageFormatHint::kRaw,
                                      true, offered);
   }
@@ -233,6 +234,68 @@ TEST_F(IndirectDatapathTest, MoreIndirectRequestsThanLargeBuffersWaitAndAllCompl
   done = Step(kRequests);
   ASSERT_EQ(done.size(), kRequests);
   for (unsigned r = 0; r < kRequests; ++r) EXPECT_EQ(back[r], data[r]) << "request " << r;
+}
+
+TEST_F(IndirectDatapathTest, BadIndirectRequestsInOneBatchWithGoodOnesFailAlone) {
+  Connect(kOffered);
+  struct Bad {
+    const char* what;
+    Request request;
+  };
+  std::vector<Bad> bad;
+  GrantRef ref;
+  uint32_t frame = 0;
+  Request revoked = MakeIndirect(BLKIF_OP_WRITE, 512, 16, 0xE1, &ref);
+  ASSERT_TRUE(front().domain().Revoke(ref).ok());
+  bad.push_back({"unreadable indirect page", revoked});
+  bad.push_back({"more segments than offered", MakeIndirect(BLKIF_OP_WRITE, 1024, kOffered + 1, 0xE2, &ref)});
+  Request flush_op = MakeIndirect(BLKIF_OP_WRITE, 1536, 8, 0xE3, &ref);
+  flush_op.indirect_op = BLKIF_OP_FLUSH_DISKCACHE;
+  bad.push_back({"indirect_op FLUSH", flush_op});
+  Request junk_op = MakeIndirect(BLKIF_OP_WRITE, 1600, 8, 0xE4, &ref);
+  junk_op.indirect_op = 99;
+  bad.push_back({"indirect_op 99", junk_op});
+  Request nested = MakeIndirect(BLKIF_OP_WRITE, 1664, 8, 0xE5, &ref);
+  nested.indirect_op = BLKIF_OP_INDIRECT;
+  bad.push_back({"indirect_op INDIRECT", nested});
+  Request descriptor = MakeIndirect(BLKIF_OP_WRITE, 1728, 8, 0xE6, &ref, &frame);
+  reinterpret_cast<abi::Segment*>(front().domain().PageAddress(frame))[3].first_sect = 9;
+  bad.push_back({"first_sect beyond the page", descriptor});
+  Request empty = MakeIndirect(BLKIF_OP_WRITE, 1792, 1, 0xE7, &ref);
+  empty.nr_segments = 0;
+  bad.push_back({"no segments", empty});
+  for (const Bad& b : bad) PlaceRaw(b.request);
+  // Good requests published in the same batch: an indirect write of 32 pages and a direct one of 4 KiB.
+  Bytes big(32 * kPageSize), small(4096);
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<uint8_t>(i / 512 + 1);
+  std::fill(small.begin(), small.end(), 0x5A);
+  ASSERT_TRUE(front().Queue({IoOp::kWrite, 0, big.size(), big.data(), 1}).ok());
+  ASSERT_TRUE(front().Queue({IoOp::kWrite, 4096, small.size(), small.data(), 2}).ok());
+  ASSERT_TRUE(front().Push().ok());
+  auto done = Step(2);
+  ASSERT_EQ(done.size(), 2u);
+  for (const IoCompletion& c : done) EXPECT_EQ(c.status, BLKIF_RSP_OKAY);
+  for (const Bad& b : bad) {
+    SCOPED_TRACE(b.what);
+    auto response = StepForRaw(b.request.id);
+    ASSERT_TRUE(response.has_value());
+    EXPECT_EQ(response->status, BLKIF_RSP_ERROR);
+  }
+  EXPECT_EQ(guest_->device->stats().bad_req.load(), bad.size() - 1) << "all but the unreadable page are bad requests";
+  EXPECT_FALSE(guest_->device->broken());
+  EXPECT_TRUE(front().broken().ok()) << front().broken().ToString();
+  // The good data is on disk; nothing of the bad requests is.
+  Bytes big_back(big.size()), small_back(small.size());
+  ASSERT_TRUE(front().Queue({IoOp::kRead, 0, big_back.size(), big_back.data(), 3}).ok());
+  ASSERT_TRUE(front().Queue({IoOp::kRead, 4096, small_back.size(), small_back.data(), 4}).ok());
+  ASSERT_TRUE(front().Push().ok());
+  ASSERT_EQ(Step(2).size(), 2u);
+  EXPECT_EQ(big_back, big);
+  EXPECT_EQ(small_back, small);
+  Bytes untouched(1792 * 512 + 4096 - 512 * 512);
+  ASSERT_TRUE(front().Submit({IoOp::kRead, 512, untouched.size(), untouched.data(), 5}).ok());
+  ASSERT_EQ(Step(1).size(), 1u);
+  EXPECT_EQ(untouched, Bytes(untouched.size(), 0)) << "a refused indirect write reached the disk";
 }
 
 }  // namespace
