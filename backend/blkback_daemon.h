@@ -49,6 +49,11 @@ struct BlkbackDaemonOptions {
   // How long a request whose I/O fails with a transient error (EAGAIN, EINTR, ENOMEM, EBUSY) is retried, with
   // a growing back-off, before it fails; like tapdisk's.
   unsigned io_retry_seconds = 120;
+  // feature-max-indirect-segments offered to frontends; 0: indirect descriptors off.
+  uint32_t max_indirect_segments = 256;
+  // feature-persistent offered, and how many grants each ring keeps mapped (Linux blkback: 1056).
+  bool persistent_grants = true;
+  uint32_t persistent_grants_per_ring = 1056;
   // How often the loop looks for rings a frontend broke, in milliseconds.
   int health_check_ms = 100;
 };

@@ -9,8 +9,14 @@
 namespace blk {
 
 BackendDeviceOps::BackendDeviceOps(std::string name, Hypervisor hypervisor, std::vector<Worker*> workers,
-                                   bool direct_io)
-    : name_(std::move(name)), hypervisor_(hypervisor), workers_(std::move(workers)), direct_io_(direct_io) {}
+                                   bool direct_io, uint32_t max_indirect_segments,
+                                   size_t persistent_grants_per_ring)
+    : name_(std::move(name)),
+      hypervisor_(hypervisor),
+      workers_(std::move(workers)),
+      direct_io_(direct_io),
+      max_indirect_segments_(max_indirect_segments),
+      persistent_grants_per_ring_(persistent_grants_per_ring) {}
 
 BackendDeviceOps::~BackendDeviceOps() { Disconnect(); }
 
@@ -24,6 +30,7 @@ Result<BlkifDiskInfo> BackendDeviceOps::Open(const BackendConfig& config) {
   device_config.read_only = !config.writable || config.device_type == DeviceType::kCdrom;
   device_config.direct = direct_io_;
   device_config.discard = config.discard_enable;
+  device_config.max_indirect_segments = max_indirect_segments_;
   Result<std::unique_ptr<Device>> device = Device::Open(device_config);
   if (!device.ok()) return device.status();
   device_ = std::move(device).value();
@@ -34,6 +41,7 @@ Result<BlkifDiskInfo> BackendDeviceOps::Open(const BackendConfig& config) {
   info.read_only = device_->limits().read_only;
   info.discard = device_->limits().discard;
   info.discard_granularity = device_->discard_granularity();
+  info.max_indirect_segments = device_->limits().max_indirect_segments;
   return info;
 }
 
@@ -52,6 +60,8 @@ Status BackendDeviceOps::Connect(uint32_t frontend_id, const FrontendTransport& 
     connection.ring_refs.assign(transport.queues[q].ring_refs.begin(), transport.queues[q].ring_refs.end());
     connection.event_channel = transport.queues[q].event_channel;
     connection.abi = *abi;
+    connection.persistent = transport.persistent;
+    connection.persistent_capacity = persistent_grants_per_ring_;
     Status connected =
         device_->Connect(hypervisor_, connection, *workers_[one_worker ? vhd_worker : q % workers_.size()]);
     if (!connected.ok()) {

@@ -13,6 +13,7 @@
 #include "backend/device.h"
 #include "backend/worker.h"
 #include "ring/hypervisor.h"
+#include "ring/persistent_grants.h"
 #include "xenstore/blkif_backend.h"
 
 namespace blk {
@@ -20,7 +21,10 @@ namespace blk {
 class BackendDeviceOps final : public BlkifDeviceOps {
  public:
   // `workers` must outlive this object.
-  BackendDeviceOps(std::string name, Hypervisor hypervisor, std::vector<Worker*> workers, bool direct_io);
+  // `max_indirect_segments`: what the device offers (feature-max-indirect-segments), 0 for none.
+  BackendDeviceOps(std::string name, Hypervisor hypervisor, std::vector<Worker*> workers, bool direct_io,
+                   uint32_t max_indirect_segments = 0,
+                   size_t persistent_grants_per_ring = PersistentGrantCache::kDefaultCapacity);
   ~BackendDeviceOps() override;
 
   // Raw and VHD images: the params prefix names the format; a bare path is probed (a VHD footer at the end
@@ -38,6 +42,8 @@ class BackendDeviceOps final : public BlkifDeviceOps {
   Hypervisor hypervisor_;
   std::vector<Worker*> workers_;
   bool direct_io_;
+  uint32_t max_indirect_segments_;
+  size_t persistent_grants_per_ring_;
   std::unique_ptr<Device> device_;
 };
 

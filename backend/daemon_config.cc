@@ -127,6 +127,18 @@ const Key kKeys[] = {
      [](std::string_view v, BlkbackdConfig* c) {
        return SetUnsigned("max-queues", v, 0, 64, &c->daemon.max_queues);
      }},
+    {"max-indirect-segments", "N", "segments per indirect request offered to frontends; 0 = off [256]",
+     [](std::string_view v, BlkbackdConfig* c) {
+       return SetUnsigned("max-indirect-segments", v, 0, 4096, &c->daemon.max_indirect_segments);
+     }},
+    {"feature-persistent", "yes|no", "offer persistent grants to frontends [yes]",
+     [](std::string_view v, BlkbackdConfig* c) {
+       return SetBool("feature-persistent", v, &c->daemon.persistent_grants);
+     }},
+    {"max-persistent-grants", "N", "grants each ring keeps mapped with persistent grants [1056]",
+     [](std::string_view v, BlkbackdConfig* c) {
+       return SetUnsigned("max-persistent-grants", v, 1, 65536, &c->daemon.persistent_grants_per_ring);
+     }},
     {"poll-us", "N", "after serving, a worker polls its rings this long before sleeping [0]",
      [](std::string_view v, BlkbackdConfig* c) {
        return SetUnsigned("poll-us", v, 0, 1000000, &c->daemon.poll_us);

@@ -28,6 +28,7 @@ Result<std::unique_ptr<Device>> Device::Open(const DeviceConfig& config) {
   DiscardSupport discard;
   if ((*image)->format() == ImageFormat::kRaw) discard = ProbeDiscard(static_cast<RawImage&>(**image).fd());
   limits.discard = config.discard && !limits.read_only && discard.supported;
+  limits.max_indirect_segments = config.max_indirect_segments;
   uint32_t granularity = std::max(discard.granularity, limits.logical_block_size);
   Log(LogLevel::kInfo, config.name.c_str(), "opened %s (%s): %llu bytes, %u-byte sectors, %s%s",
       config.path.c_str(), ImageFormatName((*image)->format()),

@@ -35,6 +35,7 @@ struct DeviceConfig {
   bool direct = true;
   uint32_t logical_block_size = 0;  // 0: the image's own
   bool discard = true;              // offer discard where the storage takes it (the toolstack may forbid it)
+  uint32_t max_indirect_segments = 0;  // feature-max-indirect-segments offered; 0: none
 };
 
 enum class PauseState : uint8_t { kRunning, kPausing, kPaused };

@@ -49,9 +49,18 @@ bool IsTransient(int error) {
   return error == EAGAIN || error == EINTR || error == ENOMEM || error == EBUSY;
 }
 
+// What a response names: an INDIRECT request is answered as the READ or WRITE it carried (Linux blkfront
+// matches the response's operation against the one it queued).
+uint8_t ResponseOperation(const Request& request) {
+  return request.operation == BLKIF_OP_INDIRECT ? request.indirect_op : request.operation;
+}
+
+size_t LargeBufferBytes(uint32_t max_segments) {
+  return (size_t{max_segments} + IndirectPages(max_segments)) * kPageSize;
+}
+
 constexpr uint32_t kFirstRetryDelayMs = 1;
 constexpr uint32_t kMaxRetryDelayMs = 1000;
-
 
 }  // namespace
 
@@ -71,20 +80,29 @@ Result<std::unique_ptr<RequestPipeline>> RequestPipeline::Create(std::string nam
   if (!ring.ok()) return ring.status().Annotate(name + ": mapping the ring: ");
   auto channel = hypervisor.events.BindInterdomain(connection.frontend_domid, connection.event_channel);
   if (!channel.ok()) return channel.status().Annotate(name + ": binding the event channel: ");
+  if (limits.max_indirect_segments > kMaxIndirectSegments) {
+    return Status::InvalidArgument(name + ": max-indirect-segments " +
+                                   std::to_string(limits.max_indirect_segments) + " beyond " +
+                                   std::to_string(kMaxIndirectSegments));
+  }
   uint32_t slots = RingSlots(connection.abi, pages);
-  size_t buffer_bytes = slots * kSlotBufferBytes;
+  uint32_t large_buffers = limits.max_indirect_segments == 0 ? 0 : std::min(slots, kIndirectBuffers);
+  size_t buffer_bytes =
+      slots * kSlotBufferBytes + large_buffers * LargeBufferBytes(limits.max_indirect_segments);
   void* buffers = ::mmap(nullptr, buffer_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (buffers == MAP_FAILED) return Status::FromErrno(errno, name + ": allocating bounce buffers");
   return std::unique_ptr<RequestPipeline>(
       new RequestPipeline(std::move(name), hypervisor, std::move(*ring), pages, connection.abi,
                           std::move(*channel), connection.frontend_domid, std::move(image), limits, aio,
-                          std::move(stats), Mapping(buffers, buffer_bytes)));
+                          std::move(stats), Mapping(buffers, buffer_bytes), large_buffers,
+                          connection.persistent, connection.persistent_capacity));
 }
 
 RequestPipeline::RequestPipeline(std::string name, Hypervisor& hypervisor, GrantMapping ring_mapping,
                                  size_t ring_pages, Abi abi, std::unique_ptr<EventChannel> channel,
                                  DomId frontend, std::shared_ptr<DiskImage> image, const DiskLimits& limits,
-                                 AioEngine& aio, std::shared_ptr<DeviceStats> stats, Mapping buffers)
+                                 AioEngine& aio, std::shared_ptr<DeviceStats> stats, Mapping buffers,
+                                 uint32_t large_buffers, bool persistent, size_t persistent_capacity)
     : name_(std::move(name)),
       hypervisor_(hypervisor),
       ring_mapping_(std::move(ring_mapping)),
@@ -100,6 +118,13 @@ RequestPipeline::RequestPipeline(std::string name, Hypervisor& hypervisor, Grant
       stats_(*stats_owner_),
       buffers_(std::move(buffers)) {
   uint32_t slots = ring_.slots();
+  const uint32_t max_indirect = limits_.max_indirect_segments;
+  if (persistent) {
+    persistent_ = std::make_unique<PersistentGrantCache>(hypervisor_.grants, frontend_, persistent_capacity);
+    size_t segments = size_t{slots} * kMaxDirectSegments + size_t{large_buffers} * max_indirect;
+    direct_iovecs_.resize(segments);
+    direct_mapped_.resize(segments);
+  }
   slots_.resize(slots);
   free_slots_.reserve(slots);
   for (uint32_t i = 0; i < slots; ++i) {
@@ -107,15 +132,35 @@ RequestPipeline::RequestPipeline(std::string name, Hypervisor& hypervisor, Grant
     slot.tag.handler = this;
     slot.buffer = buffers_.as<uint8_t>() + static_cast<size_t>(i) * kSlotBufferBytes;
     slot.stage = Stage::kFree;
+    slot.large = kNoSlot;
+    slot.fetching_indirect = false;
+    slot.segments = slot.request.segments.data();
+    slot.segment_count = 0;
+    slot.zero_copy = false;
+    slot.segment_iovecs = persistent ? &direct_iovecs_[size_t{i} * kMaxDirectSegments] : nullptr;
+    slot.segment_mapped = persistent ? &direct_mapped_[size_t{i} * kMaxDirectSegments] : nullptr;
     free_slots_.push_back(slots - 1 - i);
   }
+  uint8_t* large_area = buffers_.as<uint8_t>() + static_cast<size_t>(slots) * kSlotBufferBytes;
+  indirect_segments_.resize(static_cast<size_t>(large_buffers) * max_indirect);
+  for (uint32_t i = 0; i < large_buffers; ++i) {
+    uint8_t* data = large_area + static_cast<size_t>(i) * LargeBufferBytes(max_indirect);
+    size_t first_segment = size_t{slots} * kMaxDirectSegments + size_t{i} * max_indirect;
+    large_.push_back({data, data + static_cast<size_t>(max_indirect) * kPageSize,
+                      indirect_segments_.data() + static_cast<size_t>(i) * max_indirect,
+                      persistent ? &direct_iovecs_[first_segment] : nullptr,
+                      persistent ? &direct_mapped_[first_segment] : nullptr});
+    free_large_.push_back(large_buffers - 1 - i);
+  }
+  indirect_writes_.reserve(large_buffers);
   iovecs_.resize(static_cast<size_t>(slots) * kMaxMergedRequests);
   for (uint32_t i = 0; i < slots; ++i)
     slots_[i].iovecs = &iovecs_[static_cast<size_t>(i) * kMaxMergedRequests];
   ready_.reserve(slots);
   queue_.resize(slots);
   taken_.resize(slots);
-  copies_.reserve(static_cast<size_t>(slots) * kMaxDirectSegments);
+  copies_.reserve(static_cast<size_t>(slots) * kMaxDirectSegments +
+                  static_cast<size_t>(large_buffers) * (max_indirect + IndirectPages(max_indirect)));
   copy_slots_.reserve(slots);
   // A VHD request may have several iocbs in flight (its pieces, or a new block and its footer).
   size_t iocbs = image_->format() == ImageFormat::kVhd ? size_t{slots} * VhdIo::kOpsPerRequest : slots;
@@ -161,6 +206,7 @@ void RequestPipeline::Pump() {
   // answer would keep this loop, and every other ring of the worker, waiting: a round takes a ring's worth.
   size_t budget = ring_.slots();
   another_round_ = false;
+  if (persistent_) SweepPersistentGrants();
   for (;;) {
     while (!broken() && !stopped_ && pause_state_ == PauseState::kRunning && !free_slots_.empty()) {
       if (budget == 0) {
@@ -194,9 +240,19 @@ void RequestPipeline::Pump() {
   }
 }
 
+void RequestPipeline::SweepPersistentGrants() {
+  // Once a second of activity; a grant not used for kIdleSweeps of them is unmapped.
+  constexpr uint64_t kSweepIntervalNs = 1000000000ull;
+  constexpr unsigned kIdleSweeps = 10;
+  uint64_t now = MonotonicNs();
+  if (now - last_sweep_ns_ < kSweepIntervalNs) return;
+  last_sweep_ns_ = now;
+  persistent_->Sweep(kIdleSweeps);
+}
+
 void RequestPipeline::Admit(const Request& request) {
   Validation validation = ValidateRequest(request, limits_);
-  switch (request.operation) {
+  switch (ResponseOperation(request)) {
     case BLKIF_OP_READ:
       DeviceStats::Add(stats_.rd_req, 1);
       break;
@@ -231,6 +287,13 @@ void RequestPipeline::Admit(const Request& request) {
   slot.pre_sync = request.operation == BLKIF_OP_WRITE_BARRIER && slot.length > 0;
   slot.post_sync =
       request.operation == BLKIF_OP_WRITE_BARRIER || request.operation == BLKIF_OP_FLUSH_DISKCACHE;
+  slot.segments = slot.request.segments.data();
+  slot.segment_count = request.operation == BLKIF_OP_DISCARD ? 0 : request.nr_segments;
+  if (request.operation == BLKIF_OP_INDIRECT) {
+    // The data size is known once the indirect pages are read; until then it moves nothing.
+    slot.writes = validation.is_write;
+    slot.segment_count = 0;
+  }
   slot.stage = Stage::kQueued;
   slot.may_merge = true;
   slot.taken_ns = MonotonicNs();
@@ -247,19 +310,26 @@ void RequestPipeline::StartQueued() {
     retry = false;
     copies_.clear();
     copy_slots_.clear();
+    for (Slot* slot : indirect_writes_) BeginData(*slot);
+    indirect_writes_.clear();
     while (queue_size_ > 0 && !barrier_running_) {
       Slot& slot = slots_[queue_[queue_head_]];
       bool barrier = slot.request.operation == BLKIF_OP_WRITE_BARRIER;
       if (barrier && started_ > 0) break;  // everything before a barrier is answered before it starts
+      bool indirect = slot.request.operation == BLKIF_OP_INDIRECT;
+      if (indirect && free_large_.empty()) break;  // waits for an indirect request to be answered
       queue_head_ = (queue_head_ + 1) % queue_.size();
       --queue_size_;
       ++started_;
       barrier_running_ = barrier;
-      if (slot.writes) {
-        AddCopies(slot, GrantCopySegment::Direction::kFromGuest);
+      if (indirect) {
+        slot.large = free_large_.back();
+        free_large_.pop_back();
+        slot.buffer = large_[slot.large].data;
+        AddIndirectPageCopies(slot);
         copy_slots_.push_back(&slot);
       } else if (slot.length > 0) {
-        PrepareData(slot);
+        BeginData(slot);
       } else if (slot.request.operation == BLKIF_OP_DISCARD) {
         DiscardNow(slot);
       } else {
@@ -269,23 +339,91 @@ void RequestPipeline::StartQueued() {
     if (copies_.empty()) break;
     Status copied = hypervisor_.grants.Copy(copies_);
     for (Slot* slot : copy_slots_) {
+      if (slot->fetching_indirect) {
+        FinishIndirectFetch(*slot, CopyFailure(*slot, copied));
+        retry = true;  // its data to copy in, or its large buffer free again
+        continue;
+      }
       if (int16_t failure = CopyFailure(*slot, copied); failure != GNTST_okay) {
         Log(LogLevel::kWarning, name_.c_str(), "write id %llu: grant copy from the guest failed (status %d)",
             static_cast<unsigned long long>(slot->request.id), failure);
         DeviceStats::Add(stats_.io_errors, 1);
         Respond(*slot, BLKIF_RSP_ERROR);
         retry = true;  // a failed barrier no longer holds the queue back
-      } else if (slot->pre_sync) {
-        slot->stage = Stage::kPreSync;
-        aio_.PrepareFdsync(&slot->cb, fd_, &slot->tag);
-        submit_.push_back(&slot->cb);
       } else {
-        PrepareData(*slot);
+        WriteDataArrived(*slot);
       }
     }
   }
   if (!reads_done_.empty()) CopyReadsOut();  // VHD reads of holes only: done without the disk
   Submit();
+}
+
+void RequestPipeline::BeginData(Slot& slot) {
+  if (persistent_ && !vhd_) {
+    int16_t failure = MapSegments(slot);
+    if (failure != GNTST_okay) {
+      Log(LogLevel::kWarning, name_.c_str(), "%s id %llu: mapping a persistent grant failed (status %d)",
+          OperationName(ResponseOperation(slot.request)), static_cast<unsigned long long>(slot.request.id),
+          failure);
+      DeviceStats::Add(stats_.io_errors, 1);
+      Respond(slot, BLKIF_RSP_ERROR);
+      return;
+    }
+  }
+  if (!slot.writes) {
+    PrepareData(slot);
+    return;
+  }
+  AddCopies(slot, GrantCopySegment::Direction::kFromGuest);
+  if (slot.copy_count > 0) {
+    copy_slots_.push_back(&slot);
+  } else {
+    WriteDataArrived(slot);  // every segment is a persistently mapped page: nothing to copy
+  }
+}
+
+void RequestPipeline::WriteDataArrived(Slot& slot) {
+  if (slot.pre_sync) {
+    slot.stage = Stage::kPreSync;
+    aio_.PrepareFdsync(&slot.cb, fd_, &slot.tag);
+    submit_.push_back(&slot.cb);
+  } else {
+    PrepareData(slot);
+  }
+}
+
+int16_t RequestPipeline::MapSegments(Slot& slot) {
+  uint32_t packed = 0;
+  for (unsigned i = 0; i < slot.segment_count; ++i) {
+    const RequestSegment& segment = slot.segments[i];
+    size_t bytes = size_t{segment.last_sect - segment.first_sect + 1u} << kSectorShift;
+    Result<uint8_t*> page = persistent_->Acquire(segment.gref);
+    if (page.ok()) {
+      slot.segment_iovecs[i] = {*page + (size_t{segment.first_sect} << kSectorShift), bytes};
+      slot.segment_mapped[i] = 1;
+    } else if (page.status().code() == Status::Code::kBusy) {
+      // Every cached grant is in use: this segment goes through the bounce buffer.
+      slot.segment_iovecs[i] = {slot.buffer + packed, bytes};
+      slot.segment_mapped[i] = 0;
+    } else {
+      for (unsigned j = 0; j < i; ++j) {
+        if (slot.segment_mapped[j]) persistent_->Release(slot.segments[j].gref);
+      }
+      return GNTST_general_error;
+    }
+    packed += static_cast<uint32_t>(bytes);
+  }
+  slot.zero_copy = true;
+  return GNTST_okay;
+}
+
+void RequestPipeline::ReleaseSegments(Slot& slot) {
+  if (!slot.zero_copy) return;
+  for (unsigned i = 0; i < slot.segment_count; ++i) {
+    if (slot.segment_mapped[i]) persistent_->Release(slot.segments[i].gref);
+  }
+  slot.zero_copy = false;
 }
 
 void RequestPipeline::DiscardNow(Slot& slot) {
@@ -339,7 +477,8 @@ void RequestPipeline::BuildDataIocbs() {
     slot.chain_bytes = slot.length;
     slot.chain_next = kNoSlot;
     bool plain = !slot.pre_sync && !slot.post_sync;
-    if (head != nullptr && plain && slot.may_merge && head->may_merge && !head->post_sync &&
+    if (head != nullptr && plain && slot.may_merge && head->may_merge && !slot.zero_copy &&
+        !head->zero_copy && !head->post_sync &&
         !head->pre_sync && slot.writes == head->writes && last->offset + last->length == slot.offset &&
         head->chain_count < kMaxMergedRequests && head->chain_bytes + slot.length <= kMaxMergedBytes) {
       last->chain_next = index;
@@ -357,7 +496,14 @@ void RequestPipeline::BuildDataIocbs() {
 }
 
 void RequestPipeline::SubmitChain(Slot& head) {
-  if (head.chain_count == 1) {
+  if (head.zero_copy) {
+    // An iovec per segment: persistently mapped pages, and bounce-buffer pieces for those not cached.
+    if (head.writes) {
+      aio_.PrepareWritev(&head.cb, fd_, head.segment_iovecs, head.segment_count, head.offset, &head.tag);
+    } else {
+      aio_.PrepareReadv(&head.cb, fd_, head.segment_iovecs, head.segment_count, head.offset, &head.tag);
+    }
+  } else if (head.chain_count == 1) {
     // `done`: what a short transfer already moved.
     if (head.writes) {
       aio_.PrepareWrite(&head.cb, fd_, head.buffer + head.done, head.length - head.done,
@@ -452,8 +598,9 @@ void RequestPipeline::OnCompletion(const io_event& event) {
   }
   if (failed) {
     if (data && result > 0) {
-      // A short transfer moved part of the data: go on with the rest at once.
-      slot.done += static_cast<uint32_t>(result);
+      // A short transfer moved part of the data: go on with the rest at once. (A zero-copy I/O's iovecs
+      // point into the guest's pages: it runs again whole, which is idempotent.)
+      if (!slot.zero_copy) slot.done += static_cast<uint32_t>(result);
       slot.may_merge = false;
       PrepareData(slot);
       return;
@@ -570,7 +717,8 @@ void RequestPipeline::CopyReadsOut() {
   if (reads_done_.empty()) return;
   copies_.clear();
   for (Slot* slot : reads_done_) AddCopies(*slot, GrantCopySegment::Direction::kToGuest);
-  Status copied = hypervisor_.grants.Copy(copies_);
+  // Reads into persistently mapped pages are already in the guest: no copy at all.
+  Status copied = copies_.empty() ? Status::Ok() : hypervisor_.grants.Copy(copies_);
   for (Slot* slot : reads_done_) {
     int16_t failure = CopyFailure(*slot, copied);
     if (failure != GNTST_okay) {
@@ -584,21 +732,87 @@ void RequestPipeline::CopyReadsOut() {
 }
 
 void RequestPipeline::AddCopies(Slot& slot, GrantCopySegment::Direction direction) {
-  slot.first_copy = static_cast<uint16_t>(copies_.size());
+  slot.first_copy = static_cast<uint32_t>(copies_.size());
   uint32_t packed = 0;  // the segments' data lies back to back in the bounce buffer, in disk order
-  for (unsigned i = 0; i < slot.request.nr_segments; ++i) {
-    const RequestSegment& segment = slot.request.segments[i];
+  for (unsigned i = 0; i < slot.segment_count; ++i) {
+    const RequestSegment& segment = slot.segments[i];
     uint16_t bytes = static_cast<uint16_t>((segment.last_sect - segment.first_sect + 1u) << kSectorShift);
+    if (slot.zero_copy && slot.segment_mapped[i]) {
+      packed += bytes;
+      continue;
+    }
     copies_.push_back({direction, frontend_, segment.gref,
                        static_cast<uint16_t>(segment.first_sect << kSectorShift), bytes, slot.buffer + packed,
                        GNTST_okay});
     packed += bytes;
   }
+  slot.copy_count = static_cast<uint32_t>(copies_.size()) - slot.first_copy;
+}
+
+void RequestPipeline::AddIndirectPageCopies(Slot& slot) {
+  slot.fetching_indirect = true;
+  slot.first_copy = static_cast<uint32_t>(copies_.size());
+  unsigned pages = IndirectPages(slot.request.nr_segments);
+  slot.copy_count = pages;
+  // Only the descriptors in use are read: the rest of the last page is none of our business.
+  size_t remaining = size_t{slot.request.nr_segments} * sizeof(abi::Segment);
+  for (unsigned i = 0; i < pages; ++i) {
+    uint16_t bytes = static_cast<uint16_t>(std::min<size_t>(remaining, kPageSize));
+    copies_.push_back({GrantCopySegment::Direction::kFromGuest, frontend_, slot.request.indirect_grefs[i], 0,
+                       bytes, large_[slot.large].indirect_pages + static_cast<size_t>(i) * kPageSize,
+                       GNTST_okay});
+    remaining -= bytes;
+  }
+}
+
+void RequestPipeline::FinishIndirectFetch(Slot& slot, int16_t copy_failure) {
+  slot.fetching_indirect = false;
+  if (copy_failure != GNTST_okay) {
+    Log(LogLevel::kWarning, name_.c_str(), "indirect id %llu: grant copy of its indirect pages failed (status %d)",
+        static_cast<unsigned long long>(slot.request.id), copy_failure);
+    DeviceStats::Add(stats_.io_errors, 1);
+    Respond(slot, BLKIF_RSP_ERROR);
+    return;
+  }
+  const LargeBuffer& large = large_[slot.large];
+  size_t page_bytes = size_t{IndirectPages(slot.request.nr_segments)} * kPageSize;
+  Validation validation =
+      DecodeIndirectSegments(slot.request, std::span<const uint8_t>(large.indirect_pages, page_bytes), limits_,
+                             std::span(large.segments, limits_.max_indirect_segments));
+  if (validation.verdict != Verdict::kOk) {
+    NoteBadRequest(slot.request, validation.reason);
+    Respond(slot, ResponseStatus(validation.verdict));
+    return;
+  }
+  DeviceStats::Add(validation.is_write ? stats_.wr_sect : stats_.rd_sect, validation.sectors);
+  slot.segments = large.segments;
+  slot.segment_iovecs = large.iovecs;
+  slot.segment_mapped = large.mapped;
+  slot.segment_count = slot.request.nr_segments;
+  slot.length = static_cast<uint32_t>(validation.sectors << kSectorShift);
+  slot.writes = validation.is_write;
+  if (slot.writes) {
+    indirect_writes_.push_back(&slot);  // its data joins the next copy batch of this round
+  } else {
+    BeginData(slot);
+  }
+}
+
+void RequestPipeline::ReleaseLargeBuffer(Slot& slot) {
+  if (slot.large == kNoSlot) return;
+  free_large_.push_back(slot.large);
+  slot.large = kNoSlot;
+  slot.buffer = buffers_.as<uint8_t>() + static_cast<size_t>(SlotIndex(slot)) * kSlotBufferBytes;
+  slot.segments = slot.request.segments.data();
+  if (persistent_) {
+    slot.segment_iovecs = &direct_iovecs_[size_t{SlotIndex(slot)} * kMaxDirectSegments];
+    slot.segment_mapped = &direct_mapped_[size_t{SlotIndex(slot)} * kMaxDirectSegments];
+  }
 }
 
 int16_t RequestPipeline::CopyFailure(const Slot& slot, const Status& batch) const {
   if (!batch.ok()) return GNTST_general_error;
-  for (unsigned i = 0; i < slot.request.nr_segments; ++i) {
+  for (unsigned i = 0; i < slot.copy_count; ++i) {
     int16_t status = copies_[slot.first_copy + i].status;
     if (status != GNTST_okay) return status;
   }
@@ -606,9 +820,11 @@ int16_t RequestPipeline::CopyFailure(const Slot& slot, const Status& batch) cons
 }
 
 void RequestPipeline::Respond(Slot& slot, int16_t status) {
-  ring_.PutResponse(slot.request.id, slot.request.operation, status);
+  ring_.PutResponse(slot.request.id, ResponseOperation(slot.request), status);
   responses_pending_ = true;
   if (slot.request.operation == BLKIF_OP_WRITE_BARRIER) barrier_running_ = false;
+  ReleaseSegments(slot);
+  ReleaseLargeBuffer(slot);
   --started_;
   latency_.Record(MonotonicNs() - slot.taken_ns);
   in_flight_.store(in_flight_.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
@@ -617,7 +833,7 @@ void RequestPipeline::Respond(Slot& slot, int16_t status) {
 }
 
 void RequestPipeline::RespondNow(const Request& request, int16_t status) {
-  ring_.PutResponse(request.id, request.operation, status);
+  ring_.PutResponse(request.id, ResponseOperation(request), status);
   responses_pending_ = true;
 }
 

@@ -11,6 +11,29 @@
 // should not see it that way. If a merged I/O fails, its requests are retried one by one, so that only the
 // one that really fails is answered with an error.
 //
+// INDIRECT (feature-max-indirect-segments, when the device offers it): the request's indirect pages are
+// grant-copied into private memory in the round's batch, decoded and checked (DecodeIndirectSegments), and
+// the request then runs as a READ or WRITE of up to max_indirect_segments segments; a write's data joins the
+// next batch of the same round. Its response carries indirect_op, as Linux blkfront expects.
+//
+// Bounce memory for indirect requests: every ring slot keeps its own 44 KiB buffer (11 pages) for direct
+// requests, and the ring has a fixed number (kIndirectBuffers) of large buffers, each sized for the offered
+// segment count (1 MiB at 256), with its private indirect-page copy and decoded segment array. A large
+// buffer is taken when an indirect request starts and given back when it is answered. When none is free,
+// the queue stops at that request until one is (FIFO order is kept, so a barrier behind it still waits).
+// Why this and not a 1 MiB buffer per slot: 512 slots of a 16-page ring would reserve 512 MiB per ring; a
+// page pool with an iovec per page would cost an iovec array per request and defeat the one-iocb-per-request
+// shape. A handful of large buffers keeps large I/O at one contiguous iocb, bounds the memory
+// (16 MiB per ring at 256 segments, touched lazily) and 16 MiB in flight per ring already saturates a disk.
+//
+// Persistent grants (feature-persistent negotiated, raw images): a data segment's grant is looked up in a
+// bounded PersistentGrantCache (mapped on first use, kept) and the I/O goes straight to and from the mapped
+// pages, an iovec per segment: no grant copy and, once the frontend's pages are cached, no hypercall at all.
+// A segment the cache cannot take (every cached grant in use) goes through the bounce buffer by grant copy.
+// Such requests are not merged (their iovecs are their own). VHD images keep the copy path: VhdIo works on
+// one contiguous buffer. Grants idle for a while are unmapped by a sweep every second of activity; all are
+// unmapped when the pipeline goes (disconnect).
+//
 // DISCARD punches a hole (files) or discards (block devices) when the device offered it.
 //
 // Ordering: WRITE_BARRIER waits until everything taken before it has been answered, syncs, writes, syncs
@@ -43,6 +66,7 @@
 #include "formats/disk_image.h"
 #include "ring/back_ring.h"
 #include "ring/hypervisor.h"
+#include "ring/persistent_grants.h"
 #include "ring/request.h"
 
 namespace blk {
@@ -53,6 +77,10 @@ struct RingConnection {
   std::vector<GrantRef> ring_refs;  // 2^ring-page-order refs
   EvtchnPort event_channel = 0;
   Abi abi = kNativeAbi;
+  // feature-persistent negotiated (both sides wrote 1): the frontend reuses its grants, and the ring keeps up
+  // to `persistent_capacity` of them mapped.
+  bool persistent = false;
+  size_t persistent_capacity = PersistentGrantCache::kDefaultCapacity;
 };
 
 // A request taken from the ring and not yet answered, as a pause report names it.
@@ -119,6 +147,8 @@ class RequestPipeline final : public CompletionHandler, private VhdIo::Owner {
   // Any thread: requests taken and not yet answered, and the latency of those answered.
   uint32_t in_flight() const { return in_flight_.load(std::memory_order_relaxed); }
   const LatencyBuckets& latency() const { return latency_; }
+  // Null unless feature-persistent was negotiated. Worker thread only.
+  const PersistentGrantCache* persistent_grants() const { return persistent_.get(); }
 
  private:
   enum class Stage : uint8_t { kFree, kQueued, kPreSync, kData, kPostSync };
@@ -147,7 +177,15 @@ class RequestPipeline final : public CompletionHandler, private VhdIo::Owner {
     bool writes;  // moves data from the guest to the disk
     bool pre_sync;
     bool post_sync;
-    uint16_t first_copy;   // index of its first segment in a copy batch
+    uint32_t first_copy;   // index of its first segment in a copy batch
+    uint32_t copy_count;   // how many copies of that batch are its own
+    const RequestSegment* segments;  // the data segments: the request's own, or decoded indirect ones
+    uint16_t segment_count;
+    uint32_t large;              // the large buffer an INDIRECT request holds, or kNoSlot
+    bool fetching_indirect;      // its indirect pages are in the current copy batch
+    bool zero_copy;              // its segments went through the persistent-grant cache
+    iovec* segment_iovecs;       // one per segment, when zero_copy
+    uint8_t* segment_mapped;     // per segment: 1 if a cached mapping, 0 if through the bounce buffer
     bool may_merge;        // cleared when a merged I/O failed and this request is retried on its own
     uint16_t chain_count;  // at the head of a merged I/O: how many requests it carries
     uint32_t chain_bytes;  // at the head: bytes of the whole merged I/O
@@ -160,11 +198,21 @@ class RequestPipeline final : public CompletionHandler, private VhdIo::Owner {
     uint64_t retry_at_ns;
   };
   static constexpr uint32_t kNoSlot = ~0u;
+  // Large buffers for INDIRECT requests, per ring (see the header comment).
+  static constexpr uint32_t kIndirectBuffers = 16;
+  struct LargeBuffer {
+    uint8_t* data;            // max_indirect_segments pages
+    uint8_t* indirect_pages;  // the private copy of the request's indirect pages
+    RequestSegment* segments; // decoded from them
+    iovec* iovecs;            // and, with persistent grants, one iovec and one flag per segment
+    uint8_t* mapped;
+  };
 
   RequestPipeline(std::string name, Hypervisor& hypervisor, GrantMapping ring_mapping, size_t ring_pages,
                   Abi abi, std::unique_ptr<EventChannel> channel, DomId frontend,
                   std::shared_ptr<DiskImage> image, const DiskLimits& limits, AioEngine& aio,
-                  std::shared_ptr<DeviceStats> stats, Mapping buffers);
+                  std::shared_ptr<DeviceStats> stats, Mapping buffers, uint32_t large_buffers,
+                  bool persistent, size_t persistent_capacity);
 
   // Takes requests and starts what may start, until the ring is empty, no slot is free or a ring's worth of
   // requests was taken.
@@ -194,6 +242,20 @@ class RequestPipeline final : public CompletionHandler, private VhdIo::Owner {
   void CopyReadsOut();
   // Appends the grant copies that move `slot`'s data between the guest's pages and its bounce buffer.
   void AddCopies(Slot& slot, GrantCopySegment::Direction direction);
+  // Appends the grant copies that bring an INDIRECT request's indirect pages into its large buffer.
+  void AddIndirectPageCopies(Slot& slot);
+  // The indirect pages arrived (or did not): decode them and move the request on, or answer it.
+  void FinishIndirectFetch(Slot& slot, int16_t copy_failure);
+  void ReleaseLargeBuffer(Slot& slot);
+  // The slot's data segments are known: map them (persistent grants), then copy a write's data in or start
+  // a read.
+  void BeginData(Slot& slot);
+  // A write's data is in place (copied or mapped): its pre-sync or its data I/O next.
+  void WriteDataArrived(Slot& slot);
+  // Acquires every segment's grant from the cache (kBusy ones go by copy); GNTST_okay or why not.
+  int16_t MapSegments(Slot& slot);
+  void ReleaseSegments(Slot& slot);
+  void SweepPersistentGrants();
   // The first failed GNTST_* status among `slot`'s copies in `copies_` (all fail if the batch did), or okay.
   int16_t CopyFailure(const Slot& slot, const Status& batch) const;
   void NoteBadRequest(const Request& request, const char* reason);
@@ -238,6 +300,14 @@ class RequestPipeline final : public CompletionHandler, private VhdIo::Owner {
   std::vector<Slot*> reads_done_;
   std::vector<uint32_t> retrying_;  // slots waiting for a back-off
   uint64_t next_retry_ns_ = 0;
+  std::vector<LargeBuffer> large_;
+  std::vector<uint32_t> free_large_;  // a stack
+  std::vector<RequestSegment> indirect_segments_;
+  std::vector<Slot*> indirect_writes_;  // decoded this round, their data still to copy in
+  std::unique_ptr<PersistentGrantCache> persistent_;
+  std::vector<iovec> direct_iovecs_;  // kMaxDirectSegments per slot, then max_indirect per large buffer
+  std::vector<uint8_t> direct_mapped_;
+  uint64_t last_sweep_ns_ = 0;
   bool responses_pending_ = false;
   std::atomic<bool> broken_{false};
   bool stopped_ = false;

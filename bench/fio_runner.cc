@@ -34,6 +34,10 @@ std::vector<std::string> FioCommand(const BenchOptions& options, const std::stri
       "--norandommap",
       "--output-format=json",
   };
+  if (options.numjobs > 1) {
+    command.push_back("--numjobs=" + std::to_string(options.numjobs));
+    command.push_back("--group_reporting");
+  }
   if (options.rw == Pattern::kRandRw || options.rw == Pattern::kReadWrite) {
     command.push_back("--rwmixread=" + std::to_string(options.rwmixread));
   }

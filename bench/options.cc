@@ -1,6 +1,7 @@
 // blkbench options: fio's names and units.
 #include "bench/options.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <limits>
@@ -39,6 +40,11 @@ const char kBenchUsage[] =
     "writes allocate\n"
     "  --control=PATH     serve a control socket at PATH for the run: blkctl --socket PATH can list,\n"
     "                     stats, pause and resume the simulated device 1/51712\n"
+    "  --persistent       negotiate persistent grants (feature-persistent): grants reused, mapped once\n"
+    "  --indirect=N       indirect descriptors of up to N segments (12..4096; 0 = off, the default)\n"
+    "  --queues=N         N rings of one multi-queue device, one backend worker and one frontend thread each;\n"
+    "                     --iodepth is spread over them (default 1)\n"
+    "  --numjobs=N        as fio's: N jobs of --iodepth each, each on its own ring and worker (default 1)\n"
     "\n"
     "example: blkbench --filename=/var/tmp/disk.img --size=1g --rw=randread --bs=4k --iodepth=32 "
     "--runtime=10 "
@@ -86,6 +92,12 @@ Result<uint64_t> ParseNumber(const std::string& name, const std::string& text, u
 }
 
 }  // namespace
+
+unsigned BenchLanes(const BenchOptions& options) { return std::max(options.queues, options.numjobs); }
+
+unsigned BenchDepthPerLane(const BenchOptions& options) {
+  return options.numjobs > 1 ? options.iodepth : options.iodepth / options.queues;
+}
 
 const char* PatternName(Pattern pattern) {
   switch (pattern) {
@@ -156,6 +168,10 @@ Result<BenchOptions> ParseBenchOptions(const std::vector<std::string>& args) {
     }
     if (name == "vs-fio") {
       BLK_RETURN_IF_ERROR(flag(&options.vs_fio));
+      continue;
+    }
+    if (name == "persistent") {
+      BLK_RETURN_IF_ERROR(flag(&options.persistent));
       continue;
     }
     if (!has_value) {
@@ -235,6 +251,22 @@ Result<BenchOptions> ParseBenchOptions(const std::vector<std::string>& args) {
       if (value != "raw" && value != "vhd")
         return Status::InvalidArgument("--format: '" + value + "' is neither raw nor vhd");
       options.format = value;
+    } else if (name == "indirect") {
+      auto segments = ParseNumber(name, value, 0, 4096);
+      if (!segments.ok()) return segments.status();
+      if (*segments != 0 && *segments <= 11) {
+        return Status::InvalidArgument("--indirect: " + value +
+                                       " segments fit a direct request; use 0 or 12..4096");
+      }
+      options.indirect = static_cast<uint32_t>(*segments);
+    } else if (name == "queues") {
+      auto queues = ParseNumber(name, value, 1, 16);
+      if (!queues.ok()) return queues.status();
+      options.queues = static_cast<unsigned>(*queues);
+    } else if (name == "numjobs") {
+      auto jobs = ParseNumber(name, value, 1, 16);
+      if (!jobs.ok()) return jobs.status();
+      options.numjobs = static_cast<unsigned>(*jobs);
     } else if (name == "seed") {
       auto seed = ParseNumber(name, value, 0, std::numeric_limits<uint64_t>::max());
       if (!seed.ok()) return seed.status();
@@ -249,6 +281,13 @@ Result<BenchOptions> ParseBenchOptions(const std::vector<std::string>& args) {
   if (options.vs_fio && options.format != "raw") {
     return Status::InvalidArgument("--vs-fio: fio reads files raw; it cannot run against --format=" +
                                    options.format);
+  }
+  if (options.queues > 1 && options.numjobs > 1) {
+    return Status::InvalidArgument("--queues and --numjobs: each job has its own ring already; give one of them");
+  }
+  if (options.iodepth < options.queues) {
+    return Status::InvalidArgument("--iodepth " + std::to_string(options.iodepth) + " is spread over --queues " +
+                                   std::to_string(options.queues) + ": at least one each");
   }
   if (options.bs % options.sector_size != 0) {
     return Status::InvalidArgument("--bs " + std::to_string(options.bs) +

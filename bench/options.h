@@ -31,11 +31,18 @@ struct BenchOptions {
   std::string format = "raw";  // raw or vhd: the image blkbench lays out (or finds) and serves
   bool vhd_blank = false;      // vhd: a new, empty dynamic VHD, so that every first write allocates
   std::string control;         // a control socket to serve during the run (blkctl list/stats/pause/resume), or ""
+  bool persistent = false;     // feature-persistent negotiated: the frontend reuses its grants, the backend maps them
+  uint32_t indirect = 0;       // segments per indirect request offered and used; 0: direct requests only
+  unsigned queues = 1;         // rings of one multi-queue device, one backend worker each; iodepth spread over them
+  unsigned numjobs = 1;        // as fio's: this many jobs of iodepth each, one ring (and worker) per job
   bool help = false;
 };
 
 // Parses `--name=value` and `--name value` forms. Unknown options and bad values give a Status naming them.
 Result<BenchOptions> ParseBenchOptions(const std::vector<std::string>& args);
+// The rings the run uses, and the I/Os each keeps in flight.
+unsigned BenchLanes(const BenchOptions& options);
+unsigned BenchDepthPerLane(const BenchOptions& options);
 const char* PatternName(Pattern pattern);
 bool PatternReads(Pattern pattern);
 bool PatternWrites(Pattern pattern);

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <chrono>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "backend/control_device.h"
@@ -104,20 +105,23 @@ class Driver {
  public:
   // `device` is asked whether it is paused (blkbench --control): a paused device answering nothing is no
   // failure.
-  Driver(const BenchOptions& options, Blkfront& front, BenchResult& result, const Device& device)
+  // This driver's I/O goes to blocks [first_block, first_block + blocks) of the file, `depth` at a time.
+  Driver(const BenchOptions& options, Blkfront& front, BenchResult& result, const Device& device,
+         uint64_t first_block, uint64_t blocks, unsigned depth, uint64_t seed)
       : device_(device),
         options_(options),
         front_(front),
         result_(result),
-        blocks_(options.size / options.bs),
-        random_(options.seed),
+        first_block_(first_block),
+        blocks_(blocks),
+        random_(seed),
         generation_(blocks_, 0),
         busy_(blocks_, false),
-        slots_(options.iodepth) {
-    size_t bytes = static_cast<size_t>(options.iodepth) * options.bs;
+        slots_(depth) {
+    size_t bytes = static_cast<size_t>(depth) * options.bs;
     void* memory = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     buffers_ = Mapping(memory == MAP_FAILED ? nullptr : memory, memory == MAP_FAILED ? 0 : bytes);
-    for (unsigned i = 0; i < options.iodepth; ++i) free_.push_back(i);
+    for (unsigned i = 0; i < depth; ++i) free_.push_back(i);
   }
 
   bool ready() const { return buffers_.valid() && blocks_ > 0; }
@@ -180,7 +184,7 @@ class Driver {
   }
 
   uint8_t* Buffer(unsigned slot) { return buffers_.as<uint8_t>() + static_cast<size_t>(slot) * options_.bs; }
-  uint64_t FirstSector(uint64_t block) const { return block * (options_.bs >> kSectorShift); }
+  uint64_t FirstSector(uint64_t block) const { return (first_block_ + block) * (options_.bs >> kSectorShift); }
 
   Status Start(uint64_t block, bool write) {
     unsigned index = free_.back();
@@ -250,6 +254,7 @@ class Driver {
   const BenchOptions& options_;
   Blkfront& front_;
   BenchResult& result_;
+  uint64_t first_block_;
   uint64_t blocks_;
   std::mt19937_64 random_;
   std::vector<uint32_t> generation_;  // per block: how many times it was written (its pattern's seed)
@@ -272,6 +277,7 @@ Result<BenchResult> RunBench(const BenchOptions& options, const std::string& fil
   config.format = vhd ? ImageFormatHint::kVhd : ImageFormatHint::kRaw;
   config.direct = options.direct;
   config.logical_block_size = options.sector_size;
+  config.max_indirect_segments = options.indirect;
   auto device = Device::Open(config);
   if (!device.ok()) return device.status();
   if ((*device)->image().size_bytes() < options.size) {
@@ -279,24 +285,56 @@ Result<BenchResult> RunBench(const BenchOptions& options, const std::string& fil
   }
 
   SimHypervisor sim;
+  const unsigned lanes = BenchLanes(options);
+  const unsigned depth = BenchDepthPerLane(options);
   BlkfrontConfig front_config;
   front_config.domid = kFrontendDomain;
   front_config.abi = *ParseProtocol(options.abi);
-  front_config.max_outstanding = options.iodepth;
+  front_config.max_outstanding = depth;
   front_config.ring_pages = 1u << options.ring_order;
-  auto front = Blkfront::Create(sim, front_config);
-  if (!front.ok()) return front.status();
-  auto worker =
-      Worker::Create("worker0", RingSlots(front_config.abi, front_config.ring_pages) * 2, options.poll_us);
-  if (!worker.ok()) return worker.status();
-  (*worker)->Start();
+  front_config.indirect_segments = options.indirect;
+  front_config.persistent = options.persistent;
+  // One guest for every ring, its memory sized for all of them (Blkfront::Create reuses the domain).
+  const uint32_t slots = RingSlots(front_config.abi, front_config.ring_pages);
+  const uint32_t segments = std::max(kMaxDirectSegments, options.indirect);
+  const size_t pages = size_t{lanes} * (front_config.ring_pages + size_t{slots} * (segments + IndirectPages(segments))) + 16;
+  auto domain = sim.CreateDomain(kFrontendDomain, pages,
+                                 std::max(SimDomain::kDefaultGrantEntries, SimDomain::kFirstFreeGrantRef + pages * 2));
+  if (!domain.ok()) return domain.status();
+
+  std::vector<std::unique_ptr<Blkfront>> fronts;
+  std::vector<std::unique_ptr<Worker>> workers;
+  auto stop = [&] {
+    (*device)->Disconnect();
+    for (auto& worker : workers) worker->Stop();
+  };
   Hypervisor hypervisor = sim.hypervisor();
-  RingConnection connection;
-  connection.frontend_domid = kFrontendDomain;
-  connection.ring_refs.assign((*front)->ring_refs().begin(), (*front)->ring_refs().end());
-  connection.event_channel = (*front)->event_channel();
-  connection.abi = front_config.abi;
-  BLK_RETURN_IF_ERROR((*device)->Connect(hypervisor, connection, **worker));
+  for (unsigned lane = 0; lane < lanes; ++lane) {
+    auto front = Blkfront::Create(sim, front_config);
+    if (!front.ok()) {
+      stop();
+      return front.status();
+    }
+    auto worker = Worker::Create("worker" + std::to_string(lane), slots * 2, options.poll_us);
+    if (!worker.ok()) {
+      stop();
+      return worker.status();
+    }
+    (*worker)->Start();
+    RingConnection connection;
+    connection.frontend_domid = kFrontendDomain;
+    connection.ring_refs.assign((*front)->ring_refs().begin(), (*front)->ring_refs().end());
+    connection.event_channel = (*front)->event_channel();
+    connection.abi = front_config.abi;
+    connection.persistent = options.persistent;
+    workers.push_back(std::move(*worker));
+    fronts.push_back(std::move(*front));
+    Status connected = (*device)->Connect(hypervisor, connection, *workers.back());
+    if (!connected.ok()) {
+      stop();
+      return connected;
+    }
+  }
 
   BenchResult result;
   result.filename = filename;
@@ -309,28 +347,73 @@ Result<BenchResult> RunBench(const BenchOptions& options, const std::string& fil
     control_options.socket_path = options.control;
     auto started = ControlServerThread::Start(control_options, control_target);
     if (!started.ok()) {
-      (*device)->Disconnect();
-      (*worker)->Stop();
+      stop();
       return started.status().Annotate("--control: ");
     }
     control = std::move(*started);
   }
-  Driver driver(options, **front, result, **device);
-  if (!driver.ready())
-    return Status::InvalidArgument("cannot allocate " + std::to_string(options.iodepth) + " buffers of " +
-                                   std::to_string(options.bs) + " bytes");
+  // Each lane (ring) drives its own share of the file, so that no two lanes race on a block.
+  const uint64_t blocks = options.size / options.bs;
+  std::vector<BenchResult> parts(lanes);
+  std::vector<std::unique_ptr<Driver>> drivers;
+  for (unsigned lane = 0; lane < lanes; ++lane) {
+    uint64_t first = blocks * lane / lanes, last = blocks * (lane + 1) / lanes;
+    drivers.push_back(std::make_unique<Driver>(options, *fronts[lane], parts[lane], **device, first, last - first,
+                                               depth, options.seed + lane));
+    if (!drivers.back()->ready()) {
+      stop();
+      return Status::InvalidArgument("cannot allocate " + std::to_string(depth) + " buffers of " +
+                                     std::to_string(options.bs) + " bytes for each of " + std::to_string(lanes) +
+                                     " rings");
+    }
+  }
+  std::vector<Status> statuses(lanes);
+  auto run_all = [&](auto&& body) {
+    if (lanes == 1) {
+      statuses[0] = body(0);
+      return;
+    }
+    std::vector<std::thread> threads;
+    for (unsigned lane = 0; lane < lanes; ++lane) threads.emplace_back([&, lane] { statuses[lane] = body(lane); });
+    for (auto& thread : threads) thread.join();
+  };
+  auto first_failure = [&]() -> Status {
+    for (const Status& status : statuses) {
+      if (!status.ok()) return status;
+    }
+    return Status::Ok();
+  };
   Status status;
-  if (options.verify) status = driver.Prefill();
+  if (options.verify) {
+    run_all([&](unsigned lane) { return drivers[lane]->Prefill(); });
+    status = first_failure();
+  }
   HypervisorOps before = Snapshot(sim.counters());
-  uint64_t cpu_before = (*worker)->CpuTimeNs();
+  uint64_t cpu_before = 0;
+  for (auto& worker : workers) cpu_before += worker->CpuTimeNs();
   auto started = Clock::now();
-  if (status.ok()) status = driver.Run(options.runtime_s);
+  if (status.ok()) {
+    run_all([&](unsigned lane) { return drivers[lane]->Run(options.runtime_s); });
+    status = first_failure();
+  }
   result.seconds = std::chrono::duration<double>(Clock::now() - started).count();
-  result.backend_cpu_ns = (*worker)->CpuTimeNs() - cpu_before;
+  uint64_t cpu_after = 0;
+  for (auto& worker : workers) cpu_after += worker->CpuTimeNs();
+  result.backend_cpu_ns = cpu_after - cpu_before;
   result.ops = Difference(Snapshot(sim.counters()), before);
+  for (const BenchResult& part : parts) {
+    result.read_ios += part.read_ios;
+    result.write_ios += part.write_ios;
+    result.bytes += part.bytes;
+    result.latency.Merge(part.latency);
+    result.verified_sectors += part.verified_sectors;
+    result.verify_errors += part.verify_errors;
+    result.io_errors += part.io_errors;
+    if (result.first_problem.empty()) result.first_problem = part.first_problem;
+  }
   control.reset();
-  (*device)->Disconnect();
-  (*worker)->Stop();
+  drivers.clear();
+  stop();
   if (!status.ok()) return status;
   return result;
 }

@@ -130,6 +130,7 @@ Status Blkfront::Init() {
   event_fd_ = domain_.EventFd(port_);
 
   segments_scratch_.resize(max_segments_);
+  if (config_.persistent) persistent_pool_.reserve(size_t{slots_} * max_segments_);
   shadows_.resize(slots_);
   for (Shadow& shadow : shadows_) {
     shadow.refs.resize(max_segments_);
@@ -151,6 +152,9 @@ Blkfront::~Blkfront() {
   // Grants the backend still maps cannot be ended; their pages stay with the domain, which outlives us.
   for (Shadow& shadow : shadows_) {
     if (shadow.in_use) ReleaseSegments(shadow, shadow.nr_segments);
+  }
+  for (const PersistentPage& page : persistent_pool_) {
+    if (domain_.EndAccess(page.ref).ok()) (void)domain_.FreePage(page.frame);
   }
   for (size_t i = 0; i < ring_refs_.size(); ++i) {
     if (domain_.EndAccess(ring_refs_[i]).ok()) (void)domain_.FreePage(ring_frames_[i]);
@@ -177,7 +181,7 @@ std::vector<std::pair<std::string, std::string>> Blkfront::XenstoreEntries() con
   }
   entries.emplace_back("event-channel", std::to_string(port_));
   entries.emplace_back("protocol", protocol());
-  entries.emplace_back("feature-persistent", "0");
+  entries.emplace_back("feature-persistent", config_.persistent ? "1" : "0");
   return entries;
 }
 
@@ -232,10 +236,37 @@ Status Blkfront::Submit(const Io& io) {
   return Push();
 }
 
-void Blkfront::ReleaseSegments(Shadow& shadow, uint32_t count) {
-  for (uint32_t i = 0; i < count; ++i) {
-    if (domain_.EndAccess(shadow.refs[i]).ok()) (void)domain_.FreePage(shadow.frames[i]);
+bool Blkfront::TakeDataPage(bool readonly, uint32_t* frame, GrantRef* ref) {
+  if (config_.persistent && !persistent_pool_.empty()) {
+    *frame = persistent_pool_.back().frame;
+    *ref = persistent_pool_.back().ref;
+    persistent_pool_.pop_back();
+    return true;
   }
+  auto page = domain_.AllocPage();
+  if (!page.ok()) return false;
+  // A persistent page serves reads and writes alike, so the backend may map it writable.
+  auto granted = domain_.GrantAccess(config_.backend_domid, *page, readonly && !config_.persistent);
+  if (!granted.ok()) {
+    (void)domain_.FreePage(*page);
+    return false;
+  }
+  if (config_.persistent) ++persistent_pages_;
+  *frame = *page;
+  *ref = *granted;
+  return true;
+}
+
+void Blkfront::PutDataPage(uint32_t frame, GrantRef ref) {
+  if (config_.persistent) {
+    persistent_pool_.push_back({frame, ref});
+    return;
+  }
+  if (domain_.EndAccess(ref).ok()) (void)domain_.FreePage(frame);
+}
+
+void Blkfront::ReleaseSegments(Shadow& shadow, uint32_t count) {
+  for (uint32_t i = 0; i < count; ++i) PutDataPage(shadow.frames[i], shadow.refs[i]);
   ReleaseIndirectPages(shadow);
 }
 
@@ -310,19 +341,15 @@ bool Blkfront::BuildRequest(IoState& state, uint32_t io_index) {
     const uint8_t* source = static_cast<const uint8_t*>(io.buffer) + issued;
     const size_t offset = reinterpret_cast<uintptr_t>(source) % kPageSize;
     const size_t bytes = std::min(kPageSize - offset, io.length - issued);
-    auto frame = domain_.AllocPage();
-    if (!frame.ok()) break;
-    if (readonly) std::memcpy(domain_.PageAddress(*frame) + offset, source, bytes);
-    auto ref = domain_.GrantAccess(config_.backend_domid, *frame, readonly);
-    if (!ref.ok()) {
-      (void)domain_.FreePage(*frame);
-      break;
-    }
-    shadow.refs[count] = *ref;
-    shadow.frames[count] = *frame;
+    uint32_t frame;
+    GrantRef ref;
+    if (!TakeDataPage(readonly, &frame, &ref)) break;
+    if (readonly) std::memcpy(domain_.PageAddress(frame) + offset, source, bytes);
+    shadow.refs[count] = ref;
+    shadow.frames[count] = frame;
     shadow.page_offset[count] = static_cast<uint16_t>(offset);
     shadow.bytes[count] = static_cast<uint16_t>(bytes);
-    segments[count] = RequestSegment{*ref, static_cast<uint8_t>(offset >> kSectorShift),
+    segments[count] = RequestSegment{ref, static_cast<uint8_t>(offset >> kSectorShift),
                                      static_cast<uint8_t>(((offset + bytes) >> kSectorShift) - 1)};
     issued += bytes;
     ++count;
@@ -434,7 +461,8 @@ Status Blkfront::CompleteRequest(uint32_t id, int16_t status) {
   // Without persistent grants every grant must be unmapped by now; one still mapped is the backend's bug
   // (Linux's blkfront fails the device the same way).
   for (uint32_t i = 0; i < shadow.nr_segments; ++i) {
-    Status ended = domain_.EndAccess(shadow.refs[i]);
+    // A persistent grant stays granted (and mapped by the backend) for the next request.
+    Status ended = config_.persistent ? Status::Ok() : domain_.EndAccess(shadow.refs[i]);
     if (!ended.ok()) {
       return Break(
           Status::ProtocolError(StrFormat("grant still in use at response: %s", ended.message().c_str())));
@@ -444,7 +472,11 @@ Status Blkfront::CompleteRequest(uint32_t id, int16_t status) {
       std::memcpy(target, domain_.PageAddress(shadow.frames[i]) + shadow.page_offset[i], shadow.bytes[i]);
       shadow.buffer_offset += shadow.bytes[i];
     }
-    (void)domain_.FreePage(shadow.frames[i]);
+    if (config_.persistent) {
+      persistent_pool_.push_back({shadow.frames[i], shadow.refs[i]});
+    } else {
+      (void)domain_.FreePage(shadow.frames[i]);
+    }
   }
   for (uint32_t i = 0; i < shadow.indirect_pages; ++i) {
     Status ended = domain_.EndAccess(shadow.indirect_refs[i]);

@@ -52,6 +52,10 @@ struct BlkfrontConfig {
   // feature-max-indirect-segments allows); 0 or up to 11: direct requests only. A request needing more than
   // 11 segments then goes as BLKIF_OP_INDIRECT, its descriptors in indirect pages granted read-only.
   uint32_t indirect_segments = 0;
+  // Persistent grants, as Linux blkfront does them: data pages come from a pool granted (writable) once and
+  // reused, the I/O's data memcpy'd into and out of them; feature-persistent = 1 is published. Only right
+  // when the backend negotiated feature-persistent (it must not expect the grants to end at a response).
+  bool persistent = false;
 };
 
 enum class IoOp : uint8_t {
@@ -136,6 +140,8 @@ class Blkfront {
 
   size_t outstanding() const { return io_count_; }  // I/Os queued, in flight, or completed but not reaped
   const BlkfrontStats& stats() const { return stats_; }
+  // Persistent grants only: pages granted so far (each stays granted until the frontend goes).
+  size_t persistent_pages() const { return persistent_pages_; }
   // Ok while healthy; otherwise why the backend broke the frontend.
   const Status& broken() const { return broken_; }
 
@@ -159,6 +165,10 @@ class Blkfront {
   Status Init();
 
   bool BuildRequest(IoState& io, uint32_t io_index);
+  // A data page granted to the backend: from the persistent pool (granting a new one if it is empty), or a
+  // fresh page and grant. False if guest resources ran out.
+  bool TakeDataPage(bool readonly, uint32_t* frame, GrantRef* ref);
+  void PutDataPage(uint32_t frame, GrantRef ref);
   // Ends the grants of the first `count` data pages and of any indirect pages, and frees them.
   void ReleaseSegments(Shadow& shadow, uint32_t count);
   void ReleaseIndirectPages(Shadow& shadow);
@@ -174,6 +184,12 @@ class Blkfront {
   uint32_t slots_ = 0;
   uint32_t max_segments_ = kMaxDirectSegments;  // per READ/WRITE request
   std::vector<RequestSegment> segments_scratch_;
+  struct PersistentPage {
+    uint32_t frame;
+    GrantRef ref;
+  };
+  std::vector<PersistentPage> persistent_pool_;  // a stack: the most recently used page goes out first
+  size_t persistent_pages_ = 0;                  // granted so far (pool + in flight)
   std::vector<GrantRef> ring_refs_;
   std::vector<uint32_t> ring_frames_;
   abi::SharedRingHeader* ring_header_ = nullptr;

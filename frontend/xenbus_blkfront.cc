@@ -19,7 +19,8 @@ using Clock = std::chrono::steady_clock;
 size_t DomainPages(const XenbusBlkfrontConfig& config, uint32_t ring_pages, uint32_t queues) {
   size_t slots = RingSlots(config.abi, ring_pages);
   return size_t{queues} *
-             (ring_pages + std::min<size_t>(slots, config.max_outstanding * 2) * kMaxDirectSegments) +
+             (ring_pages + std::min<size_t>(slots, config.max_outstanding * 2) *
+                               (std::max(kMaxDirectSegments, config.indirect_segments) + 1)) +
          64;
 }
 
@@ -103,6 +104,15 @@ Status XenbusBlkfront::Connect(std::chrono::milliseconds timeout) {
   ring_pages_ = std::min<uint32_t>(config_.ring_pages, 1u << std::min<uint64_t>(*max_order, 4));
   uint32_t queues =
       std::max<uint32_t>(1, std::min<uint32_t>(config_.queues, static_cast<uint32_t>(*max_queues)));
+  // The backend publishes both features with InitWait; the rings are built for what both sides can do.
+  Result<uint64_t> backend_persistent = ReadNumber(store_, backend_path_ + "/feature-persistent", 0, 1);
+  persistent_ = config_.persistent && backend_persistent.ok() && *backend_persistent == 1;
+  Result<uint64_t> backend_indirect =
+      ReadNumber(store_, backend_path_ + "/feature-max-indirect-segments", 0, UINT32_MAX);
+  indirect_segments_ = backend_indirect.ok()
+                           ? std::min<uint32_t>(config_.indirect_segments, static_cast<uint32_t>(*backend_indirect))
+                           : 0;
+  if (indirect_segments_ <= kMaxDirectSegments) indirect_segments_ = 0;
 
   if (hypervisor_.FindDomain(config_.domid) == nullptr) {
     Result<SimDomain*> domain =
@@ -117,6 +127,8 @@ Status XenbusBlkfront::Connect(std::chrono::milliseconds timeout) {
     ring.ring_pages = ring_pages_;
     ring.max_outstanding = config_.max_outstanding;
     ring.spare_pages = 0;
+    ring.persistent = persistent_;
+    ring.indirect_segments = indirect_segments_;
     Result<std::unique_ptr<Blkfront>> front = Blkfront::Create(hypervisor_, ring);
     if (!front.ok()) {
       queues_.clear();
@@ -153,7 +165,10 @@ Status XenbusBlkfront::PublishTransport() {
         bool per_queue = key.starts_with("ring-ref") || key == "event-channel";
         if (!per_queue && q > 0) continue;
         if (key == "protocol" && !config_.write_protocol) continue;
-        BLK_RETURN_IF_ERROR(t.Write((per_queue ? dir : base + "/") + key, value));
+        // Linux blkfront writes what it asks for; whether it is used depends on the backend.
+        const std::string& written =
+            key == "feature-persistent" ? std::string(config_.persistent ? "1" : "0") : value;
+        BLK_RETURN_IF_ERROR(t.Write((per_queue ? dir : base + "/") + key, written));
       }
     }
     return Status::Ok();

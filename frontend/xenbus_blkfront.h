@@ -37,6 +37,10 @@ struct XenbusBlkfrontConfig {
   uint32_t ring_pages = 1;     // wanted; fewer if the backend's max-ring-page-order is lower
   uint32_t queues = 1;         // wanted; fewer if the backend's multi-queue-max-queues is lower
   uint32_t max_outstanding = 32;
+  // Asked for: feature-persistent = 1 is written, and used if the backend offers it too.
+  bool persistent = false;
+  // Wanted per indirect request; fewer (or none) if the backend's feature-max-indirect-segments is lower.
+  uint32_t indirect_segments = 0;
 };
 
 struct XenbusDiskInfo {
@@ -67,6 +71,9 @@ class XenbusBlkfront {
   size_t queue_count() const { return queues_.size(); }
   Blkfront& queue(size_t i) { return *queues_[i]; }
   uint32_t ring_pages() const { return ring_pages_; }
+  // What was negotiated (valid once connected).
+  bool persistent() const { return persistent_; }
+  uint32_t indirect_segments() const { return indirect_segments_; }
 
  private:
   Status FindBackend();
@@ -81,6 +88,8 @@ class XenbusBlkfront {
   std::string token_;
   bool watching_ = false;
   uint32_t ring_pages_ = 1;
+  bool persistent_ = false;
+  uint32_t indirect_segments_ = 0;
   std::vector<std::unique_ptr<Blkfront>> queues_;
   XenbusDiskInfo disk_;
 };

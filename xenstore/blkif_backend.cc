@@ -30,6 +30,8 @@ constexpr const char* kOwnNodes[] = {
     "discard-granularity",
     "discard-alignment",
     "discard-secure",
+    "feature-max-indirect-segments",
+    "feature-persistent",
     "hotplug-error",
 };
 
@@ -248,6 +250,12 @@ Status BlkifBackendDevice::Act(BlkifAction action, const Snapshot& snapshot) {
   return Status::Ok();
 }
 
+// Linux blkfront reads it when it connects; blkif.h wants no node at all rather than 0.
+Status BlkifBackendDevice::WriteIndirectFeature(Transaction& t) {
+  if (disk_.max_indirect_segments == 0) return Status::Ok();
+  return t.Write(backend_path_ + "/feature-max-indirect-segments", std::to_string(disk_.max_indirect_segments));
+}
+
 Status BlkifBackendDevice::OpenAndAdvertise(const Snapshot& snapshot) {
   if (!snapshot.config_status.ok()) return snapshot.config_status;
   if (!ops_->is_open()) {
@@ -264,6 +272,8 @@ Status BlkifBackendDevice::OpenAndAdvertise(const Snapshot& snapshot) {
     BLK_RETURN_IF_ERROR(
         t.Write(backend_path_ + "/max-ring-page-order", std::to_string(f.max_ring_page_order)));
     BLK_RETURN_IF_ERROR(t.Write(backend_path_ + "/multi-queue-max-queues", std::to_string(f.max_queues)));
+    BLK_RETURN_IF_ERROR(WriteIndirectFeature(t));
+    BLK_RETURN_IF_ERROR(t.Write(backend_path_ + "/feature-persistent", f.persistent ? "1" : "0"));
     return t.Write(backend_path_ + "/state", std::to_string(XenbusStateInitWait));
   }));
   published_ = XenbusStateInitWait;
@@ -277,6 +287,8 @@ Status BlkifBackendDevice::ConnectFrontend(const Snapshot& snapshot) {
   Result<FrontendTransport> transport =
       ReadFrontendTransport(KeyReader::ForStore(store_, snapshot.config.frontend_path), limits);
   if (!transport.ok()) return transport.status();
+  // Persistent only if both sides said so: a frontend's 1 is not enough when we did not offer it.
+  transport->persistent = transport->persistent && options_.features.persistent;
   BLK_RETURN_IF_ERROR(ops_->Connect(snapshot.config.frontend_id, *transport));
   uint32_t info = 0;
   if (snapshot.config.device_type == DeviceType::kCdrom) info |= VDISK_CDROM | VDISK_REMOVABLE;
@@ -297,6 +309,9 @@ Status BlkifBackendDevice::ConnectFrontend(const Snapshot& snapshot) {
       BLK_RETURN_IF_ERROR(t.Write(backend_path_ + "/discard-alignment", "0"));
       BLK_RETURN_IF_ERROR(t.Write(backend_path_ + "/discard-secure", "0"));
     }
+    BLK_RETURN_IF_ERROR(WriteIndirectFeature(t));
+    BLK_RETURN_IF_ERROR(
+        t.Write(backend_path_ + "/feature-persistent", options_.features.persistent ? "1" : "0"));
     return t.Write(backend_path_ + "/state", std::to_string(XenbusStateConnected));
   });
   if (!published.ok()) {

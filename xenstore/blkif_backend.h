@@ -40,6 +40,8 @@ struct BlkifDiskInfo {
   // offered.
   bool discard = false;
   uint32_t discard_granularity = 0;
+  // feature-max-indirect-segments; 0: not offered (the node is then not written, as blkif.h asks).
+  uint32_t max_indirect_segments = 0;
 };
 
 // What the backend must do for the handshake. Implemented in backend/ over blk::Device and the workers.
@@ -63,6 +65,8 @@ struct BlkifFeatures {
   uint32_t max_queues = 1;
   bool flush_cache = true;
   bool barrier = true;
+  // feature-persistent: offered as 1; a connection is persistent only if the frontend wrote 1 too.
+  bool persistent = true;
 };
 
 struct BlkifBackendOptions {
@@ -119,6 +123,7 @@ class BlkifBackendDevice {
   Status OpenAndAdvertise(const Snapshot& snapshot);
   Status ConnectFrontend(const Snapshot& snapshot);
   Status PublishState(XenbusState state);
+  Status WriteIndirectFeature(Transaction& t);
   void WriteError(const Status& why);
   void RemoveOwnNodes();
   Status EnsureFrontendWatch(const std::string& frontend_path);

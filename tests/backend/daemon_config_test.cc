@@ -42,6 +42,9 @@ TEST(DaemonConfigTest, FileSetsEveryKindOfValue) {
       "wait-for-hotplug-status = yes\n"
       "max-ring-page-order = 2\n"
       "max-queues = 3\n"
+      "max-indirect-segments = 0\n"
+      "feature-persistent = no\n"
+      "max-persistent-grants = 64\n"
       "poll-us = 50\n"
       "io-retry-seconds = 7\n"
       "log-level = debug\n"
@@ -58,6 +61,9 @@ TEST(DaemonConfigTest, FileSetsEveryKindOfValue) {
   EXPECT_TRUE(config.daemon.wait_for_hotplug_status);
   EXPECT_EQ(config.daemon.max_ring_page_order, 2u);
   EXPECT_EQ(config.daemon.max_queues, 3u);
+  EXPECT_EQ(config.daemon.max_indirect_segments, 0u);
+  EXPECT_FALSE(config.daemon.persistent_grants);
+  EXPECT_EQ(config.daemon.persistent_grants_per_ring, 64u);
   EXPECT_EQ(config.daemon.poll_us, 50u);
   EXPECT_EQ(config.daemon.io_retry_seconds, 7u);
   EXPECT_EQ(config.log_level, LogLevel::kDebug);
@@ -73,7 +79,12 @@ TEST(DaemonConfigTest, DefaultsAreWhatTheHelpSays) {
   EXPECT_EQ(config.daemon.workers, 2u);
   EXPECT_FALSE(config.daemon.own_domid.has_value());
   EXPECT_EQ(config.daemon.max_ring_page_order, 4u);
+  EXPECT_EQ(config.daemon.max_indirect_segments, 256u);
+  EXPECT_TRUE(config.daemon.persistent_grants);
+  EXPECT_EQ(config.daemon.persistent_grants_per_ring, 1056u);
   std::string help = UsageText();
+  EXPECT_NE(help.find("max-indirect-segments"), std::string::npos);
+  EXPECT_NE(help.find("[1056]"), std::string::npos);
   EXPECT_NE(help.find("--workers N"), std::string::npos);
   EXPECT_NE(help.find("[2]"), std::string::npos);
   EXPECT_NE(help.find("Example:"), std::string::npos);
@@ -97,6 +108,9 @@ TEST(DaemonConfigTest, BadFileLinesNameTheFileTheLineAndTheProblem) {
       {"domid = 32752\n", "must be between 0 and 32751"},
       {"direct-io = maybe\n", "expected yes or no"},
       {"max-ring-page-order = 5\n", "must be between 0 and 4"},
+      {"max-indirect-segments = 4097\n", "must be between 0 and 4096"},
+      {"feature-persistent = 2\n", "expected yes or no"},
+      {"max-persistent-grants = 0\n", "must be between 1 and 65536"},
       {"log-level = loud\n", "expected error, warning, notice, info or debug"},
       {"lock-file = run/pid\n", "must be an absolute path"},
       {"control-socket =\n", "must be an absolute path"},

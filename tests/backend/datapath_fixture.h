@@ -84,8 +84,10 @@ inline std::string MakeDiskFile(const std::string& dir, const std::string& name,
 struct Guest {
   Guest(SimHypervisor& sim, const std::string& path, DomId domid, BlkfrontConfig front_config, bool read_only,
         Worker& worker, bool expect_connect = true, uint32_t logical_block_size = 0,
-        ImageFormatHint format = ImageFormatHint::kRaw, bool discard = true) {
+        ImageFormatHint format = ImageFormatHint::kRaw, bool discard = true, uint32_t max_indirect_segments = 0,
+        size_t persistent_capacity = 0) {
     DeviceConfig config;
+    config.max_indirect_segments = max_indirect_segments;
     config.format = format;
     config.discard = discard;
     config.logical_block_size = logical_block_size;
@@ -104,6 +106,9 @@ struct Guest {
     connection.ring_refs.assign(front->ring_refs().begin(), front->ring_refs().end());
     connection.event_channel = front->event_channel();
     connection.abi = front_config.abi;
+    // Persistent grants when the frontend uses them, with the cache bound the test chose (0: the default).
+    connection.persistent = front_config.persistent;
+    if (persistent_capacity != 0) connection.persistent_capacity = persistent_capacity;
     Hypervisor hypervisor = sim.hypervisor();
     Status connected = device->Connect(hypervisor, connection, worker);
     if (expect_connect) {

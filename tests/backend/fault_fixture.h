@@ -62,10 +62,9 @@ class FaultTest : public ::testing::Test {
     paths_.push_back(MakeDiskFile("/var/tmp", name, kDiskBytes, fill));
     return AddGuest(paths_.back(), ImageFormatHint::kRaw);
   }
-  Guest& AddGuest(const std::string& path, ImageFormatHint format) {
+  Guest& AddGuest(const std::string& path, ImageFormatHint format, BlkfrontConfig front = {}) {
     auto domid = static_cast<DomId>(guests_.size() + 1);
-    guests_.push_back(std::make_unique<Guest>(sim_, path, domid, BlkfrontConfig{}, false, *worker_, true, 0,
-                                              format, false));
+    guests_.push_back(std::make_unique<Guest>(sim_, path, domid, front, false, *worker_, true, 0, format, false));
     return *guests_.back();
   }
   // Steps the worker until `front` has `count` completions or `limit` passes.

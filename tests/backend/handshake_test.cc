@@ -24,8 +24,8 @@ TEST_F(HandshakeTest, SingleDeviceConnectsAdvertisesAndServesIo) {
   EXPECT_EQ(ReadKey(backend + "/feature-barrier"), "1");
   EXPECT_EQ(ReadKey(backend + "/max-ring-page-order"), "4");
   EXPECT_EQ(ReadKey(backend + "/multi-queue-max-queues"), "2");
-  EXPECT_EQ(ReadKey(backend + "/feature-persistent"), std::nullopt);
-  EXPECT_EQ(ReadKey(backend + "/feature-max-indirect-segments"), std::nullopt);
+  EXPECT_EQ(ReadKey(backend + "/feature-persistent"), "1");
+  EXPECT_EQ(ReadKey(backend + "/feature-max-indirect-segments"), "256");
   // Discard depends on the image: it is published with the disk, at Connected.
   EXPECT_EQ(ReadKey(backend + "/feature-discard"), std::nullopt);
 

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 #include <random>
 
@@ -112,6 +113,66 @@ TEST(BenchVhdTest, LaysOutAnAllocatedVhdAndMeasuresFirstWritesOnABlankOne) {
   EXPECT_EQ(writes->io_errors, 0u);
   EXPECT_FALSE(RunBench(options, blank).ok()) << "--vhd-blank must not reuse an existing file";
   ::unlink(blank.c_str());
+}
+
+TEST(BenchOptionsTest, FeatureSwitchesParseAndBadValuesAreRefused) {
+  auto options = ParseBenchOptions({"--persistent", "--indirect=256", "--queues", "4", "--iodepth=128"});
+  ASSERT_TRUE(options.ok()) << options.status().ToString();
+  EXPECT_TRUE(options->persistent);
+  EXPECT_EQ(options->indirect, 256u);
+  EXPECT_EQ(options->queues, 4u);
+  EXPECT_EQ(BenchLanes(*options), 4u);
+  EXPECT_EQ(BenchDepthPerLane(*options), 32u);
+  auto defaults = ParseBenchOptions({});
+  ASSERT_TRUE(defaults.ok());
+  EXPECT_FALSE(defaults->persistent);
+  EXPECT_EQ(defaults->indirect, 0u);
+  EXPECT_EQ(BenchLanes(*defaults), 1u);
+  EXPECT_EQ(BenchDepthPerLane(*defaults), 32u);
+  auto jobs = ParseBenchOptions({"--numjobs=3", "--iodepth=8", "--persistent=0"});
+  ASSERT_TRUE(jobs.ok()) << jobs.status().ToString();
+  EXPECT_FALSE(jobs->persistent);
+  EXPECT_EQ(BenchLanes(*jobs), 3u);
+  EXPECT_EQ(BenchDepthPerLane(*jobs), 8u);
+  auto command = FioCommand(*jobs, "/tmp/x");
+  EXPECT_NE(std::find(command.begin(), command.end(), "--numjobs=3"), command.end());
+  EXPECT_NE(std::find(command.begin(), command.end(), "--group_reporting"), command.end());
+  EXPECT_TRUE(ParseBenchOptions({"--indirect=0"}).ok());
+  const std::vector<std::vector<std::string>> bad = {
+      {"--indirect=11"}, {"--indirect=4097"}, {"--indirect=x"},         {"--queues=0"},
+      {"--queues=17"},   {"--numjobs=0"},     {"--persistent=2"},       {"--queues=2", "--numjobs=2"},
+      {"--queues=8", "--iodepth=4"}};
+  for (const auto& args : bad) {
+    auto parsed = ParseBenchOptions(args);
+    EXPECT_FALSE(parsed.ok()) << args[0];
+    if (!parsed.ok()) {
+      EXPECT_NE(parsed.status().message().find("--"), std::string::npos);
+    }
+  }
+}
+
+TEST(BenchRunTest, PersistentIndirectAndQueuesRunVerifiedWithFewHypercalls) {
+  std::string path = "/dev/shm/bench_features_test." + std::to_string(::getpid());
+  BenchOptions options;
+  options.size = 8 << 20;
+  options.rw = Pattern::kRandRw;
+  options.bs = 128 << 10;  // 32 pages: indirect requests
+  options.iodepth = 8;
+  options.runtime_s = 0.3;
+  options.verify = true;
+  options.persistent = true;
+  options.indirect = 64;
+  options.queues = 2;
+  auto run = RunBench(options, path);
+  ::unlink(path.c_str());
+  ASSERT_TRUE(run.ok()) << run.status().ToString();
+  EXPECT_GT(run->ios(), 20u);
+  EXPECT_EQ(run->io_errors, 0u) << run->first_problem;
+  EXPECT_EQ(run->verify_errors, 0u) << run->first_problem;
+  EXPECT_GT(run->verified_sectors, 0u);
+  // Data goes through mapped pages: the only copies left are the indirect pages (one per request).
+  EXPECT_LE(run->ops.copy_segments, run->ios() + 1);
+  EXPECT_LE(run->ops.map_calls, 2u * 8u * 32u) << "grants were mapped again and again";
 }
 
 TEST(BenchOptionsTest, SizesUseBinaryUnits) {
