@@ -27,6 +27,12 @@ const char kUsage[] =
     "  pause DOMID/DEVID [--timeout MS]    stop taking requests, let in-flight I/O finish, sync the image;\n"
     "                                      returns once paused (default timeout 5000 ms)\n"
     "  resume DOMID/DEVID                  serve everything the guest queued while paused\n"
+    "       [--image IMAGE]                first reopen the paused disk on IMAGE (vhd:PATH, raw:PATH or\n"
+    "                                      PATH): same size, sector size and read-only state, or refused\n"
+    "                                      (the disk then stays paused on its old image)\n"
+    "  snapshot DOMID/DEVID CHILD.vhd      pause, make CHILD.vhd a differencing VHD of the current (VHD)\n"
+    "           [--timeout MS]             leaf, serve it, resume; the old leaf becomes its read-only\n"
+    "                                      parent. Any failure resumes on the old leaf\n"
     "  resize DOMID/DEVID SIZE             grow the image to SIZE (bytes, or with K, M, G, T) and tell the\n"
     "                                      guest; shrinking is refused\n"
     "\n"
@@ -36,7 +42,8 @@ const char kUsage[] =
     "Exit status: 0 done, 1 blkbackd refused or failed the command, 2 bad usage, 3 blkbackd unreachable.\n"
     "\n"
     "example: blkctl pause 1/51712 --timeout 2000 && cp --sparse=always disk.img backup.img && "
-    "blkctl resume 1/51712\n";
+    "blkctl resume 1/51712\n"
+    "         blkctl snapshot 1/51712 /images/disk-2.vhd   (then back up the now read-only parent)\n";
 
 Result<Invocation> ParseArgs(const std::vector<std::string>& args) {
   Invocation invocation;
@@ -57,7 +64,7 @@ Result<Invocation> ParseArgs(const std::vector<std::string>& args) {
     }
     if (invocation.socket.empty()) return Status::InvalidArgument("--socket needs a path");
   }
-  if (i >= args.size()) return Status::InvalidArgument("no command (list, stats, pause, resume, resize)");
+  if (i >= args.size()) return Status::InvalidArgument("no command (list, stats, pause, resume, resize, snapshot)");
   std::string line;
   for (; i < args.size(); ++i) {
     const std::string& arg = args[i];
@@ -115,7 +122,9 @@ int Run(const Invocation& invocation, FILE* out, FILE* err) {
   }
   const ControlRequest& request = invocation.request;
   int timeout_ms =
-      request.command == ControlCommand::kPause ? static_cast<int>(request.timeout_ms) + 10000 : 30000;
+      request.command == ControlCommand::kPause || request.command == ControlCommand::kSnapshot
+          ? static_cast<int>(request.timeout_ms) + 10000
+          : 30000;
   for (unsigned round = 0;; ++round) {
     Result<ControlReply> reply = (*client)->Call(request, timeout_ms);
     if (!reply.ok()) {
