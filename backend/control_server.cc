@@ -428,8 +428,8 @@ std::string ControlServer::FinishSnapshot(const PendingPause& pause, Status paus
     message = "snapshot " + device + ": " + taken.message() +
               (resumed.ok() ? "; resumed on the old image" : "; and resuming failed: " + resumed.message());
   } else if (!resumed.ok()) {
-    message = "snapshot " + device + ": " + pause.snapshot_child + " was made, but resuming failed: " +
-              resumed.message();
+    message = "snapshot " + device + ": " + pause.snapshot_child +
+              " was made, but resuming failed: " + resumed.message();
   } else {
     Log(LogLevel::kNotice, kSubject, "%s: snapshot %s in %.1f ms (paused %.1f ms)", device.c_str(),
         pause.snapshot_child.c_str(), ms, pause_ms);
@@ -453,11 +453,12 @@ void ControlServer::OnPauseTimeout(uint64_t token) {
   if (!pause.snapshot_child.empty()) {
     // A snapshot does not leave the guest stalled: the pause is abandoned and nothing is made.
     Status resumed = target_.Resume(pause.device);
-    std::string message = StrFormat("snapshot %s: not drained after %u ms; resumed%s, no snapshot taken. "
-                                    "Outstanding were: %s",
-                                    pause.device.c_str(), pause.timeout_ms,
-                                    resumed.ok() ? "" : (" (failed: " + resumed.message() + ")").c_str(),
-                                    outstanding.empty() ? "the final sync" : list.c_str());
+    std::string message = StrFormat(
+        "snapshot %s: not drained after %u ms; resumed%s, no snapshot taken. "
+        "Outstanding were: %s",
+        pause.device.c_str(), pause.timeout_ms,
+        resumed.ok() ? "" : (" (failed: " + resumed.message() + ")").c_str(),
+        outstanding.empty() ? "the final sync" : list.c_str());
     Log(LogLevel::kWarning, kSubject, "%s", message.c_str());
     FinishPause(token, FormatErrorReply(message));
     return;

@@ -254,13 +254,14 @@ Status CheckImageSwap(const std::string& device, const DiskLimits& limits, size_
   const std::string& path = next.path();
   uint64_t bytes = limits.sectors << kSectorShift;
   if (next.size_bytes() != bytes) {
-    return Status::InvalidArgument(StrFormat(
-        "%s: %s holds %llu bytes, the disk %llu: the guest's disk cannot change size under it", device.c_str(),
-        path.c_str(), static_cast<unsigned long long>(next.size_bytes()), static_cast<unsigned long long>(bytes)));
+    return Status::InvalidArgument(
+        StrFormat("%s: %s holds %llu bytes, the disk %llu: the guest's disk cannot change size under it",
+                  device.c_str(), path.c_str(), static_cast<unsigned long long>(next.size_bytes()),
+                  static_cast<unsigned long long>(bytes)));
   }
   if (next.logical_block_size() != limits.logical_block_size) {
-    return Status::InvalidArgument(StrFormat("%s: %s has %u-byte sectors, the disk %u-byte ones", device.c_str(),
-                                             path.c_str(), next.logical_block_size(),
+    return Status::InvalidArgument(StrFormat("%s: %s has %u-byte sectors, the disk %u-byte ones",
+                                             device.c_str(), path.c_str(), next.logical_block_size(),
                                              limits.logical_block_size));
   }
   if (next.read_only() != limits.read_only) {
@@ -356,8 +357,8 @@ Status Device::Snapshot(const std::string& child) {
     ::unlink(child.c_str());
     return made.Annotate("snapshot: ");
   }
-  Log(LogLevel::kNotice, name_.c_str(), "snapshot: %s is now the leaf, %s its read-only parent", child.c_str(),
-      parent.c_str());
+  Log(LogLevel::kNotice, name_.c_str(), "snapshot: %s is now the leaf, %s its read-only parent",
+      child.c_str(), parent.c_str());
   return Status::Ok();
 }
 

@@ -601,8 +601,8 @@ Status RequestPipeline::SwapImage(std::shared_ptr<DiskImage> image) {
     size_t iocbs = size_t{slots} * VhdIo::kOpsPerRequest;
     submit_.reserve(iocbs);
     deferred_.reserve(iocbs);
-    vhd = std::make_unique<VhdIo>(name_, static_cast<VhdIo::Owner&>(*this), static_cast<VhdDiskImage&>(*image),
-                                  aio_, slots, submit_);
+    vhd = std::make_unique<VhdIo>(name_, static_cast<VhdIo::Owner&>(*this),
+                                  static_cast<VhdDiskImage&>(*image), aio_, slots, submit_);
   }
   // The old engine refers to the old image: it goes first.
   vhd_ = std::move(vhd);

@@ -108,8 +108,8 @@ TEST(ControlProtocolTest, RefusesMalformedLinesWithOneClearLine) {
   EXPECT_EQ(Refusal("a b c d e f g h i"), "too many words in the request");
   // A long bad word is quoted back only in part.
   std::string long_word(200, 'z');
-  EXPECT_EQ(Refusal(long_word),
-            "unknown command '" + std::string(48, 'z') + "...' (list, stats, pause, resume, resize, snapshot)");
+  EXPECT_EQ(Refusal(long_word), "unknown command '" + std::string(48, 'z') +
+                                    "...' (list, stats, pause, resume, resize, snapshot)");
 }
 
 TEST(ControlProtocolTest, DeviceNamesAreStrict) {

@@ -68,8 +68,8 @@ int64_t IdentifyBlock(const uint8_t* in, uint64_t block) {
 
 struct WriteRecord {
   uint64_t block;
-  uint32_t done_at_send;      // snapshots answered when it was sent: it lands in that layer or a later one
-  uint32_t started_at_ack;    // snapshots asked for when its answer came: it is in that layer or an earlier one
+  uint32_t done_at_send;    // snapshots answered when it was sent: it lands in that layer or a later one
+  uint32_t started_at_ack;  // snapshots asked for when its answer came: it is in that layer or an earlier one
 };
 
 class SnapshotTest : public ::testing::Test {
@@ -254,9 +254,9 @@ TEST_F(SnapshotTest, FiftySnapshotsUnderIodepth32KeepEveryWriteInItsLayer) {
         if (completed[i].status != BLKIF_RSP_OKAY) failures++;
         writes[slot.seq].started_at_ack = started.load();
         busy[writes[slot.seq].block] = false;
-        uint64_t ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() -
-                                                                           slot.sent)
-                          .count();
+        uint64_t ns =
+            std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - slot.sent)
+                .count();
         max_latency_ns = std::max(max_latency_ns, ns);
         free_slots.push_back(static_cast<unsigned>(completed[i].tag));
       }
@@ -271,8 +271,9 @@ TEST_F(SnapshotTest, FiftySnapshotsUnderIodepth32KeepEveryWriteInItsLayer) {
     started.store(k);
     auto begin = std::chrono::steady_clock::now();
     std::string reply = Ask(std::string("snapshot ") + kDevice + " " + child + " --timeout 2000");
-    max_snapshot_ms = std::max(
-        max_snapshot_ms, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - begin).count());
+    max_snapshot_ms =
+        std::max(max_snapshot_ms,
+                 std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - begin).count());
     ASSERT_TRUE(reply.starts_with("ok: ")) << reply;
     EXPECT_NE(reply.find("is the new leaf"), std::string::npos) << reply;
     done.store(k);
@@ -308,10 +309,11 @@ TEST_F(SnapshotTest, FiftySnapshotsUnderIodepth32KeepEveryWriteInItsLayer) {
       }
       int64_t found = layer[b];
       ASSERT_GE(found, 0) << "layer " << k << " block " << b << " holds no write's data";
-      ASSERT_GE(found, newest_required) << "layer " << k << " block " << b << " lost write " << newest_required;
+      ASSERT_GE(found, newest_required)
+          << "layer " << k << " block " << b << " lost write " << newest_required;
       if (found > 0) {
-        ASSERT_LE(writes[found].done_at_send, k)
-            << "layer " << k << " block " << b << " holds write " << found << ", sent after snapshot " << k + 1;
+        ASSERT_LE(writes[found].done_at_send, k) << "layer " << k << " block " << b << " holds write "
+                                                 << found << ", sent after snapshot " << k + 1;
       }
     }
     vhd::CheckReport report = vhd::CheckImage(layers[k]);
@@ -348,12 +350,14 @@ TEST_F(SnapshotTest, RefusalsLeaveTheDeviceOnItsImage) {
   // resume --image: only while paused; refused images keep it paused on the old one.
   std::string other_size = MakeVhd("small.vhd", kDiskBytes / 2);
   reply = Ask(std::string("resume ") + kDevice + " --image vhd:" + other_size);
-  EXPECT_EQ(reply, "error: 1/51712 is running: the image changes only while paused (still paused on the old "
-                   "image)");
+  EXPECT_EQ(reply,
+            "error: 1/51712 is running: the image changes only while paused (still paused on the old "
+            "image)");
   ASSERT_TRUE(Ask(std::string("pause ") + kDevice).starts_with("ok: "));
   // Already paused: a snapshot would resume what the operator paused; refused, and it stays paused.
-  EXPECT_EQ(Ask(std::string("snapshot ") + kDevice + " " + dir_ + "/p.vhd"),
-            "error: 1/51712 is paused: a snapshot pauses and resumes by itself (resume first, or resume --image)");
+  EXPECT_EQ(
+      Ask(std::string("snapshot ") + kDevice + " " + dir_ + "/p.vhd"),
+      "error: 1/51712 is paused: a snapshot pauses and resumes by itself (resume first, or resume --image)");
   EXPECT_FALSE(std::filesystem::exists(dir_ + "/p.vhd"));
   EXPECT_EQ(device_->pause_state(), PauseState::kPaused);
   reply = Ask(std::string("resume ") + kDevice + " --image vhd:" + other_size);
@@ -425,8 +429,9 @@ TEST(ImageSwapCheckTest, RefusesAnotherSectorSizeOrReadOnlyState) {
             "1/2: test.img has 4096-byte sectors, the disk 512-byte ones");
   EXPECT_EQ(CheckImageSwap("1/2", limits, 1, GeometryImage(kDiskBytes, 512, true)).message(),
             "1/2: test.img is read-only, the disk read-write");
-  EXPECT_NE(CheckImageSwap("1/2", limits, 1, GeometryImage(kDiskBytes + 512, 512, false)).message().find(
-                "cannot change size"),
+  EXPECT_NE(CheckImageSwap("1/2", limits, 1, GeometryImage(kDiskBytes + 512, 512, false))
+                .message()
+                .find("cannot change size"),
             std::string::npos);
 }
 
@@ -453,7 +458,8 @@ TEST_F(SnapshotTest, AClientLeavingMidSnapshotStillGetsItDoneAndResumed) {
     auto client = ControlClient::Connect(dir_ + "/control");
     ASSERT_TRUE(client.ok());
     std::string line = std::string("snapshot ") + kDevice + " " + child + "\n";
-    ASSERT_EQ(::send((*client)->fd(), line.data(), line.size(), MSG_NOSIGNAL), static_cast<ssize_t>(line.size()));
+    ASSERT_EQ(::send((*client)->fd(), line.data(), line.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(line.size()));
     for (int i = 0; i < 500 && device_->pause_state() != PauseState::kPausing; ++i) ::usleep(1000);
     ASSERT_EQ(device_->pause_state(), PauseState::kPausing);
   }  // gone before the answer
@@ -463,7 +469,8 @@ TEST_F(SnapshotTest, AClientLeavingMidSnapshotStillGetsItDoneAndResumed) {
   std::string list;
   for (int i = 0; i < 300; ++i) {
     list = Ask("list");
-    if (list.find("io=running") != std::string::npos && list.find("images=" + child) != std::string::npos) break;
+    if (list.find("io=running") != std::string::npos && list.find("images=" + child) != std::string::npos)
+      break;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   EXPECT_NE(list.find("images=" + child), std::string::npos) << list;

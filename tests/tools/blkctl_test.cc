@@ -167,9 +167,9 @@ TEST_F(BlkctlTest, UsageErrorsAndAMissingDaemonAreOneLineWithTheirExitStatus) {
   EXPECT_NE(help.output.find("example: blkctl pause 1/51712"), std::string::npos);
   Ran usage = Tool(Socket() + "frobnicate");
   EXPECT_EQ(usage.exit_status, kExitUsage);
-  EXPECT_EQ(
-      usage.output,
-      "blkctl: unknown command 'frobnicate' (list, stats, pause, resume, resize, snapshot) (see blkctl --help)\n");
+  EXPECT_EQ(usage.output,
+            "blkctl: unknown command 'frobnicate' (list, stats, pause, resume, resize, snapshot) (see blkctl "
+            "--help)\n");
   Ran missing = Tool("--socket " + dir_ + "/nothing list");
   EXPECT_EQ(missing.exit_status, kExitUnreachable);
   EXPECT_EQ(missing.output, "blkctl: blkbackd is not running (nothing listens on " + dir_ + "/nothing)\n");
@@ -194,9 +194,12 @@ TEST_F(BlkctlVhdTest, SnapshotsAndSwapsImages) {
   std::string child = dir_ + "/child.vhd";
   Ran snapshot = Tool(Socket() + "snapshot 1/51712 " + child + " --timeout 1000");
   EXPECT_EQ(snapshot.exit_status, kExitOk) << snapshot.output;
-  EXPECT_EQ(snapshot.output.find("1/51712: " + child + " is the new leaf; paused in "), 0u) << snapshot.output;
-  EXPECT_NE(Tool(Socket() + "list").output.find("io=running size=1048576 queues=0 features=flush-cache,barrier "
-                                                "images=" + child + "," + image_ + "\n"),
+  EXPECT_EQ(snapshot.output.find("1/51712: " + child + " is the new leaf; paused in "), 0u)
+      << snapshot.output;
+  EXPECT_NE(Tool(Socket() + "list")
+                .output.find("io=running size=1048576 queues=0 features=flush-cache,barrier "
+                             "images=" +
+                             child + "," + image_ + "\n"),
             std::string::npos);
   auto chain = vhd::VhdChain::Open(child, false);
   ASSERT_TRUE(chain.ok()) << chain.status().ToString();
@@ -217,8 +220,10 @@ TEST_F(BlkctlVhdTest, SnapshotsAndSwapsImages) {
   Ran swapped = Tool(Socket() + "resume 1/51712 --image vhd:" + image_);
   EXPECT_EQ(swapped.exit_status, kExitOk) << swapped.output;
   EXPECT_EQ(swapped.output, "1/51712 resumed\n");
-  EXPECT_NE(Tool(Socket() + "list").output.find("io=running size=1048576 queues=0 features=flush-cache,barrier "
-                                                "images=" + image_ + "\n"),
+  EXPECT_NE(Tool(Socket() + "list")
+                .output.find("io=running size=1048576 queues=0 features=flush-cache,barrier "
+                             "images=" +
+                             image_ + "\n"),
             std::string::npos);
 }
 

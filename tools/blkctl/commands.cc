@@ -64,7 +64,8 @@ Result<Invocation> ParseArgs(const std::vector<std::string>& args) {
     }
     if (invocation.socket.empty()) return Status::InvalidArgument("--socket needs a path");
   }
-  if (i >= args.size()) return Status::InvalidArgument("no command (list, stats, pause, resume, resize, snapshot)");
+  if (i >= args.size())
+    return Status::InvalidArgument("no command (list, stats, pause, resume, resize, snapshot)");
   std::string line;
   for (; i < args.size(); ++i) {
     const std::string& arg = args[i];
@@ -121,10 +122,9 @@ int Run(const Invocation& invocation, FILE* out, FILE* err) {
     return kExitUnreachable;
   }
   const ControlRequest& request = invocation.request;
-  int timeout_ms =
-      request.command == ControlCommand::kPause || request.command == ControlCommand::kSnapshot
-          ? static_cast<int>(request.timeout_ms) + 10000
-          : 30000;
+  int timeout_ms = request.command == ControlCommand::kPause || request.command == ControlCommand::kSnapshot
+                       ? static_cast<int>(request.timeout_ms) + 10000
+                       : 30000;
   for (unsigned round = 0;; ++round) {
     Result<ControlReply> reply = (*client)->Call(request, timeout_ms);
     if (!reply.ok()) {
