@@ -419,17 +419,24 @@ void ControlServer::OnPauseDone(uint64_t token, Status status) {
 
 std::string ControlServer::FinishSnapshot(const PendingPause& pause, Status paused, double pause_ms) {
   const std::string& device = pause.device;
-  Status taken = paused.ok() ? target_.Snapshot(device, pause.snapshot_child) : paused;
+  if (!paused.ok()) {
+    // Whatever stopped the pause (a resume meanwhile, a failed sync), the device must not stay paused; a
+    // resume refused because it already runs is no news.
+    (void)target_.Resume(device);
+    std::string message = device + ": the pause failed: " + paused.message() + " (no snapshot)";
+    Log(LogLevel::kWarning, kSubject, "%s", message.c_str());
+    return FormatErrorReply(message);
+  }
+  Status taken = target_.Snapshot(device, pause.snapshot_child);
   // Whatever happened, the guest gets its disk back: on the new leaf, or on the old one.
   Status resumed = target_.Resume(device);
   double ms = std::chrono::duration<double, std::milli>(Clock::now() - pause.started).count();
   std::string message;
   if (!taken.ok()) {
-    message = "snapshot " + device + ": " + taken.message() +
-              (resumed.ok() ? "; resumed on the old image" : "; and resuming failed: " + resumed.message());
+    message = taken.message() + (resumed.ok() ? " (no snapshot; resumed on the old image)"
+                                              : " (no snapshot; resuming failed too: " + resumed.message() + ")");
   } else if (!resumed.ok()) {
-    message = "snapshot " + device + ": " + pause.snapshot_child +
-              " was made, but resuming failed: " + resumed.message();
+    message = device + ": " + pause.snapshot_child + " is the new leaf, but resuming failed: " + resumed.message();
   } else {
     Log(LogLevel::kNotice, kSubject, "%s: snapshot %s in %.1f ms (paused %.1f ms)", device.c_str(),
         pause.snapshot_child.c_str(), ms, pause_ms);

@@ -352,10 +352,11 @@ Status Device::Snapshot(const std::string& child) {
   claim.Reset();
   std::string parent = image_->path();
   Status made = vhd::CreateImage(child, vhd::CreateOptions::Differencing(parent));
-  if (made.ok()) made = SwapImage("vhd:" + child);
+  if (!made.ok()) made = made.Annotate(name_ + ": making " + child + ": ");
+  if (made.ok()) made = SwapImage("vhd:" + child);  // its refusals name the device already
   if (!made.ok()) {
     ::unlink(child.c_str());
-    return made.Annotate("snapshot: ");
+    return made;
   }
   Log(LogLevel::kNotice, name_.c_str(), "snapshot: %s is now the leaf, %s its read-only parent",
       child.c_str(), parent.c_str());

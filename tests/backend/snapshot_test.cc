@@ -340,8 +340,8 @@ TEST_F(SnapshotTest, RefusalsLeaveTheDeviceOnItsImage) {
   EXPECT_NE(reply.find("exists; refusing to replace it"), std::string::npos) << reply;
   // A directory that does not exist: the pause happens, the child cannot be made, the device resumes.
   reply = Ask(std::string("snapshot ") + kDevice + " " + dir_ + "/no/such/dir/c.vhd");
-  EXPECT_TRUE(reply.starts_with("error: snapshot 1/51712: ")) << reply;
-  EXPECT_NE(reply.find("resumed on the old image"), std::string::npos) << reply;
+  EXPECT_EQ(reply, "error: 1/51712: creating " + dir_ +
+                       "/no/such/dir/c.vhd: No such file or directory (no snapshot; resumed on the old image)");
   EXPECT_FALSE(std::filesystem::exists(dir_ + "/no"));
   EXPECT_EQ(device_->image().path(), base);
   EXPECT_EQ(device_->pause_state(), PauseState::kRunning);
@@ -370,6 +370,15 @@ TEST_F(SnapshotTest, RefusalsLeaveTheDeviceOnItsImage) {
   { std::ofstream(junk) << "not a vhd"; }
   reply = Ask(std::string("resume ") + kDevice + " --image vhd:" + junk);
   EXPECT_NE(reply.find("cannot open the new image"), std::string::npos) << reply;
+  // A differencing child whose parent is gone is not a disk.
+  std::string lost_parent = MakeVhd("lost-parent.vhd");
+  std::string orphan = dir_ + "/orphan.vhd";
+  ASSERT_TRUE(vhd::CreateImage(orphan, vhd::CreateOptions::Differencing(lost_parent)).ok());
+  ASSERT_EQ(::unlink(lost_parent.c_str()), 0);
+  reply = Ask(std::string("resume ") + kDevice + " --image vhd:" + orphan);
+  EXPECT_TRUE(reply.starts_with("error: 1/51712: cannot open the new image: ")) << reply;
+  EXPECT_NE(reply.find("(still paused on the old image)"), std::string::npos) << reply;
+  EXPECT_EQ(reply.find('\n'), std::string::npos) << reply;
   EXPECT_EQ(device_->pause_state(), PauseState::kPaused);
   EXPECT_EQ(device_->image().path(), base);
 
