@@ -154,6 +154,13 @@ Result<uint64_t> ParseControlSize(std::string_view text) {
   return value << shift;
 }
 
+std::string_view ImagePathOf(std::string_view spec) {
+  for (std::string_view prefix : {"vhd:", "raw:", "aio:"}) {
+    if (spec.starts_with(prefix)) return spec.substr(prefix.size());
+  }
+  return spec;
+}
+
 Result<ControlRequest> ParseControlRequest(std::string_view line) {
   if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
   if (line.size() > kMaxControlLine) {
@@ -217,6 +224,9 @@ Result<ControlRequest> ParseControlRequest(std::string_view line) {
     size_t next = 1;
     if (snapshot) {
       if (args.size() < 2 || args[1].starts_with("-")) return Bad("snapshot needs a child path (CHILD.vhd)");
+      if (!args[1].starts_with("/")) {
+        return Bad("snapshot: " + Echo(args[1]) + " is relative; the daemon needs an absolute path");
+      }
       request.image = std::string(args[1]);
       next = 2;
     }
@@ -256,6 +266,9 @@ Result<ControlRequest> ParseControlRequest(std::string_view line) {
         return Bad("unexpected " + Echo(args[next]) + " after resume DEVICE (--image IMAGE)");
       }
       if (request.image.empty()) return Bad("--image needs an image (vhd:PATH, raw:PATH or PATH)");
+      if (!ImagePathOf(request.image).starts_with("/")) {
+        return Bad("--image " + Echo(request.image) + " is relative; the daemon needs an absolute path");
+      }
     }
     BLK_RETURN_IF_ERROR(no_more(next));
   } else if (verb == "resize") {

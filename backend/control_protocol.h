@@ -53,6 +53,9 @@ struct ControlRequest {
   std::string image;  // resume --image: the new image ("vhd:PATH", "raw:PATH" or PATH); snapshot: the child
 };
 
+// The path inside an image spec: after a "vhd:", "raw:" or "aio:" prefix, or the whole spec.
+std::string_view ImagePathOf(std::string_view spec);
+
 // Parses one request line (without its "\n"; one trailing "\r" is tolerated). Every malformed line gives an
 // InvalidArgument status whose message is one line fit to send back.
 Result<ControlRequest> ParseControlRequest(std::string_view line);

@@ -57,7 +57,7 @@ TEST(ControlProtocolTest, ParsesEveryCommand) {
   EXPECT_EQ(snapshot.device, "1/51712");
   EXPECT_EQ(snapshot.image, "/images/child.vhd");
   EXPECT_EQ(snapshot.timeout_ms, kDefaultPauseTimeoutMs);
-  EXPECT_EQ(Parsed("snapshot 1/51712 c.vhd --timeout 40").timeout_ms, 40u);
+  EXPECT_EQ(Parsed("snapshot 1/51712 /c.vhd --timeout 40").timeout_ms, 40u);
   // Extra spaces and a CRLF line ending (nc, socat) are tolerated.
   EXPECT_EQ(Parsed("  stats   1/51712  \r").device, "1/51712");
 }
@@ -83,7 +83,12 @@ TEST(ControlProtocolTest, RefusesMalformedLinesWithOneClearLine) {
   EXPECT_EQ(Refusal("LIST"), "unknown command 'LIST' (list, stats, pause, resume, resize, snapshot)");
   EXPECT_EQ(Refusal("snapshot 1/51712"), "snapshot needs a child path (CHILD.vhd)");
   EXPECT_EQ(Refusal("snapshot 1/51712 --timeout 5"), "snapshot needs a child path (CHILD.vhd)");
-  EXPECT_EQ(Refusal("snapshot 1/51712 c.vhd d.vhd"), "unexpected 'd.vhd' after snapshot (--timeout MS)");
+  EXPECT_EQ(Refusal("snapshot 1/51712 /c.vhd d.vhd"), "unexpected 'd.vhd' after snapshot (--timeout MS)");
+  // The daemon's working directory is not the operator's: relative paths are refused.
+  EXPECT_EQ(Refusal("snapshot 1/51712 c.vhd"), "snapshot: 'c.vhd' is relative; the daemon needs an absolute path");
+  EXPECT_EQ(Refusal("resume 1/51712 --image vhd:images/n.vhd"),
+            "--image 'vhd:images/n.vhd' is relative; the daemon needs an absolute path");
+  EXPECT_EQ(Refusal("resume 1/51712 --image=n.img"), "--image 'n.img' is relative; the daemon needs an absolute path");
   EXPECT_EQ(Refusal("resume 1/51712 --image"), "--image needs an image (vhd:PATH, raw:PATH or PATH)");
   EXPECT_EQ(Refusal("resume 1/51712 --image="), "--image needs an image (vhd:PATH, raw:PATH or PATH)");
   EXPECT_EQ(Refusal("resume 1/51712 now"), "unexpected 'now' after resume DEVICE (--image IMAGE)");

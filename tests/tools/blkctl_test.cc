@@ -57,6 +57,23 @@ TEST(BlkctlArgsTest, ParsesGlobalOptionsAndOneRequest) {
   EXPECT_TRUE(ParseArgs({"pause", "-h"})->help);
 }
 
+TEST(BlkctlArgsTest, ImagePathsGoToTheDaemonAbsolute) {
+  std::string cwd = std::filesystem::current_path().string();
+  auto snapshot = ParseArgs({"snapshot", "1/51712", "snaps/../c.vhd", "--timeout", "9"});
+  ASSERT_TRUE(snapshot.ok()) << snapshot.status().ToString();
+  EXPECT_EQ(snapshot->request.image, cwd + "/c.vhd");
+  EXPECT_EQ(snapshot->request.timeout_ms, 9u);
+  auto swap = ParseArgs({"resume", "1/51712", "--image", "vhd:n.vhd"});
+  ASSERT_TRUE(swap.ok()) << swap.status().ToString();
+  EXPECT_EQ(swap->request.image, "vhd:" + cwd + "/n.vhd");
+  auto swap_eq = ParseArgs({"resume", "1/51712", "--image=raw.img"});
+  ASSERT_TRUE(swap_eq.ok()) << swap_eq.status().ToString();
+  EXPECT_EQ(swap_eq->request.image, cwd + "/raw.img");
+  auto absolute = ParseArgs({"snapshot", "1/51712", "/images/c.vhd"});
+  ASSERT_TRUE(absolute.ok());
+  EXPECT_EQ(absolute->request.image, "/images/c.vhd");
+}
+
 TEST(BlkctlArgsTest, RefusesBadCommandLines) {
   EXPECT_EQ(ParseArgs({}).status().message(), "no command (list, stats, pause, resume, resize, snapshot)");
   EXPECT_EQ(ParseArgs({"--socket"}).status().message(), "--socket needs a path");
