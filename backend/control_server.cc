@@ -460,12 +460,11 @@ void ControlServer::OnPauseTimeout(uint64_t token) {
   if (!pause.snapshot_child.empty()) {
     // A snapshot does not leave the guest stalled: the pause is abandoned and nothing is made.
     Status resumed = target_.Resume(pause.device);
-    std::string message = StrFormat(
-        "snapshot %s: not drained after %u ms; resumed%s, no snapshot taken. "
-        "Outstanding were: %s",
-        pause.device.c_str(), pause.timeout_ms,
-        resumed.ok() ? "" : (" (failed: " + resumed.message() + ")").c_str(),
-        outstanding.empty() ? "the final sync" : list.c_str());
+    std::string message =
+        StrFormat("%s: not drained after %u ms, still outstanding: %s", pause.device.c_str(), pause.timeout_ms,
+                  outstanding.empty() ? "the final sync" : list.c_str()) +
+        (resumed.ok() ? " (no snapshot; resumed on the old image)"
+                      : " (no snapshot; resuming failed too: " + resumed.message() + ")");
     Log(LogLevel::kWarning, kSubject, "%s", message.c_str());
     FinishPause(token, FormatErrorReply(message));
     return;

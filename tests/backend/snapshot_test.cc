@@ -496,5 +496,42 @@ TEST_F(SnapshotTest, AClientLeavingMidSnapshotStillGetsItDoneAndResumed) {
   EXPECT_EQ(ReadLayer(child)[3], 4);
 }
 
+// A snapshot whose pause does not drain in time is abandoned: the device resumes on its old leaf, no child
+// is made, and the writes that held the pause up complete there.
+TEST_F(SnapshotTest, ASnapshotThatCannotDrainInTimeResumesWithoutAChild) {
+  std::string base = MakeVhd("base.vhd");
+  Start(base, ImageFormatHint::kVhd, /*threaded=*/false);
+  auto* out = static_cast<uint8_t*>(std::aligned_alloc(kPageSize, 2 * kBlock));
+  for (uint64_t i = 0; i < 2; ++i) {
+    FillBlock(out + i * kBlock, 1 + i, i);
+    Io io;
+    io.op = IoOp::kWrite;
+    io.sector = i * (kBlock >> kSectorShift);
+    io.length = kBlock;
+    io.buffer = out + i * kBlock;
+    io.tag = i;
+    ASSERT_TRUE(front_->Queue(io).ok());
+  }
+  ASSERT_TRUE(front_->Push().ok());
+  worker_->RunOnce(0);  // taken and submitted; nobody reaps their completions until the worker runs
+  std::string child = dir_ + "/child.vhd";
+  std::string reply = Ask(std::string("snapshot ") + kDevice + " " + child + " --timeout 30");
+  EXPECT_TRUE(reply.starts_with("error: 1/51712: not drained after 30 ms, still outstanding: q0: write id "))
+      << reply;
+  EXPECT_TRUE(reply.ends_with(" (no snapshot; resumed on the old image)")) << reply;
+  EXPECT_EQ(reply.find('\n'), std::string::npos) << reply;
+  EXPECT_FALSE(std::filesystem::exists(child));
+  EXPECT_EQ(device_->pause_state(), PauseState::kRunning);
+  EXPECT_EQ(device_->image().path(), base);
+  worker_->Start();
+  ExpectCompletions(2);
+  std::free(out);
+  ExpectServes(5, 7);
+  std::vector<int64_t> layer = ReadLayer(base);
+  EXPECT_EQ(layer[0], 1);
+  EXPECT_EQ(layer[1], 2);
+  EXPECT_EQ(layer[5], 7);
+}
+
 }  // namespace
 }  // namespace blk
