@@ -7,9 +7,11 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <filesystem>
 
 #include "base/format.h"
 #include "base/log.h"
+#include "base/unique_fd.h"
 #include "formats/discard.h"
 #include "formats/raw_image.h"
 #include "formats/vhd/create.h"
@@ -238,6 +240,19 @@ Status Device::Resize(uint64_t bytes) {
   return Status::Ok();
 }
 
+namespace {
+
+Status SyncDirectoryOf(const std::string& path) {
+  std::filesystem::path directory = std::filesystem::path(path).parent_path();
+  if (directory.empty()) directory = std::filesystem::current_path();
+  UniqueFd fd(::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd.valid()) return Status::FromErrno(errno, "open " + directory.string());
+  if (::fsync(fd.get()) != 0) return Status::FromErrno(errno, "fsync " + directory.string());
+  return Status::Ok();
+}
+
+}  // namespace
+
 std::pair<ImageFormatHint, std::string> ParseImageSpec(const std::string& spec) {
   if (spec.starts_with("vhd:")) return {ImageFormatHint::kVhd, spec.substr(4)};
   if (spec.starts_with("raw:") || spec.starts_with("aio:")) return {ImageFormatHint::kRaw, spec.substr(4)};
@@ -352,6 +367,8 @@ Status Device::Snapshot(const std::string& child) {
   claim.Reset();
   std::string parent = image_->path();
   Status made = vhd::CreateImage(child, vhd::CreateOptions::Differencing(parent));
+  // CreateImage synced the file; its name must survive a crash too before the guest writes into it.
+  if (made.ok()) made = SyncDirectoryOf(child);
   if (!made.ok()) made = made.Annotate(name_ + ": making " + child + ": ");
   if (made.ok()) made = SwapImage("vhd:" + child);  // its refusals name the device already
   if (!made.ok()) {
