@@ -384,7 +384,7 @@ void ControlServer::Execute(Client& client, const ControlRequest& request) {
         // A refusal leaves the device paused on its old image: the operator decides what next.
         Status swapped = target_.SwapImage(device, request.image);
         if (!swapped.ok()) {
-          Send(client, FormatErrorReply(swapped.message() + " (still paused on the old image)"));
+          Send(client, FormatErrorReply(swapped.message()));
           return;
         }
       }

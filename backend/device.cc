@@ -299,6 +299,13 @@ Status Device::SwapImage(const std::string& spec) {
     return Status::InvalidArgument(name_ + " is " + PauseStateName(pause_state()) +
                                    ": the image changes only while paused");
   }
+  Status swapped = ReplacePausedImage(spec);
+  if (swapped.ok()) return swapped;
+  return Status::Error(swapped.code(), swapped.message() + " (still paused on the old image)",
+                       swapped.error_number());
+}
+
+Status Device::ReplacePausedImage(const std::string& spec) {
   auto [hint, path] = ParseImageSpec(spec);
   auto opened = OpenDiskImage(path, hint, open_options_);
   if (!opened.ok()) return opened.status().Annotate(name_ + ": cannot open the new image: ");
@@ -370,7 +377,7 @@ Status Device::Snapshot(const std::string& child) {
   // CreateImage synced the file; its name must survive a crash too before the guest writes into it.
   if (made.ok()) made = SyncDirectoryOf(child);
   if (!made.ok()) made = made.Annotate(name_ + ": making " + child + ": ");
-  if (made.ok()) made = SwapImage("vhd:" + child);  // its refusals name the device already
+  if (made.ok()) made = ReplacePausedImage("vhd:" + child);  // its refusals name the device already
   if (!made.ok()) {
     ::unlink(child.c_str());
     return made;

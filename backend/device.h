@@ -94,8 +94,8 @@ class Device {
   Status Resize(uint64_t bytes);
   uint64_t size_bytes() const { return limits_.sectors << kSectorShift; }
   // Paused only: reopens the device on `spec` (ParseImageSpec) and has every ring serve it, on its worker,
-  // before anything resumes. Refused (staying on the old image) when it cannot open or CheckImageSwap
-  // says no. The old image closes when no ring holds it any more.
+  // before anything resumes. Refused (staying paused on the old image, as the one-line refusal ends) when it
+  // cannot open or CheckImageSwap says no. The old image closes when no ring holds it any more.
   Status SwapImage(const std::string& spec);
   // Whether a snapshot to `child` could start: the device runs (not paused by someone else), its image is a
   // writable VHD and nothing exists at `child`. Checked before pausing, so that the usual refusals cost the
@@ -123,6 +123,8 @@ class Device {
     uint64_t generation = 0;  // bumped by every Pause and Resume: a late drain of an old pause is ignored
   };
   class PauseWaiter;
+  // SwapImage once the state is checked; a refusal does not say what the device does next.
+  Status ReplacePausedImage(const std::string& spec);
   // CheckSnapshot without the pause state: the image and the child's path.
   Status CheckSnapshotTarget(const std::string& child) const;
   Device(std::string name, ImageOpenOptions open_options, std::shared_ptr<DiskImage> image, DiskLimits limits,
