@@ -46,6 +46,8 @@ std::vector<ControlDeviceInfo> DaemonControlTarget::List() {
       info.io = "closed";  // no image open yet
     } else {
       info.io = PauseStateName(device->pause_state());
+      // After a snapshot or resume --image the device serves other files than the toolstack named.
+      if (device->image_swapped()) info.images = ImageChainPaths(device->image());
       std::vector<std::string> advertised;
       if (handshake.features().flush_cache) advertised.push_back("flush-cache");
       if (handshake.features().barrier) advertised.push_back("barrier");
@@ -82,6 +84,24 @@ Status DaemonControlTarget::Pause(const std::string& name, std::function<void(St
 std::vector<std::string> DaemonControlTarget::DescribePause(const std::string& name) {
   Result<Device*> device = FindDevice(name);
   return device.ok() ? (*device)->DescribeOutstanding(16) : std::vector<std::string>{};
+}
+
+Status DaemonControlTarget::SwapImage(const std::string& name, const std::string& image) {
+  Result<Device*> device = FindDevice(name);
+  if (!device.ok()) return device.status();
+  return (*device)->SwapImage(image);
+}
+
+Status DaemonControlTarget::CheckSnapshot(const std::string& name, const std::string& child) {
+  Result<Device*> device = FindDevice(name);
+  if (!device.ok()) return device.status();
+  return (*device)->CheckSnapshot(child);
+}
+
+Status DaemonControlTarget::Snapshot(const std::string& name, const std::string& child) {
+  Result<Device*> device = FindDevice(name);
+  if (!device.ok()) return device.status();
+  return (*device)->Snapshot(child);
 }
 
 Status DaemonControlTarget::Resume(const std::string& name) {

@@ -63,7 +63,7 @@ std::vector<ControlDeviceInfo> DeviceControlTarget::List() {
     info.name = name;
     info.state = device->rings() > 0 ? "connected" : "open";
     info.io = PauseStateName(device->pause_state());
-    info.images = {device->image().path()};
+    info.images = ImageChainPaths(device->image());
     info.features = ControlFeaturesOf(*device, {"flush-cache", "barrier"});
     info.queues = device->rings();
     info.size_bytes = device->size_bytes();
@@ -96,6 +96,24 @@ Status DeviceControlTarget::Resume(const std::string& name) {
   Device* device = Find(name);
   if (device == nullptr) return UnknownControlDevice(name);
   return device->Resume();
+}
+
+Status DeviceControlTarget::SwapImage(const std::string& name, const std::string& image) {
+  Device* device = Find(name);
+  if (device == nullptr) return UnknownControlDevice(name);
+  return device->SwapImage(image);
+}
+
+Status DeviceControlTarget::CheckSnapshot(const std::string& name, const std::string& child) {
+  Device* device = Find(name);
+  if (device == nullptr) return UnknownControlDevice(name);
+  return device->CheckSnapshot(child);
+}
+
+Status DeviceControlTarget::Snapshot(const std::string& name, const std::string& child) {
+  Device* device = Find(name);
+  if (device == nullptr) return UnknownControlDevice(name);
+  return device->Snapshot(child);
 }
 
 Result<std::string> DeviceControlTarget::Resize(const std::string& name, uint64_t bytes) {

@@ -32,6 +32,9 @@ class DeviceControlTarget final : public ControlTarget {
   Status Pause(const std::string& device, std::function<void(Status)> done) override;
   std::vector<std::string> DescribePause(const std::string& device) override;
   Status Resume(const std::string& device) override;
+  Status SwapImage(const std::string& device, const std::string& image) override;
+  Status CheckSnapshot(const std::string& device, const std::string& child) override;
+  Status Snapshot(const std::string& device, const std::string& child) override;
   Result<std::string> Resize(const std::string& device, uint64_t bytes) override;
 
  private:

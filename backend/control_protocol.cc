@@ -103,6 +103,8 @@ const char* ControlCommandName(ControlCommand command) {
       return "resume";
     case ControlCommand::kResize:
       return "resize";
+    case ControlCommand::kSnapshot:
+      return "snapshot";
   }
   return "?";
 }
@@ -152,6 +154,13 @@ Result<uint64_t> ParseControlSize(std::string_view text) {
   return value << shift;
 }
 
+std::string_view ImagePathOf(std::string_view spec) {
+  for (std::string_view prefix : {"vhd:", "raw:", "aio:"}) {
+    if (spec.starts_with(prefix)) return spec.substr(prefix.size());
+  }
+  return spec;
+}
+
 Result<ControlRequest> ParseControlRequest(std::string_view line) {
   if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
   if (line.size() > kMaxControlLine) {
@@ -173,7 +182,7 @@ Result<ControlRequest> ParseControlRequest(std::string_view line) {
     }
     start = end + 1;
   }
-  if (words.empty()) return Bad("empty request (list, stats, pause, resume, resize)");
+  if (words.empty()) return Bad("empty request (list, stats, pause, resume, resize, snapshot)");
 
   ControlRequest request;
   std::string_view verb = words[0];
@@ -208,10 +217,19 @@ Result<ControlRequest> ParseControlRequest(std::string_view line) {
         request.device = std::string(arg);
       }
     }
-  } else if (verb == "pause") {
-    request.command = ControlCommand::kPause;
+  } else if (verb == "pause" || verb == "snapshot") {
+    bool snapshot = verb == "snapshot";
+    request.command = snapshot ? ControlCommand::kSnapshot : ControlCommand::kPause;
     BLK_RETURN_IF_ERROR(device_at(0));
     size_t next = 1;
+    if (snapshot) {
+      if (args.size() < 2 || args[1].starts_with("-")) return Bad("snapshot needs a child path (CHILD.vhd)");
+      if (!args[1].starts_with("/")) {
+        return Bad("snapshot: " + Echo(args[1]) + " is relative; the daemon needs an absolute path");
+      }
+      request.image = std::string(args[1]);
+      next = 2;
+    }
     if (next < args.size()) {
       std::string_view value;
       if (args[next] == "--timeout") {
@@ -222,7 +240,7 @@ Result<ControlRequest> ParseControlRequest(std::string_view line) {
         value = args[next].substr(10);
         next += 1;
       } else {
-        return Bad("unexpected " + Echo(args[next]) + " after pause DEVICE (--timeout MS)");
+        return Bad("unexpected " + Echo(args[next]) + " after " + std::string(verb) + " (--timeout MS)");
       }
       uint64_t ms = 0;
       if (!ParseDecimal(value, kMaxPauseTimeoutMs, &ms) || ms == 0) {
@@ -235,7 +253,24 @@ Result<ControlRequest> ParseControlRequest(std::string_view line) {
   } else if (verb == "resume") {
     request.command = ControlCommand::kResume;
     BLK_RETURN_IF_ERROR(device_at(0));
-    BLK_RETURN_IF_ERROR(no_more(1));
+    size_t next = 1;
+    if (next < args.size()) {
+      if (args[next] == "--image") {
+        if (next + 1 >= args.size()) return Bad("--image needs an image (vhd:PATH, raw:PATH or PATH)");
+        request.image = std::string(args[next + 1]);
+        next += 2;
+      } else if (args[next].starts_with("--image=")) {
+        request.image = std::string(args[next].substr(8));
+        next += 1;
+      } else {
+        return Bad("unexpected " + Echo(args[next]) + " after resume DEVICE (--image IMAGE)");
+      }
+      if (request.image.empty()) return Bad("--image needs an image (vhd:PATH, raw:PATH or PATH)");
+      if (!ImagePathOf(request.image).starts_with("/")) {
+        return Bad("--image " + Echo(request.image) + " is relative; the daemon needs an absolute path");
+      }
+    }
+    BLK_RETURN_IF_ERROR(no_more(next));
   } else if (verb == "resize") {
     request.command = ControlCommand::kResize;
     BLK_RETURN_IF_ERROR(device_at(0));
@@ -245,7 +280,7 @@ Result<ControlRequest> ParseControlRequest(std::string_view line) {
     request.size_bytes = *size;
     BLK_RETURN_IF_ERROR(no_more(2));
   } else {
-    return Bad("unknown command " + Echo(verb) + " (list, stats, pause, resume, resize)");
+    return Bad("unknown command " + Echo(verb) + " (list, stats, pause, resume, resize, snapshot)");
   }
   return request;
 }
@@ -263,11 +298,16 @@ std::string FormatControlRequest(const ControlRequest& request) {
     case ControlCommand::kPause:
       line += StrFormat(" --timeout %u", request.timeout_ms);
       break;
+    case ControlCommand::kSnapshot:
+      line += " " + request.image + StrFormat(" --timeout %u", request.timeout_ms);
+      break;
     case ControlCommand::kResize:
       line += StrFormat(" %llu", static_cast<unsigned long long>(request.size_bytes));
       break;
-    case ControlCommand::kList:
     case ControlCommand::kResume:
+      if (!request.image.empty()) line += " --image " + request.image;
+      break;
+    case ControlCommand::kList:
       break;
   }
   return line;

@@ -9,7 +9,11 @@
 //   list                                  every device, one line each
 //   stats [DOMID/DEVID] [--json]          counters, in-flight requests, latency percentiles
 //   pause DOMID/DEVID [--timeout MS]      stop the rings, drain, sync; answered once paused (or timed out)
-//   resume DOMID/DEVID                    serve everything queued meanwhile
+//   resume DOMID/DEVID [--image IMAGE]    serve everything queued meanwhile; with --image, first reopen the
+//                                         paused device on IMAGE (vhd:PATH, raw:PATH or a probed PATH)
+//   snapshot DOMID/DEVID CHILD [--timeout MS]
+//                                         pause, make CHILD a differencing VHD of the current (VHD) leaf,
+//                                         switch the device to it, resume
 //   resize DOMID/DEVID SIZE               grow the image (bytes, or with a K/M/G/T suffix, powers of 1024)
 //
 // Threading: pure functions.
@@ -37,7 +41,7 @@ std::string ControlGreeting();
 // Checks a greeting line (without "\n"); an "error ..." line comes back as that error.
 Status CheckControlGreeting(std::string_view line);
 
-enum class ControlCommand : uint8_t { kList, kStats, kPause, kResume, kResize };
+enum class ControlCommand : uint8_t { kList, kStats, kPause, kResume, kResize, kSnapshot };
 const char* ControlCommandName(ControlCommand command);
 
 struct ControlRequest {
@@ -46,7 +50,11 @@ struct ControlRequest {
   bool json = false;
   uint32_t timeout_ms = kDefaultPauseTimeoutMs;
   uint64_t size_bytes = 0;
+  std::string image;  // resume --image: the new image ("vhd:PATH", "raw:PATH" or PATH); snapshot: the child
 };
+
+// The path inside an image spec: after a "vhd:", "raw:" or "aio:" prefix, or the whole spec.
+std::string_view ImagePathOf(std::string_view spec);
 
 // Parses one request line (without its "\n"; one trailing "\r" is tolerated). Every malformed line gives an
 // InvalidArgument status whose message is one line fit to send back.

@@ -88,8 +88,9 @@ struct ControlServer::Client {
 };
 
 struct ControlServer::PendingPause {
-  uint64_t client;
+  uint64_t client;  // 0 once it left (a snapshot carries on without it)
   std::string device;
+  std::string snapshot_child;  // a snapshot's; empty for a plain pause
   UniqueFd timer;
   Clock::time_point started;
   uint32_t timeout_ms;
@@ -338,11 +339,22 @@ void ControlServer::Execute(Client& client, const ControlRequest& request) {
                               : FormatErrorReply(stats.status().message()));
       return;
     }
-    case ControlCommand::kPause: {
+    case ControlCommand::kPause:
+    case ControlCommand::kSnapshot: {
+      bool snapshot = request.command == ControlCommand::kSnapshot;
+      const char* verb = snapshot ? "snapshot" : "pause";
+      if (snapshot) {
+        Status possible = target_.CheckSnapshot(device, request.image);
+        if (!possible.ok()) {
+          Send(client, FormatErrorReply(possible.message()));
+          return;
+        }
+      }
       uint64_t token = next_id_++;
       auto pending = std::make_unique<PendingPause>();
       pending->client = client.id;
       pending->device = device;
+      if (snapshot) pending->snapshot_child = request.image;
       pending->started = Clock::now();
       pending->timeout_ms = request.timeout_ms;
       pending->timer.Reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
@@ -351,7 +363,7 @@ void ControlServer::Execute(Client& client, const ControlRequest& request) {
                          : Status::FromErrno(errno, "timerfd_create");
       if (armed.ok()) armed = Watch(pending->timer.get(), EPOLLIN, (kPauseTimerKind << kKindShift) | token);
       if (!armed.ok()) {
-        Send(client, FormatErrorReply("pause " + device + ": " + armed.message()));
+        Send(client, FormatErrorReply(std::string(verb) + " " + device + ": " + armed.message()));
         return;
       }
       std::shared_ptr<Mailbox> mailbox = mailbox_;
@@ -361,13 +373,21 @@ void ControlServer::Execute(Client& client, const ControlRequest& request) {
         Send(client, FormatErrorReply(started.message()));
         return;
       }
-      Log(LogLevel::kNotice, kSubject, "pause %s requested (timeout %u ms)", device.c_str(),
+      Log(LogLevel::kNotice, kSubject, "%s %s requested (pause timeout %u ms)", verb, device.c_str(),
           request.timeout_ms);
       client.busy = true;
       pauses_.emplace(token, std::move(pending));
       return;
     }
     case ControlCommand::kResume: {
+      if (!request.image.empty()) {
+        // A refusal leaves the device paused on its old image: the operator decides what next.
+        Status swapped = target_.SwapImage(device, request.image);
+        if (!swapped.ok()) {
+          Send(client, FormatErrorReply(swapped.message()));
+          return;
+        }
+      }
       Status resumed = target_.Resume(device);
       Send(client, resumed.ok() ? FormatOkReply({device + " resumed"}) : FormatErrorReply(resumed.message()));
       return;
@@ -386,13 +406,45 @@ void ControlServer::OnPauseDone(uint64_t token, Status status) {
   PendingPause& pause = *it->second;
   double ms = std::chrono::duration<double, std::milli>(Clock::now() - pause.started).count();
   std::string reply;
-  if (status.ok()) {
+  if (!pause.snapshot_child.empty()) {
+    reply = FinishSnapshot(pause, std::move(status), ms);
+  } else if (status.ok()) {
     Log(LogLevel::kNotice, kSubject, "%s paused in %.1f ms", pause.device.c_str(), ms);
     reply = FormatOkReply({StrFormat("%s paused in %.1f ms (drained and synced)", pause.device.c_str(), ms)});
   } else {
     reply = FormatErrorReply("pause " + pause.device + ": " + status.message());
   }
   FinishPause(token, reply);
+}
+
+std::string ControlServer::FinishSnapshot(const PendingPause& pause, Status paused, double pause_ms) {
+  const std::string& device = pause.device;
+  if (!paused.ok()) {
+    // Whatever stopped the pause (a resume meanwhile, a failed sync), the device must not stay paused; a
+    // resume refused because it already runs is no news.
+    (void)target_.Resume(device);
+    std::string message = device + ": the pause failed: " + paused.message() + " (no snapshot)";
+    Log(LogLevel::kWarning, kSubject, "%s", message.c_str());
+    return FormatErrorReply(message);
+  }
+  Status taken = target_.Snapshot(device, pause.snapshot_child);
+  // Whatever happened, the guest gets its disk back: on the new leaf, or on the old one.
+  Status resumed = target_.Resume(device);
+  double ms = std::chrono::duration<double, std::milli>(Clock::now() - pause.started).count();
+  std::string message;
+  if (!taken.ok()) {
+    message = taken.message() + (resumed.ok() ? " (no snapshot; resumed on the old image)"
+                                              : " (no snapshot; resuming failed too: " + resumed.message() + ")");
+  } else if (!resumed.ok()) {
+    message = device + ": " + pause.snapshot_child + " is the new leaf, but resuming failed: " + resumed.message();
+  } else {
+    Log(LogLevel::kNotice, kSubject, "%s: snapshot %s in %.1f ms (paused %.1f ms)", device.c_str(),
+        pause.snapshot_child.c_str(), ms, pause_ms);
+    return FormatOkReply({StrFormat("%s: %s is the new leaf; paused in %.1f ms, resumed after %.1f ms",
+                                    device.c_str(), pause.snapshot_child.c_str(), pause_ms, ms)});
+  }
+  Log(LogLevel::kWarning, kSubject, "%s", message.c_str());
+  return FormatErrorReply(message);
 }
 
 void ControlServer::OnPauseTimeout(uint64_t token) {
@@ -405,6 +457,18 @@ void ControlServer::OnPauseTimeout(uint64_t token) {
     list += (i == 0 ? "" : "; ") + outstanding[i];
   }
   if (outstanding.size() > kMaxOutstandingReported) list += "; ...";
+  if (!pause.snapshot_child.empty()) {
+    // A snapshot does not leave the guest stalled: the pause is abandoned and nothing is made.
+    Status resumed = target_.Resume(pause.device);
+    std::string message =
+        StrFormat("%s: not drained after %u ms, still outstanding: %s", pause.device.c_str(), pause.timeout_ms,
+                  outstanding.empty() ? "the final sync" : list.c_str()) +
+        (resumed.ok() ? " (no snapshot; resumed on the old image)"
+                      : " (no snapshot; resuming failed too: " + resumed.message() + ")");
+    Log(LogLevel::kWarning, kSubject, "%s", message.c_str());
+    FinishPause(token, FormatErrorReply(message));
+    return;
+  }
   std::string message = StrFormat(
       "pause %s: not drained after %u ms; it stays pausing and becomes paused when "
       "its I/O completes (resume cancels). Still outstanding: %s",
@@ -473,8 +537,14 @@ void ControlServer::UpdateInterest(Client& client) {
 void ControlServer::Close(uint64_t id) {
   auto it = clients_.find(id);
   if (it == clients_.end() || it->second->dead) return;
-  // Its pauses carry on; only their answers have nowhere to go.
-  std::erase_if(pauses_, [id](const auto& entry) { return entry.second->client == id; });
+  // Its pauses carry on; only their answers have nowhere to go. A snapshot still has work to do when its
+  // pause completes (or times out): it stays, without a client.
+  std::erase_if(pauses_, [id](const auto& entry) {
+    return entry.second->client == id && entry.second->snapshot_child.empty();
+  });
+  for (auto& [token, pause] : pauses_) {
+    if (pause->client == id) pause->client = 0;
+  }
   it->second->dead = true;
   ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->fd.get(), nullptr);
   it->second->fd.Reset();

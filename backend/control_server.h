@@ -9,8 +9,10 @@
 //
 // Commands run on the owner's thread through a ControlTarget. A pause is answered when the target reports it
 // done (from any thread: the report is passed back through an eventfd) or when its timeout expires, so the
-// loop never blocks for a drain. A client that disconnects mid-command leaves the command running; its
-// answer is dropped. Optionally, the server writes each device's statistics to a file once a second.
+// loop never blocks for a drain. A snapshot is a pause whose completion makes the child, swaps and resumes
+// (a pause that times out is resumed instead). A client that disconnects mid-command leaves the command
+// running; its answer is dropped (a snapshot still completes: no snapshot leaves a device paused).
+// Optionally, the server writes each device's statistics to a file once a second.
 //
 // Threading: Create, fd, HandleEvents and the destructor on the owner's thread. The target's Pause callback
 // may run on any thread, even after the server is gone.
@@ -45,6 +47,12 @@ class ControlTarget {
   // What a pause still waiting is waiting for: one line per request.
   virtual std::vector<std::string> DescribePause(const std::string& device) = 0;
   virtual Status Resume(const std::string& device) = 0;
+  // resume --image: `device` is paused; serve `image` from now on (Device::SwapImage). Resume follows.
+  virtual Status SwapImage(const std::string& device, const std::string& image) = 0;
+  // snapshot: whether it may start (checked before pausing), then, once paused, the child made and served
+  // (Device::CheckSnapshot, Device::Snapshot). Resume follows either way.
+  virtual Status CheckSnapshot(const std::string& device, const std::string& child) = 0;
+  virtual Status Snapshot(const std::string& device, const std::string& child) = 0;
   // Grows `device` to `bytes` and tells the frontend; returns the line to report.
   virtual Result<std::string> Resize(const std::string& device, uint64_t bytes) = 0;
 };
@@ -95,6 +103,8 @@ class ControlServer {
   void UpdateInterest(Client& client);
   void Close(uint64_t id);
   void OnPauseDone(uint64_t token, Status status);
+  // Takes the snapshot a finished pause was for, resumes, and returns the reply.
+  std::string FinishSnapshot(const PendingPause& pause, Status paused, double pause_ms);
   void OnPauseTimeout(uint64_t token);
   void FinishPause(uint64_t token, const std::string& reply);
   void WriteStatsFiles();

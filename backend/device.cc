@@ -1,15 +1,21 @@
 // Device: an image served over one or more rings.
 #include "backend/device.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <filesystem>
 
 #include "base/format.h"
 #include "base/log.h"
+#include "base/unique_fd.h"
 #include "formats/discard.h"
 #include "formats/raw_image.h"
+#include "formats/vhd/create.h"
+#include "formats/vhd_disk_image.h"
 
 namespace blk {
 
@@ -34,7 +40,7 @@ Result<std::unique_ptr<Device>> Device::Open(const DeviceConfig& config) {
       config.path.c_str(), ImageFormatName((*image)->format()),
       static_cast<unsigned long long>((*image)->size_bytes()), limits.logical_block_size,
       limits.read_only ? "read-only" : "read-write", (*image)->direct_io() ? ", O_DIRECT" : ", buffered");
-  return std::unique_ptr<Device>(new Device(config.name, std::move(*image), limits, granularity));
+  return std::unique_ptr<Device>(new Device(config.name, options, std::move(*image), limits, granularity));
 }
 
 Device::~Device() { Disconnect(); }
@@ -232,6 +238,153 @@ Status Device::Resize(uint64_t bytes) {
   for (Ring& ring : rings_) ring.worker->Call([&] { ring.pipeline->SetSectors(limits_.sectors); });
   Log(LogLevel::kNotice, name_.c_str(), "grown from %llu to %llu bytes",
       static_cast<unsigned long long>(current), static_cast<unsigned long long>(bytes));
+  return Status::Ok();
+}
+
+namespace {
+
+Status SyncDirectoryOf(const std::string& path) {
+  std::filesystem::path directory = std::filesystem::path(path).parent_path();
+  if (directory.empty()) directory = std::filesystem::current_path();
+  UniqueFd fd(::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd.valid()) return Status::FromErrno(errno, "open " + directory.string());
+  if (::fsync(fd.get()) != 0) return Status::FromErrno(errno, "fsync " + directory.string());
+  return Status::Ok();
+}
+
+}  // namespace
+
+std::pair<ImageFormatHint, std::string> ParseImageSpec(const std::string& spec) {
+  if (spec.starts_with("vhd:")) return {ImageFormatHint::kVhd, spec.substr(4)};
+  if (spec.starts_with("raw:") || spec.starts_with("aio:")) return {ImageFormatHint::kRaw, spec.substr(4)};
+  return {ImageFormatHint::kProbe, spec};
+}
+
+std::vector<std::string> ImageChainPaths(const DiskImage& image) {
+  if (image.format() == ImageFormat::kVhd) return static_cast<const VhdDiskImage&>(image).chain().paths();
+  return {image.path()};
+}
+
+Status CheckImageSwap(const std::string& device, const DiskLimits& limits, size_t workers,
+                      const DiskImage& next) {
+  const std::string& path = next.path();
+  uint64_t bytes = limits.sectors << kSectorShift;
+  if (next.size_bytes() != bytes) {
+    return Status::InvalidArgument(
+        StrFormat("%s: %s holds %llu bytes, the disk %llu: the guest's disk cannot change size under it",
+                  device.c_str(), path.c_str(), static_cast<unsigned long long>(next.size_bytes()),
+                  static_cast<unsigned long long>(bytes)));
+  }
+  if (next.logical_block_size() != limits.logical_block_size) {
+    return Status::InvalidArgument(StrFormat("%s: %s has %u-byte sectors, the disk %u-byte ones",
+                                             device.c_str(), path.c_str(), next.logical_block_size(),
+                                             limits.logical_block_size));
+  }
+  if (next.read_only() != limits.read_only) {
+    return Status::InvalidArgument(StrFormat("%s: %s is %s, the disk %s", device.c_str(), path.c_str(),
+                                             next.read_only() ? "read-only" : "read-write",
+                                             limits.read_only ? "read-only" : "read-write"));
+  }
+  if (limits.discard && next.format() != ImageFormat::kRaw) {
+    return Status::NotSupported(device + ": the guest was offered discard, which " + path + " (" +
+                                ImageFormatName(next.format()) + ") cannot take");
+  }
+  if (next.format() == ImageFormat::kVhd && workers > 1) {
+    return Status::NotSupported(device + ": its rings run on several workers; a VHD needs them on one");
+  }
+  return Status::Ok();
+}
+
+Status Device::SwapImage(const std::string& spec) {
+  if (pause_state() != PauseState::kPaused) {
+    return Status::InvalidArgument(name_ + " is " + PauseStateName(pause_state()) +
+                                   ": the image changes only while paused");
+  }
+  Status swapped = ReplacePausedImage(spec);
+  if (swapped.ok()) return swapped;
+  return Status::Error(swapped.code(), swapped.message() + " (still paused on the old image)",
+                       swapped.error_number());
+}
+
+Status Device::ReplacePausedImage(const std::string& spec) {
+  auto [hint, path] = ParseImageSpec(spec);
+  auto opened = OpenDiskImage(path, hint, open_options_);
+  if (!opened.ok()) return opened.status().Annotate(name_ + ": cannot open the new image: ");
+  std::shared_ptr<DiskImage> next = std::move(*opened);
+  size_t workers = 0;
+  for (size_t i = 0; i < rings_.size(); ++i) {
+    bool seen = false;
+    for (size_t j = 0; j < i; ++j) seen = seen || rings_[j].worker == rings_[i].worker;
+    if (!seen) ++workers;
+  }
+  BLK_RETURN_IF_ERROR(CheckImageSwap(name_, limits_, workers, *next));
+  // Every ring is paused and holds no request: each switches on its own worker, and none can fail but for
+  // a pause that is not one (which the state above rules out).
+  Status swapped;
+  for (Ring& ring : rings_) {
+    ring.worker->Call([&] {
+      Status status = ring.pipeline->SwapImage(next);
+      if (swapped.ok()) swapped = std::move(status);
+    });
+  }
+  if (!swapped.ok()) {
+    for (Ring& ring : rings_) ring.worker->Call([&] { (void)ring.pipeline->SwapImage(image_); });
+    return swapped;
+  }
+  std::string old_path = image_->path();
+  image_ = std::move(next);
+  image_swapped_ = true;
+  Log(LogLevel::kNotice, name_.c_str(), "now serving %s (%s) instead of %s", image_->path().c_str(),
+      ImageFormatName(image_->format()), old_path.c_str());
+  return Status::Ok();
+}
+
+Status Device::CheckSnapshot(const std::string& child) const {
+  if (PauseState state = pause_state(); state != PauseState::kRunning) {
+    return Status::Busy(name_ + " is " + PauseStateName(state) +
+                        ": a snapshot pauses and resumes by itself (resume first, or resume --image)");
+  }
+  return CheckSnapshotTarget(child);
+}
+
+Status Device::CheckSnapshotTarget(const std::string& child) const {
+  if (image_->format() != ImageFormat::kVhd) {
+    return Status::NotSupported(name_ + ": " + image_->path() + " is a " + ImageFormatName(image_->format()) +
+                                " image: a snapshot needs a VHD leaf (VHD has no differencing child of a "
+                                "raw parent)");
+  }
+  if (limits_.read_only) return Status::InvalidArgument(name_ + ": a read-only disk has nothing to snapshot");
+  if (child.empty()) return Status::InvalidArgument(name_ + ": no path for the snapshot's child");
+  struct stat st;
+  if (::lstat(child.c_str(), &st) == 0) {
+    return Status::InvalidArgument(name_ + ": " + child + " exists; refusing to replace it");
+  }
+  if (errno != ENOENT) return Status::FromErrno(errno, name_ + ": " + child);
+  return Status::Ok();
+}
+
+Status Device::Snapshot(const std::string& child) {
+  if (pause_state() != PauseState::kPaused) {
+    return Status::InvalidArgument(name_ + " is " + PauseStateName(pause_state()) +
+                                   ": a snapshot is taken only while paused");
+  }
+  BLK_RETURN_IF_ERROR(CheckSnapshotTarget(child));
+  // Claims the name first, so that a file someone else creates meanwhile is never replaced or removed.
+  UniqueFd claim(::open(child.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  if (!claim.valid()) return Status::FromErrno(errno, name_ + ": creating " + child);
+  claim.Reset();
+  std::string parent = image_->path();
+  Status made = vhd::CreateImage(child, vhd::CreateOptions::Differencing(parent));
+  // CreateImage synced the file; its name must survive a crash too before the guest writes into it.
+  if (made.ok()) made = SyncDirectoryOf(child);
+  if (!made.ok()) made = made.Annotate(name_ + ": making " + child + ": ");
+  if (made.ok()) made = ReplacePausedImage("vhd:" + child);  // its refusals name the device already
+  if (!made.ok()) {
+    ::unlink(child.c_str());
+    return made;
+  }
+  Log(LogLevel::kNotice, name_.c_str(), "snapshot: %s is now the leaf, %s its read-only parent",
+      child.c_str(), parent.c_str());
   return Status::Ok();
 }
 

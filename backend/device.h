@@ -7,7 +7,7 @@
 // one thread at a time: every ring of a VHD device must be connected on the same worker.
 //
 // Pause is asynchronous: every ring stops taking requests, drains and syncs on its own worker, and the last
-// one to finish reports. Resume (and a later image swap, which belongs between the two) runs synchronously.
+// one to finish reports. Resume, SwapImage and Snapshot (which belong between the two) run synchronously.
 #pragma once
 
 #include <atomic>
@@ -15,6 +15,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "backend/device_stats.h"
@@ -41,6 +42,16 @@ struct DeviceConfig {
 enum class PauseState : uint8_t { kRunning, kPausing, kPaused };
 const char* PauseStateName(PauseState state);
 
+// "vhd:PATH" (a VHD, differencing allowed), "raw:PATH" or "aio:PATH" (raw), or a bare PATH (probed).
+std::pair<ImageFormatHint, std::string> ParseImageSpec(const std::string& spec);
+// The files of `image`, leaf first: a VHD's whole chain, a raw image's one path.
+std::vector<std::string> ImageChainPaths(const DiskImage& image);
+// Whether `next` may replace the image of a device with `limits` (named `device`, served on `workers`
+// workers) under a running frontend: same size, sector size and read-only state; discard offered only
+// where it stays right (raw); a VHD only where one worker serves every ring. The refusal is one line.
+Status CheckImageSwap(const std::string& device, const DiskLimits& limits, size_t workers,
+                      const DiskImage& next);
+
 class Device {
  public:
   static Result<std::unique_ptr<Device>> Open(const DeviceConfig& config);
@@ -48,6 +59,8 @@ class Device {
 
   const std::string& name() const { return name_; }
   const DiskImage& image() const { return *image_; }
+  // Whether a snapshot or resume --image replaced the image the device was opened on.
+  bool image_swapped() const { return image_swapped_; }
   const DiskLimits& limits() const { return limits_; }
   // Bytes the storage frees in, when limits().discard.
   uint32_t discard_granularity() const { return discard_granularity_; }
@@ -81,6 +94,18 @@ class Device {
   // their own tools).
   Status Resize(uint64_t bytes);
   uint64_t size_bytes() const { return limits_.sectors << kSectorShift; }
+  // Paused only: reopens the device on `spec` (ParseImageSpec) and has every ring serve it, on its worker,
+  // before anything resumes. Refused (staying paused on the old image, as the one-line refusal ends) when it
+  // cannot open or CheckImageSwap says no. The old image closes when no ring holds it any more.
+  Status SwapImage(const std::string& spec);
+  // Whether a snapshot to `child` could start: the device runs (not paused by someone else), its image is a
+  // writable VHD and nothing exists at `child`. Checked before pausing, so that the usual refusals cost the
+  // guest nothing.
+  Status CheckSnapshot(const std::string& child) const;
+  // Paused only: creates `child`, a differencing VHD whose parent is the current leaf, and serves it; the
+  // old leaf is from then on opened read-only, as part of the chain. On failure a half-made child is
+  // removed and the device stays on its old leaf.
+  Status Snapshot(const std::string& child);
   // Any thread: requests taken and not answered, and the latency of those answered, over all rings.
   uint32_t InFlight() const;
   LatencySummary Latency() const;
@@ -99,8 +124,14 @@ class Device {
     uint64_t generation = 0;  // bumped by every Pause and Resume: a late drain of an old pause is ignored
   };
   class PauseWaiter;
-  Device(std::string name, std::shared_ptr<DiskImage> image, DiskLimits limits, uint32_t discard_granularity)
+  // SwapImage once the state is checked; a refusal does not say what the device does next.
+  Status ReplacePausedImage(const std::string& spec);
+  // CheckSnapshot without the pause state: the image and the child's path.
+  Status CheckSnapshotTarget(const std::string& child) const;
+  Device(std::string name, ImageOpenOptions open_options, std::shared_ptr<DiskImage> image, DiskLimits limits,
+         uint32_t discard_granularity)
       : name_(std::move(name)),
+        open_options_(open_options),
         image_(std::move(image)),
         limits_(limits),
         discard_granularity_(discard_granularity),
@@ -108,7 +139,9 @@ class Device {
         pause_(std::make_shared<PauseControl>()) {}
 
   std::string name_;
+  ImageOpenOptions open_options_;     // how the image was opened: a swapped-in image opens the same way
   std::shared_ptr<DiskImage> image_;  // shared with the rings, which may outlive the device (see Disconnect)
+  bool image_swapped_ = false;
   DiskLimits limits_;
   uint32_t discard_granularity_;
   std::shared_ptr<DeviceStats> stats_;

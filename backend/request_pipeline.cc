@@ -900,6 +900,27 @@ void RequestPipeline::FinishPause(Status status) {
   if (done) done(std::move(status));
 }
 
+Status RequestPipeline::SwapImage(std::shared_ptr<DiskImage> image) {
+  if (pause_state_ != PauseState::kPaused || ring_.outstanding() != 0 || pause_sync_in_flight_) {
+    return Status::Busy(name_ + ": the image changes only while paused");
+  }
+  uint32_t slots = ring_.slots();
+  std::unique_ptr<VhdIo> vhd;
+  if (image->format() == ImageFormat::kVhd) {
+    size_t iocbs = size_t{slots} * VhdIo::kOpsPerRequest;
+    submit_.reserve(iocbs);
+    deferred_.reserve(iocbs);
+    vhd = std::make_unique<VhdIo>(name_, static_cast<VhdIo::Owner&>(*this),
+                                  static_cast<VhdDiskImage&>(*image), aio_, slots, submit_);
+  }
+  // The old engine refers to the old image: it goes first.
+  vhd_ = std::move(vhd);
+  fd_ = image->format() == ImageFormat::kRaw ? static_cast<RawImage&>(*image).fd()
+                                             : static_cast<VhdDiskImage&>(*image).data_fd();
+  image_ = std::move(image);
+  return Status::Ok();
+}
+
 void RequestPipeline::Resume() {
   if (pause_state_ == PauseState::kRunning) return;
   pause_state_ = PauseState::kRunning;

@@ -140,6 +140,9 @@ class RequestPipeline final : public CompletionHandler, private VhdIo::Owner {
   // Takes and serves everything the frontend queued meanwhile. Does nothing if not paused.
   void Resume();
   bool paused() const { return pause_state_ == PauseState::kPaused; }
+  // Paused only (no request taken, no sync in flight): serves `image` from now on (resume --image, a
+  // snapshot's new leaf). Its VHD engine is rebuilt; the old image is released here.
+  Status SwapImage(std::shared_ptr<DiskImage> image);
   // Up to `max` requests taken and not yet answered, in slot order.
   std::vector<OutstandingRequest> Outstanding(size_t max) const;
   // The disk grew (online resize): requests up to `sectors` become valid.

@@ -65,6 +65,7 @@ class VhdDiskImage final : public DiskImage {
 
   vhd::VhdImage& leaf() { return chain_->top(); }
   vhd::VhdChain& chain() { return *chain_; }
+  const vhd::VhdChain& chain() const { return *chain_; }
   // The leaf's data descriptor: guest data, new blocks and syncs go there.
   int data_fd() const { return data_fds_.front().get(); }
   // Where the engine writes BAT and bitmap sectors: the data descriptor, unless a test pointed it elsewhere

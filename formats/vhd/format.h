@@ -31,7 +31,7 @@ inline constexpr uint64_t kMaxGeometrySectors = 65535ull * 16 * 255;
 // 2040 GiB: the size limit every VHD implementation agrees on (the BAT's 32-bit sector offsets allow little
 // more).
 inline constexpr uint64_t kMaxVirtualSize = 2040ull << 30;
-inline constexpr uint64_t kMaxChainDepth = 30;
+inline constexpr uint64_t kMaxChainDepth = 64;  // room for a guest snapshotted often (blkctl snapshot)
 
 enum class DiskType : uint32_t { kFixed = 2, kDynamic = 3, kDifferencing = 4 };
 const char* DiskTypeName(DiskType type);

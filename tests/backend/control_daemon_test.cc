@@ -9,6 +9,8 @@
 #include "backend/control_client.h"
 #include "backend/control_daemon_target.h"
 #include "backend/control_server.h"
+#include "formats/vhd/chain.h"
+#include "formats/vhd/create.h"
 #include "tests/backend/handshake_fixture.h"
 
 namespace blk {
@@ -119,6 +121,44 @@ TEST_F(ControlDaemonTest, ListsPausesResumesAndResizesAConnectedGuest) {
   // The guest may now use the new sectors.
   CheckIo(queue, (8u << 20) / 512 - 32, 3);
   EXPECT_EQ(Ask("pause 7/51712"), "error: no device 7/51712 (see list)");
+}
+
+// A snapshot of a guest connected through xenstore: list names the new chain, and when the guest reconnects
+// (close, connect again with params unchanged) the device, which stays open, serves the child, not the now
+// read-only parent.
+TEST_F(ControlDaemonTest, SnapshotOfAConnectedVhdGuestSurvivesItsReconnect) {
+  StartWithControl();
+  CreateDomain(1);
+  std::string base = image_dir_ + "/base.vhd";
+  ASSERT_TRUE(vhd::CreateImage(base, vhd::CreateOptions::Dynamic(8 << 20)).ok());
+  AddDisk(1, 51712, "vhd:" + base);
+  std::unique_ptr<LibXenStoreClient> guest = GuestClient(1);
+  std::unique_ptr<XenbusBlkfront> front = Frontend(*guest, 1, 51712);
+  ASSERT_TRUE(front->Connect(kTimeout).ok());
+  CheckIo(front->queue(0), 8, 1);
+  std::string child = image_dir_ + "/child.vhd";
+  std::string reply = Ask("snapshot 1/51712 " + child);
+  EXPECT_TRUE(Contains(reply, child + " is the new leaf")) << reply;
+  EXPECT_TRUE(Contains(Ask("list"), "io=running size=8388608")) << Ask("list");
+  EXPECT_TRUE(Contains(Ask("list"), "images=" + child + "," + base + "\n")) << Ask("list");
+  CheckIo(front->queue(0), 4096, 2);  // lands in the child
+
+  ASSERT_TRUE(front->Close(kTimeout).ok());
+  ASSERT_TRUE(front->Connect(kTimeout).ok());
+  EXPECT_TRUE(Contains(Ask("list"), "images=" + child + "," + base + "\n")) << Ask("list");
+  CheckIo(front->queue(0), 8192, 3);
+  front.reset();
+  StopDaemon();
+  auto parent = vhd::VhdChain::Open(base, false);
+  ASSERT_TRUE(parent.ok()) << parent.status().ToString();
+  EXPECT_NE((*parent)->top().bat_entry(0), vhd::kBatUnused);
+  // Sectors 4096 and 8192 are in blocks 1 and 2 (2 MiB blocks), written after the snapshot: the child's.
+  EXPECT_EQ((*parent)->top().bat_entry(1), vhd::kBatUnused);
+  EXPECT_EQ((*parent)->top().bat_entry(2), vhd::kBatUnused);
+  auto chain = vhd::VhdChain::Open(child, false);
+  ASSERT_TRUE(chain.ok()) << chain.status().ToString();
+  EXPECT_NE((*chain)->top().bat_entry(1), vhd::kBatUnused);
+  EXPECT_NE((*chain)->top().bat_entry(2), vhd::kBatUnused);
 }
 
 }  // namespace

@@ -47,13 +47,25 @@ TEST(ControlProtocolTest, ParsesEveryCommand) {
   EXPECT_EQ(resize.command, ControlCommand::kResize);
   EXPECT_EQ(resize.size_bytes, 2ull << 30);
   EXPECT_EQ(Parsed("resize 1/51712 1048576").size_bytes, 1048576u);
+  ControlRequest swap = Parsed("resume 1/51712 --image vhd:/images/new.vhd");
+  EXPECT_EQ(swap.command, ControlCommand::kResume);
+  EXPECT_EQ(swap.image, "vhd:/images/new.vhd");
+  EXPECT_EQ(Parsed("resume 1/51712 --image=raw:/d.img").image, "raw:/d.img");
+  EXPECT_TRUE(Parsed("resume 1/51712").image.empty());
+  ControlRequest snapshot = Parsed("snapshot 1/51712 /images/child.vhd");
+  EXPECT_EQ(snapshot.command, ControlCommand::kSnapshot);
+  EXPECT_EQ(snapshot.device, "1/51712");
+  EXPECT_EQ(snapshot.image, "/images/child.vhd");
+  EXPECT_EQ(snapshot.timeout_ms, kDefaultPauseTimeoutMs);
+  EXPECT_EQ(Parsed("snapshot 1/51712 /c.vhd --timeout 40").timeout_ms, 40u);
   // Extra spaces and a CRLF line ending (nc, socat) are tolerated.
   EXPECT_EQ(Parsed("  stats   1/51712  \r").device, "1/51712");
 }
 
 TEST(ControlProtocolTest, FormattedRequestsParseBack) {
   for (std::string line :
-       {"list", "stats", "stats 3/5 --json", "pause 1/51712 --timeout 7", "resume 1/2", "resize 4/5 4096"}) {
+       {"list", "stats", "stats 3/5 --json", "pause 1/51712 --timeout 7", "resume 1/2", "resize 4/5 4096",
+        "resume 1/2 --image vhd:/x.vhd", "snapshot 1/2 /c.vhd --timeout 9"}) {
     ControlRequest request = Parsed(line);
     ControlRequest again = Parsed(FormatControlRequest(request));
     EXPECT_EQ(again.command, request.command) << line;
@@ -61,14 +73,25 @@ TEST(ControlProtocolTest, FormattedRequestsParseBack) {
     EXPECT_EQ(again.json, request.json) << line;
     EXPECT_EQ(again.timeout_ms, request.timeout_ms) << line;
     EXPECT_EQ(again.size_bytes, request.size_bytes) << line;
+    EXPECT_EQ(again.image, request.image) << line;
   }
 }
 
 TEST(ControlProtocolTest, RefusesMalformedLinesWithOneClearLine) {
-  EXPECT_EQ(Refusal(""), "empty request (list, stats, pause, resume, resize)");
-  EXPECT_EQ(Refusal("   "), "empty request (list, stats, pause, resume, resize)");
-  EXPECT_EQ(Refusal("LIST"), "unknown command 'LIST' (list, stats, pause, resume, resize)");
-  EXPECT_EQ(Refusal("snapshot 1/51712"), "unknown command 'snapshot' (list, stats, pause, resume, resize)");
+  EXPECT_EQ(Refusal(""), "empty request (list, stats, pause, resume, resize, snapshot)");
+  EXPECT_EQ(Refusal("   "), "empty request (list, stats, pause, resume, resize, snapshot)");
+  EXPECT_EQ(Refusal("LIST"), "unknown command 'LIST' (list, stats, pause, resume, resize, snapshot)");
+  EXPECT_EQ(Refusal("snapshot 1/51712"), "snapshot needs a child path (CHILD.vhd)");
+  EXPECT_EQ(Refusal("snapshot 1/51712 --timeout 5"), "snapshot needs a child path (CHILD.vhd)");
+  EXPECT_EQ(Refusal("snapshot 1/51712 /c.vhd d.vhd"), "unexpected 'd.vhd' after snapshot (--timeout MS)");
+  // The daemon's working directory is not the operator's: relative paths are refused.
+  EXPECT_EQ(Refusal("snapshot 1/51712 c.vhd"), "snapshot: 'c.vhd' is relative; the daemon needs an absolute path");
+  EXPECT_EQ(Refusal("resume 1/51712 --image vhd:images/n.vhd"),
+            "--image 'vhd:images/n.vhd' is relative; the daemon needs an absolute path");
+  EXPECT_EQ(Refusal("resume 1/51712 --image=n.img"), "--image 'n.img' is relative; the daemon needs an absolute path");
+  EXPECT_EQ(Refusal("resume 1/51712 --image"), "--image needs an image (vhd:PATH, raw:PATH or PATH)");
+  EXPECT_EQ(Refusal("resume 1/51712 --image="), "--image needs an image (vhd:PATH, raw:PATH or PATH)");
+  EXPECT_EQ(Refusal("resume 1/51712 now"), "unexpected 'now' after resume DEVICE (--image IMAGE)");
   EXPECT_EQ(Refusal("list 1/51712"), "unexpected '1/51712' after list");
   EXPECT_EQ(Refusal("pause"), "pause needs a device (DOMID/DEVID)");
   EXPECT_EQ(Refusal("resume"), "resume needs a device (DOMID/DEVID)");
@@ -79,7 +102,7 @@ TEST(ControlProtocolTest, RefusesMalformedLinesWithOneClearLine) {
   EXPECT_EQ(Refusal("pause 1/51712 --timeout 3600001"),
             "bad --timeout '3600001': milliseconds from 1 to 3600000");
   EXPECT_EQ(Refusal("pause 1/51712 --timeout -5"), "bad --timeout '-5': milliseconds from 1 to 3600000");
-  EXPECT_EQ(Refusal("pause 1/51712 --force"), "unexpected '--force' after pause DEVICE (--timeout MS)");
+  EXPECT_EQ(Refusal("pause 1/51712 --force"), "unexpected '--force' after pause (--timeout MS)");
   EXPECT_EQ(Refusal("stats --json --json"), "--json given twice");
   EXPECT_EQ(Refusal("stats --xml"), "unknown option '--xml' of stats (--json)");
   EXPECT_EQ(Refusal("stats 1/2 3/4"), "stats takes at most one device");
@@ -90,8 +113,8 @@ TEST(ControlProtocolTest, RefusesMalformedLinesWithOneClearLine) {
   EXPECT_EQ(Refusal("a b c d e f g h i"), "too many words in the request");
   // A long bad word is quoted back only in part.
   std::string long_word(200, 'z');
-  EXPECT_EQ(Refusal(long_word),
-            "unknown command '" + std::string(48, 'z') + "...' (list, stats, pause, resume, resize)");
+  EXPECT_EQ(Refusal(long_word), "unknown command '" + std::string(48, 'z') +
+                                    "...' (list, stats, pause, resume, resize, snapshot)");
 }
 
 TEST(ControlProtocolTest, DeviceNamesAreStrict) {

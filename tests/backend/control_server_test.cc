@@ -281,7 +281,8 @@ TEST_F(ControlServerTest, EveryControlErrorIsOneClearLine) {
       "error: 1/51712: refusing to shrink from 8388608 to 4194304 bytes: the guest may have data there");
   EXPECT_EQ(Ask("resize 1/51712 1000"),
             "error: 1/51712: 1000 bytes is not a multiple of the 512-byte sector");
-  EXPECT_EQ(Ask("frobnicate"), "error: unknown command 'frobnicate' (list, stats, pause, resume, resize)");
+  EXPECT_EQ(Ask("frobnicate"),
+            "error: unknown command 'frobnicate' (list, stats, pause, resume, resize, snapshot)");
   EXPECT_TRUE(Contains(Ask("pause 1-51712"), "error: bad device '1-51712'"));
 
   // One connection survives bad requests and goes on answering.

@@ -13,6 +13,8 @@
 #include "backend/control_device.h"
 #include "backend/control_server.h"
 #include "backend/device.h"
+#include "formats/vhd/chain.h"
+#include "formats/vhd/create.h"
 #include "tools/blkctl/commands.h"
 
 namespace blk::blkctl {
@@ -55,8 +57,25 @@ TEST(BlkctlArgsTest, ParsesGlobalOptionsAndOneRequest) {
   EXPECT_TRUE(ParseArgs({"pause", "-h"})->help);
 }
 
+TEST(BlkctlArgsTest, ImagePathsGoToTheDaemonAbsolute) {
+  std::string cwd = std::filesystem::current_path().string();
+  auto snapshot = ParseArgs({"snapshot", "1/51712", "snaps/../c.vhd", "--timeout", "9"});
+  ASSERT_TRUE(snapshot.ok()) << snapshot.status().ToString();
+  EXPECT_EQ(snapshot->request.image, cwd + "/c.vhd");
+  EXPECT_EQ(snapshot->request.timeout_ms, 9u);
+  auto swap = ParseArgs({"resume", "1/51712", "--image", "vhd:n.vhd"});
+  ASSERT_TRUE(swap.ok()) << swap.status().ToString();
+  EXPECT_EQ(swap->request.image, "vhd:" + cwd + "/n.vhd");
+  auto swap_eq = ParseArgs({"resume", "1/51712", "--image=raw.img"});
+  ASSERT_TRUE(swap_eq.ok()) << swap_eq.status().ToString();
+  EXPECT_EQ(swap_eq->request.image, cwd + "/raw.img");
+  auto absolute = ParseArgs({"snapshot", "1/51712", "/images/c.vhd"});
+  ASSERT_TRUE(absolute.ok());
+  EXPECT_EQ(absolute->request.image, "/images/c.vhd");
+}
+
 TEST(BlkctlArgsTest, RefusesBadCommandLines) {
-  EXPECT_EQ(ParseArgs({}).status().message(), "no command (list, stats, pause, resume, resize)");
+  EXPECT_EQ(ParseArgs({}).status().message(), "no command (list, stats, pause, resume, resize, snapshot)");
   EXPECT_EQ(ParseArgs({"--socket"}).status().message(), "--socket needs a path");
   EXPECT_EQ(ParseArgs({"--verbose", "list"}).status().message(), "unknown option --verbose");
   EXPECT_EQ(ParseArgs({"pause"}).status().message(), "pause needs a device (DOMID/DEVID)");
@@ -74,12 +93,18 @@ class BlkctlTest : public ::testing::Test {
     char dir[] = "/tmp/blkctl-test-XXXXXX";
     ASSERT_NE(::mkdtemp(dir), nullptr);
     dir_ = dir;
-    image_ = dir_ + "/disk.img";
-    int fd = ::open(image_.c_str(), O_CREAT | O_RDWR | O_TRUNC, 0600);
-    ASSERT_GE(fd, 0);
-    ASSERT_EQ(::ftruncate(fd, 1 << 20), 0);
-    ::close(fd);
     DeviceConfig config;
+    if (vhd_) {
+      image_ = dir_ + "/disk.vhd";
+      ASSERT_TRUE(vhd::CreateImage(image_, vhd::CreateOptions::Dynamic(1 << 20)).ok());
+      config.format = ImageFormatHint::kVhd;
+    } else {
+      image_ = dir_ + "/disk.img";
+      int fd = ::open(image_.c_str(), O_CREAT | O_RDWR | O_TRUNC, 0600);
+      ASSERT_GE(fd, 0);
+      ASSERT_EQ(::ftruncate(fd, 1 << 20), 0);
+      ::close(fd);
+    }
     config.name = "1/51712";
     config.path = image_;
     config.direct = false;
@@ -101,6 +126,7 @@ class BlkctlTest : public ::testing::Test {
   }
   std::string Socket() const { return "--socket " + dir_ + "/control "; }
 
+  bool vhd_ = false;  // the device's image: a dynamic VHD, or raw
   std::string dir_, image_;
   std::unique_ptr<Device> device_;
   DeviceControlTarget target_;
@@ -158,12 +184,64 @@ TEST_F(BlkctlTest, UsageErrorsAndAMissingDaemonAreOneLineWithTheirExitStatus) {
   EXPECT_NE(help.output.find("example: blkctl pause 1/51712"), std::string::npos);
   Ran usage = Tool(Socket() + "frobnicate");
   EXPECT_EQ(usage.exit_status, kExitUsage);
-  EXPECT_EQ(
-      usage.output,
-      "blkctl: unknown command 'frobnicate' (list, stats, pause, resume, resize) (see blkctl --help)\n");
+  EXPECT_EQ(usage.output,
+            "blkctl: unknown command 'frobnicate' (list, stats, pause, resume, resize, snapshot) (see blkctl "
+            "--help)\n");
   Ran missing = Tool("--socket " + dir_ + "/nothing list");
   EXPECT_EQ(missing.exit_status, kExitUnreachable);
   EXPECT_EQ(missing.output, "blkctl: blkbackd is not running (nothing listens on " + dir_ + "/nothing)\n");
+}
+
+TEST_F(BlkctlTest, SnapshotOfARawDiskIsRefused) {
+  Ran refused = Tool(Socket() + "snapshot 1/51712 " + dir_ + "/child.vhd");
+  EXPECT_EQ(refused.exit_status, kExitRefused);
+  EXPECT_EQ(refused.output, "blkctl: 1/51712: " + image_ +
+                                " is a raw image: a snapshot needs a VHD leaf (VHD has no differencing child "
+                                "of a raw parent)\n");
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/child.vhd"));
+  EXPECT_EQ(Tool(Socket() + "snapshot 1/51712").exit_status, kExitUsage);
+}
+
+class BlkctlVhdTest : public BlkctlTest {
+ protected:
+  BlkctlVhdTest() { vhd_ = true; }
+};
+
+TEST_F(BlkctlVhdTest, SnapshotsAndSwapsImages) {
+  std::string child = dir_ + "/child.vhd";
+  Ran snapshot = Tool(Socket() + "snapshot 1/51712 " + child + " --timeout 1000");
+  EXPECT_EQ(snapshot.exit_status, kExitOk) << snapshot.output;
+  EXPECT_EQ(snapshot.output.find("1/51712: " + child + " is the new leaf; paused in "), 0u)
+      << snapshot.output;
+  EXPECT_NE(Tool(Socket() + "list")
+                .output.find("io=running size=1048576 queues=0 features=flush-cache,barrier "
+                             "images=" +
+                             child + "," + image_ + "\n"),
+            std::string::npos);
+  auto chain = vhd::VhdChain::Open(child, false);
+  ASSERT_TRUE(chain.ok()) << chain.status().ToString();
+  EXPECT_EQ((*chain)->paths(), (std::vector<std::string>{child, image_}));
+  Ran again = Tool(Socket() + "snapshot 1/51712 " + child);
+  EXPECT_EQ(again.exit_status, kExitRefused);
+  EXPECT_EQ(again.output, "blkctl: 1/51712: " + child + " exists; refusing to replace it\n");
+
+  // resume --image: back to the parent, which is a whole disk of its own.
+  EXPECT_EQ(Tool(Socket() + "pause 1/51712").exit_status, kExitOk);
+  std::string small = dir_ + "/small.vhd";
+  ASSERT_TRUE(vhd::CreateImage(small, vhd::CreateOptions::Dynamic(512 << 10)).ok());
+  Ran refused = Tool(Socket() + "resume 1/51712 --image vhd:" + small);
+  EXPECT_EQ(refused.exit_status, kExitRefused);
+  EXPECT_EQ(refused.output, "blkctl: 1/51712: " + small +
+                                " holds 524288 bytes, the disk 1048576: the guest's disk cannot change size "
+                                "under it (still paused on the old image)\n");
+  Ran swapped = Tool(Socket() + "resume 1/51712 --image vhd:" + image_);
+  EXPECT_EQ(swapped.exit_status, kExitOk) << swapped.output;
+  EXPECT_EQ(swapped.output, "1/51712 resumed\n");
+  EXPECT_NE(Tool(Socket() + "list")
+                .output.find("io=running size=1048576 queues=0 features=flush-cache,barrier "
+                             "images=" +
+                             image_ + "\n"),
+            std::string::npos);
 }
 
 }  // namespace

@@ -6,7 +6,11 @@
 
 #include <cstdlib>
 #include <ctime>
+#include <filesystem>
 #include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
 
 #include "backend/control_client.h"
 #include "base/format.h"
@@ -27,16 +31,59 @@ const char kUsage[] =
     "  pause DOMID/DEVID [--timeout MS]    stop taking requests, let in-flight I/O finish, sync the image;\n"
     "                                      returns once paused (default timeout 5000 ms)\n"
     "  resume DOMID/DEVID                  serve everything the guest queued while paused\n"
+    "       [--image IMAGE]                first reopen the paused disk on IMAGE (vhd:PATH, raw:PATH or\n"
+    "                                      PATH): same size, sector size and read-only state, or refused\n"
+    "                                      (the disk then stays paused on its old image)\n"
+    "  snapshot DOMID/DEVID CHILD.vhd      pause, make CHILD.vhd a differencing VHD of the current (VHD)\n"
+    "           [--timeout MS]             leaf, serve it, resume; the old leaf becomes its read-only\n"
+    "                                      parent. Any failure resumes on the old leaf\n"
     "  resize DOMID/DEVID SIZE             grow the image to SIZE (bytes, or with K, M, G, T) and tell the\n"
     "                                      guest; shrinking is refused\n"
     "\n"
     "  --socket PATH                       the control socket (default /run/blkbackd/control)\n"
     "\n"
     "A device is named DOMID/DEVID as list prints it (blkbench's is 1/51712).\n"
+    "A relative CHILD.vhd or IMAGE path is made absolute here (the daemon has its own working directory).\n"
+    "\n"
     "Exit status: 0 done, 1 blkbackd refused or failed the command, 2 bad usage, 3 blkbackd unreachable.\n"
     "\n"
     "example: blkctl pause 1/51712 --timeout 2000 && cp --sparse=always disk.img backup.img && "
-    "blkctl resume 1/51712\n";
+    "blkctl resume 1/51712\n"
+    "         blkctl snapshot 1/51712 /images/disk-2.vhd   (then back up the now read-only parent)\n";
+
+namespace {
+
+// The daemon does not share our working directory: a relative CHILD of snapshot or IMAGE of resume --image
+// is made absolute here, before the line is parsed.
+std::string AbsoluteImagePaths(const std::string& line) {
+  std::vector<std::string> words;
+  for (size_t start = 0; start < line.size();) {
+    size_t end = line.find(' ', start);
+    if (end == std::string::npos) end = line.size();
+    words.push_back(line.substr(start, end - start));
+    start = end + 1;
+  }
+  auto absolute = [](const std::string& spec) {
+    std::string_view path = ImagePathOf(spec);
+    if (path.empty() || path.starts_with("/")) return spec;
+    std::string prefix = spec.substr(0, spec.size() - path.size());
+    std::error_code error;
+    std::filesystem::path made = std::filesystem::absolute(std::filesystem::path(path), error);
+    return error ? spec : prefix + made.lexically_normal().string();
+  };
+  if (words.size() >= 3 && words[0] == "snapshot" && !words[2].starts_with("-")) words[2] = absolute(words[2]);
+  if (words.size() >= 2 && words[0] == "resume") {
+    for (size_t i = 2; i < words.size(); ++i) {
+      if (words[i - 1] == "--image") words[i] = absolute(words[i]);
+      if (words[i].starts_with("--image=")) words[i] = "--image=" + absolute(words[i].substr(8));
+    }
+  }
+  std::string out;
+  for (const std::string& word : words) out += (out.empty() ? "" : " ") + word;
+  return out;
+}
+
+}  // namespace
 
 Result<Invocation> ParseArgs(const std::vector<std::string>& args) {
   Invocation invocation;
@@ -57,7 +104,8 @@ Result<Invocation> ParseArgs(const std::vector<std::string>& args) {
     }
     if (invocation.socket.empty()) return Status::InvalidArgument("--socket needs a path");
   }
-  if (i >= args.size()) return Status::InvalidArgument("no command (list, stats, pause, resume, resize)");
+  if (i >= args.size())
+    return Status::InvalidArgument("no command (list, stats, pause, resume, resize, snapshot)");
   std::string line;
   for (; i < args.size(); ++i) {
     const std::string& arg = args[i];
@@ -84,7 +132,7 @@ Result<Invocation> ParseArgs(const std::vector<std::string>& args) {
     }
     line += (line.empty() ? "" : " ") + arg;
   }
-  Result<ControlRequest> request = ParseControlRequest(line);
+  Result<ControlRequest> request = ParseControlRequest(AbsoluteImagePaths(line));
   if (!request.ok()) return request.status();
   invocation.request = *request;
   if ((invocation.watch || invocation.count != 0) && request->command != ControlCommand::kStats) {
@@ -114,8 +162,9 @@ int Run(const Invocation& invocation, FILE* out, FILE* err) {
     return kExitUnreachable;
   }
   const ControlRequest& request = invocation.request;
-  int timeout_ms =
-      request.command == ControlCommand::kPause ? static_cast<int>(request.timeout_ms) + 10000 : 30000;
+  int timeout_ms = request.command == ControlCommand::kPause || request.command == ControlCommand::kSnapshot
+                       ? static_cast<int>(request.timeout_ms) + 10000
+                       : 30000;
   for (unsigned round = 0;; ++round) {
     Result<ControlReply> reply = (*client)->Call(request, timeout_ms);
     if (!reply.ok()) {

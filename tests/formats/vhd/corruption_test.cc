@@ -291,7 +291,7 @@ TEST(CorruptionTest, OverDeepChainsAreRefused) {
   EXPECT_EQ((*at_limit)->images().size(), kMaxChainDepth);
   Result<std::unique_ptr<VhdChain>> too_deep = VhdChain::Open(parent, false);
   ASSERT_FALSE(too_deep.ok());
-  EXPECT_NE(too_deep.status().message().find("deeper than 30"), std::string::npos)
+  EXPECT_NE(too_deep.status().message().find("deeper than 64"), std::string::npos)
       << too_deep.status().message();
 }
 
