@@ -19,6 +19,19 @@
 
 namespace blk {
 
+namespace {
+
+// Discard punches holes in the file that holds the guest's data: a raw image's own, or a VHD leaf's (inside
+// the blocks it has allocated; see VhdIo::Discard).
+DiscardSupport ProbeImageDiscard(const DiskImage& image) {
+  if (image.read_only()) return {};
+  if (const auto* raw = dynamic_cast<const RawImage*>(&image)) return ProbeDiscard(raw->fd());
+  if (const auto* vhd = dynamic_cast<const VhdDiskImage*>(&image)) return ProbeDiscard(vhd->data_fd());
+  return {};
+}
+
+}  // namespace
+
 Result<std::unique_ptr<Device>> Device::Open(const DeviceConfig& config) {
   ImageOpenOptions options;
   options.read_only = config.read_only;
@@ -30,9 +43,7 @@ Result<std::unique_ptr<Device>> Device::Open(const DeviceConfig& config) {
   limits.sectors = (*image)->size_bytes() >> kSectorShift;
   limits.logical_block_size = (*image)->logical_block_size();
   limits.read_only = (*image)->read_only();
-  // Discard punches holes in the image file at the guest's offsets: right for raw images only.
-  DiscardSupport discard;
-  if ((*image)->format() == ImageFormat::kRaw) discard = ProbeDiscard(static_cast<RawImage&>(**image).fd());
+  DiscardSupport discard = ProbeImageDiscard(**image);
   limits.discard = config.discard && !limits.read_only && discard.supported;
   limits.max_indirect_segments = config.max_indirect_segments;
   uint32_t granularity = std::max(discard.granularity, limits.logical_block_size);
@@ -285,7 +296,7 @@ Status CheckImageSwap(const std::string& device, const DiskLimits& limits, size_
                                              next.read_only() ? "read-only" : "read-write",
                                              limits.read_only ? "read-only" : "read-write"));
   }
-  if (limits.discard && next.format() != ImageFormat::kRaw) {
+  if (limits.discard && !ProbeImageDiscard(next).supported) {
     return Status::NotSupported(device + ": the guest was offered discard, which " + path + " (" +
                                 ImageFormatName(next.format()) + ") cannot take");
   }

@@ -427,8 +427,9 @@ void RequestPipeline::ReleaseSegments(Slot& slot) {
 }
 
 void RequestPipeline::DiscardNow(Slot& slot) {
-  Status discarded =
-      Discard(fd_, slot.request.sector_number << kSectorShift, slot.request.discard_sectors << kSectorShift);
+  uint64_t offset = slot.request.sector_number << kSectorShift;
+  uint64_t length = slot.request.discard_sectors << kSectorShift;
+  Status discarded = vhd_ ? vhd_->Discard(offset, length) : Discard(fd_, offset, length);
   if (discarded.ok()) {
     Respond(slot, BLKIF_RSP_OKAY);
     return;

@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "base/log.h"
+#include "formats/discard.h"
 
 namespace blk {
 
@@ -311,6 +312,25 @@ void VhdIo::Refused(iocb* cb, const Status& why) {
   }
   if (--request.in_flight == 0) StepDone(request);
   --in_round_;
+}
+
+Status VhdIo::Discard(uint64_t offset, uint64_t length) {
+  std::array<ImageExtent, kOpsPerRequest> extents;
+  while (length > 0) {
+    Result<size_t> mapped = image_.MapFrom(0, offset, length, extents);
+    if (!mapped.ok()) return mapped.status();
+    uint64_t covered = 0;
+    for (size_t i = 0; i < *mapped; ++i) {
+      const ImageExtent& extent = extents[i];
+      // Only the leaf's own data: a parent is never written.
+      if (extent.fd == image_.data_fd()) BLK_RETURN_IF_ERROR(::blk::Discard(extent.fd, extent.file_offset, extent.length));
+      covered += extent.length;
+    }
+    if (covered == 0 || covered > length) return Status::Corruption("discard: the image maps no bytes at " + std::to_string(offset));
+    offset += covered;
+    length -= covered;
+  }
+  return Status::Ok();
 }
 
 void VhdIo::BeforeFlush() {

@@ -60,6 +60,11 @@ class VhdIo final : public CompletionHandler {
   void Start(uint32_t slot, bool write, uint64_t offset, uint32_t length, uint8_t* buffer);
   // The kernel refused one of our iocbs at submission, for good.
   void Refused(iocb* cb, const Status& why);
+  // Discards guest bytes [offset, offset + length): punches holes in the leaf's allocated data there, which
+  // then reads as zeros (to us and to qemu alike; bitmaps and BAT stay as they are, so the image stays
+  // valid for every reader). What the leaf does not hold (holes, a parent's data under a differencing disk)
+  // is left alone: a discarded range reads as undefined. Synchronous, as a raw image's discard.
+  Status Discard(uint64_t offset, uint64_t length);
   // A flush is about to sync the leaf: rewrites the footer first if the image says it must (once), and
   // writes the batmap bits of blocks known to be full and durable.
   void BeforeFlush();

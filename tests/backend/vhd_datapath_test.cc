@@ -519,6 +519,50 @@ TEST_F(SteppedVhdTest, APartlyFilledBlockThatBecomesFullIsMarkedInTheBatmapOnlyA
   ExpectChecks(path_);
 }
 
+uint64_t AllocatedBytes(const std::string& path) {
+  struct stat st;
+  EXPECT_EQ(::stat(path.c_str(), &st), 0) << path;
+  return static_cast<uint64_t>(st.st_blocks) * 512;
+}
+
+// Discard on a VHD punches holes in the blocks the leaf holds (they read as zeros after, and their space goes
+// back to the file system); a range the leaf does not hold (here the parent's block 1) is left alone, and the
+// parent's file is never touched.
+TEST_F(SteppedVhdTest, DiscardPunchesTheLeafsOwnBlocksAndNeverTouchesTheParent) {
+  Bytes model = MakeParent(parent_path_);
+  ASSERT_TRUE(vhd::CreateImage(path_, vhd::CreateOptions::Differencing(parent_path_)).ok());
+  Connect();
+  ASSERT_TRUE(guest_->device->limits().discard) << "a VHD on a file system that punches holes offers discard";
+  Bytes data = Pattern(1u << 20, 5);
+  ASSERT_EQ(Do(IoOp::kWrite, 0, data), BLKIF_RSP_OKAY);  // block 0 into the child, filled from the parent
+  std::copy(data.begin(), data.end(), model.begin());
+  Bytes none;
+  ASSERT_EQ(Do(IoOp::kFlushDiskCache, 0, none), BLKIF_RSP_OKAY);
+  Bytes parent_before = ReadChain(parent_path_);
+  uint64_t parent_size = FileSize(parent_path_);
+  uint64_t allocated_before = AllocatedBytes(path_);
+  // From 512 KiB to 3 MiB: 1.5 MiB of the child's block 0, then 1 MiB of block 1, which only the parent has.
+  uint64_t from = 512u << 10, to = 3u << 20;
+  ASSERT_TRUE(front().Submit({IoOp::kDiscard, from >> kSectorShift, to - from, nullptr, 7}).ok());
+  auto done = Step(1);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].status, BLKIF_RSP_OKAY);
+  std::fill(model.begin() + static_cast<long>(from), model.begin() + (2 << 20), 0);
+  for (uint64_t offset = 0; offset < (4u << 20); offset += 45056) {
+    uint64_t length = std::min<uint64_t>(45056, (4u << 20) - offset);
+    Bytes part(length);
+    ASSERT_EQ(Do(IoOp::kRead, offset >> kSectorShift, part), BLKIF_RSP_OKAY);
+    ASSERT_TRUE(std::equal(part.begin(), part.end(), model.begin() + static_cast<long>(offset)))
+        << "the disk differs from the model at byte " << offset;
+  }
+  EXPECT_LE(AllocatedBytes(path_) + (1u << 20), allocated_before) << "the discarded range still takes space";
+  EXPECT_TRUE(ReadChain(parent_path_) == parent_before) << "the parent changed";
+  EXPECT_EQ(FileSize(parent_path_), parent_size);
+  guest_.reset();
+  ExpectChecks(path_);
+  EXPECT_TRUE(ReadChain(path_) == model);
+}
+
 TEST_F(SteppedVhdTest, ReadOnlyVhdServesReadsAndRefusesWrites) {
   Bytes model = MakeParent(path_);
   BlkfrontConfig config;
