@@ -10,6 +10,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <utility>
@@ -257,6 +258,62 @@ class Workload {
   size_t next_malformed_ = 0;
   uint64_t next_raw_id_ = 0;
   std::vector<std::pair<uint64_t, int16_t>> raw_pending_;
+};
+
+// A guest and a backend worker stepped by hand, so the test decides what the backend sees and when. Derived
+// fixtures make `path_` in SetUp (CreateDisk) and connect `guest_` as they need.
+class SteppedGuestTest : public ::testing::Test {
+ protected:
+  void CreateDisk(const std::string& dir, const std::string& name, unsigned worker_depth = 128) {
+    path_ = MakeDiskFile(dir, name, kDiskBytes, 0);
+    auto worker = Worker::Create("worker0", worker_depth);
+    ASSERT_TRUE(worker.ok());
+    worker_ = std::move(*worker);
+  }
+  void TearDown() override {
+    guest_.reset();
+    if (!path_.empty()) ::unlink(path_.c_str());
+  }
+  Blkfront& front() { return *guest_->front; }
+  // Called after each step of the worker (a fixture may sample something there).
+  virtual void AfterStep() {}
+  // Steps the backend until the frontend has `count` completions or five seconds pass.
+  std::vector<IoCompletion> Step(size_t count) {
+    std::vector<IoCompletion> all;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (all.size() < count && std::chrono::steady_clock::now() < deadline) {
+      worker_->RunOnce(5);
+      AfterStep();
+      IoCompletion done[64];
+      auto got = front().Reap(done);
+      EXPECT_TRUE(got.ok()) << got.status().ToString();
+      if (!got.ok()) break;
+      all.insert(all.end(), done, done + *got);
+    }
+    return all;
+  }
+  // Steps the backend until the raw response to `id` (a request placed with PlaceRaw) is there.
+  std::optional<RawResponse> StepForRaw(uint64_t id) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (std::chrono::steady_clock::now() < deadline) {
+      worker_->RunOnce(5);
+      IoCompletion none[1];
+      EXPECT_TRUE(front().Reap(none).ok());
+      if (auto response = front().TakeRawResponse(id)) return response;
+    }
+    return std::nullopt;
+  }
+  // Places `request` in the ring as the frontend's ABI encodes it, bypassing the frontend's own checks.
+  void PlaceRaw(const Request& request) {
+    uint8_t entry[sizeof(abi::x86_64::Request)];
+    EncodeRequest(front().config().abi, request, entry);
+    ASSERT_TRUE(front().PlaceRaw(std::span(entry, RequestSize(front().config().abi))).ok());
+  }
+
+  std::string path_;
+  SimHypervisor sim_;
+  std::unique_ptr<Worker> worker_;
+  std::unique_ptr<Guest> guest_;
 };
 
 }  // namespace blk

@@ -166,58 +166,14 @@ INSTANTIATE_TEST_SUITE_P(Depths, RandomWorkloadTest,
                          });
 
 // A fixture whose worker is stepped by hand, so the test decides what the backend sees and when.
-class SteppedDatapathTest : public ::testing::Test {
+class SteppedDatapathTest : public SteppedGuestTest {
  protected:
-  void SetUp() override {
-    path_ = MakeDiskFile("/var/tmp", "stepped_test", kDiskBytes, 0);
-    auto worker = Worker::Create("worker0", 128);
-    ASSERT_TRUE(worker.ok());
-    worker_ = std::move(*worker);
-  }
-  void TearDown() override {
-    guest_.reset();
-    ::unlink(path_.c_str());
-  }
+  void SetUp() override { CreateDisk("/var/tmp", "stepped_test"); }
   void Connect(BlkfrontConfig config = {}, bool read_only = false, uint32_t logical_block_size = 0,
                bool discard = true) {
     guest_ = std::make_unique<Guest>(sim_, path_, 1, config, read_only, *worker_, true, logical_block_size,
                                      ImageFormatHint::kRaw, discard);
   }
-  Blkfront& front() { return *guest_->front; }
-  // Steps the backend until the frontend has `count` completions (or raw responses) or a second passes.
-  std::vector<IoCompletion> Step(size_t count) {
-    std::vector<IoCompletion> all;
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-    while (all.size() < count && std::chrono::steady_clock::now() < deadline) {
-      worker_->RunOnce(5);
-      IoCompletion done[64];
-      auto got = front().Reap(done);
-      EXPECT_TRUE(got.ok()) << got.status().ToString();
-      if (!got.ok()) break;
-      all.insert(all.end(), done, done + *got);
-    }
-    return all;
-  }
-  std::optional<RawResponse> StepForRaw(uint64_t id) {
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-    while (std::chrono::steady_clock::now() < deadline) {
-      worker_->RunOnce(5);
-      IoCompletion none[1];
-      EXPECT_TRUE(front().Reap(none).ok());
-      if (auto response = front().TakeRawResponse(id)) return response;
-    }
-    return std::nullopt;
-  }
-  void PlaceRaw(const Request& request) {
-    uint8_t entry[sizeof(abi::x86_64::Request)];
-    EncodeRequest(front().config().abi, request, entry);
-    ASSERT_TRUE(front().PlaceRaw(std::span(entry, RequestSize(front().config().abi))).ok());
-  }
-
-  std::string path_;
-  SimHypervisor sim_;
-  std::unique_ptr<Worker> worker_;
-  std::unique_ptr<Guest> guest_;
 };
 
 TEST_F(SteppedDatapathTest, EveryBadRequestGetsItsStatusAndTheNextGoodOneIsServed) {

@@ -14,18 +14,9 @@ namespace {
 
 constexpr uint32_t kOffered = 64;
 
-class IndirectDatapathTest : public ::testing::Test {
+class IndirectDatapathTest : public SteppedGuestTest {
  protected:
-  void SetUp() override {
-    path_ = MakeDiskFile("/var/tmp", "indirect_test", kDiskBytes, 0);
-    auto worker = Worker::Create("worker0", 128);
-    ASSERT_TRUE(worker.ok());
-    worker_ = std::move(*worker);
-  }
-  void TearDown() override {
-    guest_.reset();
-    ::unlink(path_.c_str());
-  }
+  void SetUp() override { CreateDisk("/var/tmp", "indirect_test"); }
   void Connect(uint32_t front_segments, uint32_t offered = kOffered, unsigned depth = 32) {
     BlkfrontConfig config;
     config.indirect_segments = front_segments;
@@ -33,30 +24,6 @@ class IndirectDatapathTest : public ::testing::Test {
     config.spare_pages = 512;  // for the hand-made requests' pages
     guest_ = std::make_unique<Guest>(sim_, path_, 1, config, false, *worker_, true, 0, ImageFormatHint::kRaw,
                                      true, offered);
-  }
-  Blkfront& front() { return *guest_->front; }
-  std::vector<IoCompletion> Step(size_t count) {
-    std::vector<IoCompletion> all;
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-    while (all.size() < count && std::chrono::steady_clock::now() < deadline) {
-      worker_->RunOnce(5);
-      IoCompletion done[64];
-      auto got = front().Reap(done);
-      EXPECT_TRUE(got.ok()) << got.status().ToString();
-      if (!got.ok()) break;
-      all.insert(all.end(), done, done + *got);
-    }
-    return all;
-  }
-  std::optional<RawResponse> StepForRaw(uint64_t id) {
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-    while (std::chrono::steady_clock::now() < deadline) {
-      worker_->RunOnce(5);
-      IoCompletion none[1];
-      EXPECT_TRUE(front().Reap(none).ok());
-      if (auto response = front().TakeRawResponse(id)) return response;
-    }
-    return std::nullopt;
   }
   // A hand-made INDIRECT request of `segments` full-page segments over freshly granted guest pages filled
   // with `fill`; `indirect_ref` receives the grant of its one indirect page.
@@ -87,11 +54,6 @@ class IndirectDatapathTest : public ::testing::Test {
     request.indirect_grefs[0] = *ref;
     return request;
   }
-  void PlaceRaw(const Request& request) {
-    uint8_t entry[sizeof(abi::x86_64::Request)];
-    EncodeRequest(front().config().abi, request, entry);
-    ASSERT_TRUE(front().PlaceRaw(std::span(entry, RequestSize(front().config().abi))).ok());
-  }
   // A good 4 KiB write, answered, then a read of it (blkif orders nothing in flight): the ring still serves.
   void ExpectRingServes(uint64_t sector) {
     Bytes data(4096, 0x3C), back(4096);
@@ -108,10 +70,6 @@ class IndirectDatapathTest : public ::testing::Test {
     EXPECT_EQ(back, data);
   }
 
-  std::string path_;
-  SimHypervisor sim_;
-  std::unique_ptr<Worker> worker_;
-  std::unique_ptr<Guest> guest_;
   uint64_t next_id_ = kRawIdBase;
 };
 

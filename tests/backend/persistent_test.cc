@@ -36,18 +36,9 @@ Bytes ReadDisk(const std::string& path) {
 
 constexpr size_t kRequestBytes = kMaxDirectSegments * kPageSize;  // 11 pages: one full direct request
 
-class PersistentDatapathTest : public ::testing::Test {
+class PersistentDatapathTest : public SteppedGuestTest {
  protected:
-  void SetUp() override {
-    path_ = MakeDiskFile("/dev/shm", "persistent_test", kDiskBytes, 0);
-    auto worker = Worker::Create("worker0", 128);
-    ASSERT_TRUE(worker.ok());
-    worker_ = std::move(*worker);
-  }
-  void TearDown() override {
-    guest_.reset();
-    ::unlink(path_.c_str());
-  }
+  void SetUp() override { CreateDisk("/dev/shm", "persistent_test"); }
   void Connect(size_t capacity, unsigned depth) {
     BlkfrontConfig config;
     config.persistent = true;
@@ -56,24 +47,10 @@ class PersistentDatapathTest : public ::testing::Test {
                                      true, 0, capacity);
     ASSERT_TRUE(guest_->device && guest_->front);
   }
-  Blkfront& front() { return *guest_->front; }
   HypervisorCounters& counters() { return sim_.counters(); }
   // Mappings the backend holds now: the ring's one page and its persistent grants.
   uint64_t LiveMappings() { return counters().map_calls.load() - counters().unmap_calls.load(); }
-  std::vector<IoCompletion> Step(size_t count) {
-    std::vector<IoCompletion> all;
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-    while (all.size() < count && std::chrono::steady_clock::now() < deadline) {
-      worker_->RunOnce(5);
-      max_live_ = std::max(max_live_, LiveMappings());
-      IoCompletion done[64];
-      auto got = front().Reap(done);
-      EXPECT_TRUE(got.ok()) << got.status().ToString();
-      if (!got.ok()) break;
-      all.insert(all.end(), done, done + *got);
-    }
-    return all;
-  }
+  void AfterStep() override { max_live_ = std::max(max_live_, LiveMappings()); }
   // `count` requests of 11 pages at once, request r at sector r * 88 + base, each filled from `seed`.
   void WriteThenReadBack(unsigned count, uint64_t base, uint8_t seed) {
     std::vector<std::unique_ptr<PageBuffer>> out, in;
@@ -98,10 +75,6 @@ class PersistentDatapathTest : public ::testing::Test {
       EXPECT_EQ(std::memcmp(in[r]->data, out[r]->data, kRequestBytes), 0) << "request " << r;
   }
 
-  std::string path_;
-  SimHypervisor sim_;
-  std::unique_ptr<Worker> worker_;
-  std::unique_ptr<Guest> guest_;
   uint64_t max_live_ = 0;
 };
 
