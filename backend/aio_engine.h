@@ -48,7 +48,8 @@ class AioEngine {
 
   // Tests: injects the faults `faults` describes (nullptr: none). Not owned; must outlive its use.
   void set_faults(AioFaults* faults) { faults_ = faults; }
-  // Completions a fault holds back: the worker wakes up for them by `next_held_ns()` (CLOCK_MONOTONIC; 0: none).
+  // Completions a fault holds back: the worker wakes up for them by `next_held_ns()` (CLOCK_MONOTONIC; 0:
+  // none).
   uint64_t next_held_ns() const;
 
   // How long a request whose I/O keeps failing with a transient error (EAGAIN, EINTR, ENOMEM, EBUSY) is

@@ -1,8 +1,8 @@
 // A test double under the AIO engine: rules that make chosen I/Os fail, come back short or late.
 //
-// The seam is narrow, after LevelDB's fault-injection Env: AioEngine asks its AioFaults (when one is set) about
-// each iocb it submits, and holds back completions a rule delays. A rule matches by operation, file, byte range,
-// the Nth match and a start time; it fires at most `times` times. What it does:
+// The seam is narrow, after LevelDB's fault-injection Env: AioEngine asks its AioFaults (when one is set)
+// about each iocb it submits, and holds back completions a rule delays. A rule matches by operation, file,
+// byte range, the Nth match and a start time; it fires at most `times` times. What it does:
 //   at submission  io_submit refuses the iocb with `error` (as the kernel does when it is out of resources);
 //   at completion  the I/O is not done and completes with -`error` (EIO, ENOSPC: the data never reaches the
 //                  file), or it is done and reports a short transfer (half its length, whole sectors), or it

@@ -3,7 +3,6 @@
 
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
-
 #include <unistd.h>
 
 #include <cerrno>
@@ -29,7 +28,8 @@ Result<std::unique_ptr<BlkbackDaemon>> BlkbackDaemon::Create(std::unique_ptr<Xen
   if (options.kinds.empty()) return Status::InvalidArgument("blkbackd: no backend kind to serve");
   if (options.workers == 0) return Status::InvalidArgument("blkbackd: at least one worker is needed");
   if (options.max_ring_page_order > 4)
-    return Status::InvalidArgument("blkbackd: max-ring-page-order " + std::to_string(options.max_ring_page_order) +
+    return Status::InvalidArgument("blkbackd: max-ring-page-order " +
+                                   std::to_string(options.max_ring_page_order) +
                                    " is above 4 (16 pages), the most blkif allows");
   uint32_t own_domid = 0;
   if (options.own_domid.has_value()) {
@@ -53,9 +53,8 @@ Result<std::unique_ptr<BlkbackDaemon>> BlkbackDaemon::Create(std::unique_ptr<Xen
     if (::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, fd, &event) != 0)
       return Status::FromErrno(errno, "epoll_ctl");
   }
-  std::unique_ptr<BlkbackDaemon> daemon(new BlkbackDaemon(std::move(store), hypervisor, options,
-                                                          own_domid, std::move(epoll),
-                                                          std::move(stop)));
+  std::unique_ptr<BlkbackDaemon> daemon(
+      new BlkbackDaemon(std::move(store), hypervisor, options, own_domid, std::move(epoll), std::move(stop)));
   BLK_RETURN_IF_ERROR(daemon->StartWorkersAndDiscovery());
   return daemon;
 }
@@ -79,7 +78,8 @@ BlkbackDaemon::~BlkbackDaemon() {
 
 Status BlkbackDaemon::StartWorkersAndDiscovery() {
   for (unsigned i = 0; i < options_.workers; ++i) {
-    Result<std::unique_ptr<Worker>> worker = Worker::Create("worker" + std::to_string(i), options_.aio_depth, options_.poll_us);
+    Result<std::unique_ptr<Worker>> worker =
+        Worker::Create("worker" + std::to_string(i), options_.aio_depth, options_.poll_us);
     if (!worker.ok()) return worker.status();
     (*worker)->aio().set_io_retry_ns(uint64_t{options_.io_retry_seconds} * 1000000000ull);
     (*worker)->Start();
@@ -177,9 +177,9 @@ void BlkbackDaemon::Apply(const DeviceChange& change) {
   options.features.max_queues = options_.max_queues != 0 ? options_.max_queues : options_.workers;
   options.features.persistent = options_.persistent_grants;
   options.wait_for_hotplug_status = options_.wait_for_hotplug_status;
-  auto ops = std::make_unique<BackendDeviceOps>(name, hypervisor_, std::move(workers), options_.direct_io,
-                                                options_.max_indirect_segments,
-                                                options_.persistent_grants_per_ring);
+  auto ops =
+      std::make_unique<BackendDeviceOps>(name, hypervisor_, std::move(workers), options_.direct_io,
+                                         options_.max_indirect_segments, options_.persistent_grants_per_ring);
   Log(LogLevel::kNotice, name.c_str(), "new %s device (%s)", change.device.kind.c_str(), path.c_str());
   auto device =
       std::make_unique<BlkifBackendDevice>(*store_, own_domid_, change.device, path, std::move(ops), options);
@@ -231,7 +231,8 @@ uint32_t BlkbackDaemon::Shutdown(int timeout_ms) {
     left = in_flight();
   }
   if (left != 0) {
-    Log(LogLevel::kWarning, kSubject, "stopping with %u requests still in flight after %d ms", left, timeout_ms);
+    Log(LogLevel::kWarning, kSubject, "stopping with %u requests still in flight after %d ms", left,
+        timeout_ms);
   }
   return left;
 }

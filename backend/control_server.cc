@@ -433,10 +433,12 @@ std::string ControlServer::FinishSnapshot(const PendingPause& pause, Status paus
   double ms = std::chrono::duration<double, std::milli>(Clock::now() - pause.started).count();
   std::string message;
   if (!taken.ok()) {
-    message = taken.message() + (resumed.ok() ? " (no snapshot; resumed on the old image)"
-                                              : " (no snapshot; resuming failed too: " + resumed.message() + ")");
+    message =
+        taken.message() + (resumed.ok() ? " (no snapshot; resumed on the old image)"
+                                        : " (no snapshot; resuming failed too: " + resumed.message() + ")");
   } else if (!resumed.ok()) {
-    message = device + ": " + pause.snapshot_child + " is the new leaf, but resuming failed: " + resumed.message();
+    message =
+        device + ": " + pause.snapshot_child + " is the new leaf, but resuming failed: " + resumed.message();
   } else {
     Log(LogLevel::kNotice, kSubject, "%s: snapshot %s in %.1f ms (paused %.1f ms)", device.c_str(),
         pause.snapshot_child.c_str(), ms, pause_ms);
@@ -461,8 +463,8 @@ void ControlServer::OnPauseTimeout(uint64_t token) {
     // A snapshot does not leave the guest stalled: the pause is abandoned and nothing is made.
     Status resumed = target_.Resume(pause.device);
     std::string message =
-        StrFormat("%s: not drained after %u ms, still outstanding: %s", pause.device.c_str(), pause.timeout_ms,
-                  outstanding.empty() ? "the final sync" : list.c_str()) +
+        StrFormat("%s: not drained after %u ms, still outstanding: %s", pause.device.c_str(),
+                  pause.timeout_ms, outstanding.empty() ? "the final sync" : list.c_str()) +
         (resumed.ok() ? " (no snapshot; resumed on the old image)"
                       : " (no snapshot; resuming failed too: " + resumed.message() + ")");
     Log(LogLevel::kWarning, kSubject, "%s", message.c_str());

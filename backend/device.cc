@@ -182,9 +182,8 @@ Status Device::Pause(std::function<void(Status)> done) {
   // Starting is quick (the drain is not waited for); a ring retired while draining reports when it drains, or
   // with an error when it is destroyed.
   for (Ring& ring : rings_) {
-    ring.worker->Call([&] {
-      ring.pipeline->Pause([waiter](Status status) { waiter->Arrive(std::move(status)); });
-    });
+    ring.worker->Call(
+        [&] { ring.pipeline->Pause([waiter](Status status) { waiter->Arrive(std::move(status)); }); });
   }
   return Status::Ok();
 }

@@ -26,7 +26,7 @@ struct DeviceStats {
   // fdatasyncs of the image that failed. Sticky: once nonzero, every later flush and barrier of the device
   // fails (see SECURITY.md, "Failing storage").
   std::atomic<uint64_t> sync_errors{0};
-  std::atomic<uint64_t> iocbs{0};      // I/Os submitted to the kernel: adjacent requests merge into one
+  std::atomic<uint64_t> iocbs{0};  // I/Os submitted to the kernel: adjacent requests merge into one
 
   static void Add(std::atomic<uint64_t>& counter, uint64_t amount) {
     counter.store(counter.load(std::memory_order_relaxed) + amount, std::memory_order_relaxed);

@@ -45,9 +45,7 @@ const char* OperationName(uint8_t operation) {
 }
 
 // Errors that say "not now" rather than "not ever": the I/O is tried again after a back-off.
-bool IsTransient(int error) {
-  return error == EAGAIN || error == EINTR || error == ENOMEM || error == EBUSY;
-}
+bool IsTransient(int error) { return error == EAGAIN || error == EINTR || error == ENOMEM || error == EBUSY; }
 
 // What a response names: an INDIRECT request is answered as the READ or WRITE it carried (Linux blkfront
 // matches the response's operation against the one it queued).
@@ -91,11 +89,10 @@ Result<std::unique_ptr<RequestPipeline>> RequestPipeline::Create(std::string nam
       slots * kSlotBufferBytes + large_buffers * LargeBufferBytes(limits.max_indirect_segments);
   void* buffers = ::mmap(nullptr, buffer_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (buffers == MAP_FAILED) return Status::FromErrno(errno, name + ": allocating bounce buffers");
-  return std::unique_ptr<RequestPipeline>(
-      new RequestPipeline(std::move(name), hypervisor, std::move(*ring), pages, connection.abi,
-                          std::move(*channel), connection.frontend_domid, std::move(image), limits, aio,
-                          std::move(stats), Mapping(buffers, buffer_bytes), large_buffers,
-                          connection.persistent, connection.persistent_capacity));
+  return std::unique_ptr<RequestPipeline>(new RequestPipeline(
+      std::move(name), hypervisor, std::move(*ring), pages, connection.abi, std::move(*channel),
+      connection.frontend_domid, std::move(image), limits, aio, std::move(stats),
+      Mapping(buffers, buffer_bytes), large_buffers, connection.persistent, connection.persistent_capacity));
 }
 
 RequestPipeline::RequestPipeline(std::string name, Hypervisor& hypervisor, GrantMapping ring_mapping,
@@ -479,9 +476,9 @@ void RequestPipeline::BuildDataIocbs() {
     slot.chain_next = kNoSlot;
     bool plain = !slot.pre_sync && !slot.post_sync;
     if (head != nullptr && plain && slot.may_merge && head->may_merge && !slot.zero_copy &&
-        !head->zero_copy && !head->post_sync &&
-        !head->pre_sync && slot.writes == head->writes && last->offset + last->length == slot.offset &&
-        head->chain_count < kMaxMergedRequests && head->chain_bytes + slot.length <= kMaxMergedBytes) {
+        !head->zero_copy && !head->post_sync && !head->pre_sync && slot.writes == head->writes &&
+        last->offset + last->length == slot.offset && head->chain_count < kMaxMergedRequests &&
+        head->chain_bytes + slot.length <= kMaxMergedBytes) {
       last->chain_next = index;
       ++head->chain_count;
       head->chain_bytes += slot.length;
@@ -609,7 +606,8 @@ void RequestPipeline::OnCompletion(const io_event& event) {
     // Nothing moved without an error: the file ends before this range (the image shrank under the disk).
     // That does not clear by waiting, so it fails the request at once.
     int error = result < 0 ? static_cast<int>(-result) : EIO;
-    const char* why = result < 0 ? std::strerror(error) : "nothing transferred: the image file ends before this range";
+    const char* why =
+        result < 0 ? std::strerror(error) : "nothing transferred: the image file ends before this range";
     if (!data) {
       if (vhd_ && slot.stage == Stage::kPostSync) vhd_->AfterSync(false);
       // A failed sync is never retried: the kernel may have dropped the dirty pages it could not write, and
@@ -674,7 +672,8 @@ void RequestPipeline::RetryLater(Slot& slot, const char* why) {
     FailIo(slot, "transient errors did not clear within io-retry-seconds");
     return;
   }
-  slot.retry_at_ns = std::min<uint64_t>(now + uint64_t{slot.retry_delay_ms} * 1000000ull, slot.retry_deadline_ns);
+  slot.retry_at_ns =
+      std::min<uint64_t>(now + uint64_t{slot.retry_delay_ms} * 1000000ull, slot.retry_deadline_ns);
   slot.may_merge = false;
   retrying_.push_back(SlotIndex(slot));
   if (next_retry_ns_ == 0 || slot.retry_at_ns < next_retry_ns_) next_retry_ns_ = slot.retry_at_ns;
@@ -769,7 +768,8 @@ void RequestPipeline::AddIndirectPageCopies(Slot& slot) {
 void RequestPipeline::FinishIndirectFetch(Slot& slot, int16_t copy_failure) {
   slot.fetching_indirect = false;
   if (copy_failure != GNTST_okay) {
-    Log(LogLevel::kWarning, name_.c_str(), "indirect id %llu: grant copy of its indirect pages failed (status %d)",
+    Log(LogLevel::kWarning, name_.c_str(),
+        "indirect id %llu: grant copy of its indirect pages failed (status %d)",
         static_cast<unsigned long long>(slot.request.id), copy_failure);
     DeviceStats::Add(stats_.io_errors, 1);
     Respond(slot, BLKIF_RSP_ERROR);
@@ -778,8 +778,8 @@ void RequestPipeline::FinishIndirectFetch(Slot& slot, int16_t copy_failure) {
   const LargeBuffer& large = large_[slot.large];
   size_t page_bytes = size_t{IndirectPages(slot.request.nr_segments)} * kPageSize;
   Validation validation =
-      DecodeIndirectSegments(slot.request, std::span<const uint8_t>(large.indirect_pages, page_bytes), limits_,
-                             std::span(large.segments, limits_.max_indirect_segments));
+      DecodeIndirectSegments(slot.request, std::span<const uint8_t>(large.indirect_pages, page_bytes),
+                             limits_, std::span(large.segments, limits_.max_indirect_segments));
   if (validation.verdict != Verdict::kOk) {
     NoteBadRequest(slot.request, validation.reason);
     Respond(slot, ResponseStatus(validation.verdict));
@@ -875,7 +875,8 @@ void RequestPipeline::MaybeFinishDrain() {
   // Nothing else of this ring is in flight: a synchronous sync holds up only this worker, and only once.
   Log(LogLevel::kInfo, name_.c_str(), "pause: AIO fdsync refused (%s), syncing synchronously",
       refused.ToString().c_str());
-  Status synced = ::fdatasync(fd_) == 0 ? Status::Ok() : Status::FromErrno(errno, name_ + ": sync before pause");
+  Status synced =
+      ::fdatasync(fd_) == 0 ? Status::Ok() : Status::FromErrno(errno, name_ + ": sync before pause");
   if (vhd_) vhd_->AfterSync(synced.ok());
   FinishPause(std::move(synced));
 }

@@ -180,22 +180,22 @@ class RequestPipeline final : public CompletionHandler, private VhdIo::Owner {
     bool writes;  // moves data from the guest to the disk
     bool pre_sync;
     bool post_sync;
-    uint32_t first_copy;   // index of its first segment in a copy batch
-    uint32_t copy_count;   // how many copies of that batch are its own
+    uint32_t first_copy;             // index of its first segment in a copy batch
+    uint32_t copy_count;             // how many copies of that batch are its own
     const RequestSegment* segments;  // the data segments: the request's own, or decoded indirect ones
     uint16_t segment_count;
-    uint32_t large;              // the large buffer an INDIRECT request holds, or kNoSlot
-    bool fetching_indirect;      // its indirect pages are in the current copy batch
-    bool zero_copy;              // its segments went through the persistent-grant cache
-    iovec* segment_iovecs;       // one per segment, when zero_copy
-    uint8_t* segment_mapped;     // per segment: 1 if a cached mapping, 0 if through the bounce buffer
-    bool may_merge;        // cleared when a merged I/O failed and this request is retried on its own
-    uint16_t chain_count;  // at the head of a merged I/O: how many requests it carries
-    uint32_t chain_bytes;  // at the head: bytes of the whole merged I/O
-    uint32_t chain_next;   // the next request of the merged I/O, or kNoSlot
-    iovec* iovecs;         // at the head: one per merged request
-    uint64_t taken_ns;     // CLOCK_MONOTONIC when taken from the ring, for the latency histogram
-    uint32_t done;         // data bytes already transferred (a short transfer continues from there)
+    uint32_t large;           // the large buffer an INDIRECT request holds, or kNoSlot
+    bool fetching_indirect;   // its indirect pages are in the current copy batch
+    bool zero_copy;           // its segments went through the persistent-grant cache
+    iovec* segment_iovecs;    // one per segment, when zero_copy
+    uint8_t* segment_mapped;  // per segment: 1 if a cached mapping, 0 if through the bounce buffer
+    bool may_merge;           // cleared when a merged I/O failed and this request is retried on its own
+    uint16_t chain_count;     // at the head of a merged I/O: how many requests it carries
+    uint32_t chain_bytes;     // at the head: bytes of the whole merged I/O
+    uint32_t chain_next;      // the next request of the merged I/O, or kNoSlot
+    iovec* iovecs;            // at the head: one per merged request
+    uint64_t taken_ns;        // CLOCK_MONOTONIC when taken from the ring, for the latency histogram
+    uint32_t done;            // data bytes already transferred (a short transfer continues from there)
     uint32_t retry_delay_ms;
     uint64_t retry_deadline_ns;  // transient failures: when retrying stops (0: none failed yet)
     uint64_t retry_at_ns;
@@ -204,10 +204,10 @@ class RequestPipeline final : public CompletionHandler, private VhdIo::Owner {
   // Large buffers for INDIRECT requests, per ring (see the header comment).
   static constexpr uint32_t kIndirectBuffers = 16;
   struct LargeBuffer {
-    uint8_t* data;            // max_indirect_segments pages
-    uint8_t* indirect_pages;  // the private copy of the request's indirect pages
-    RequestSegment* segments; // decoded from them
-    iovec* iovecs;            // and, with persistent grants, one iovec and one flag per segment
+    uint8_t* data;             // max_indirect_segments pages
+    uint8_t* indirect_pages;   // the private copy of the request's indirect pages
+    RequestSegment* segments;  // decoded from them
+    iovec* iovecs;             // and, with persistent grants, one iovec and one flag per segment
     uint8_t* mapped;
   };
 

@@ -323,10 +323,12 @@ Status VhdIo::Discard(uint64_t offset, uint64_t length) {
     for (size_t i = 0; i < *mapped; ++i) {
       const ImageExtent& extent = extents[i];
       // Only the leaf's own data: a parent is never written.
-      if (extent.fd == image_.data_fd()) BLK_RETURN_IF_ERROR(::blk::Discard(extent.fd, extent.file_offset, extent.length));
+      if (extent.fd == image_.data_fd())
+        BLK_RETURN_IF_ERROR(::blk::Discard(extent.fd, extent.file_offset, extent.length));
       covered += extent.length;
     }
-    if (covered == 0 || covered > length) return Status::Corruption("discard: the image maps no bytes at " + std::to_string(offset));
+    if (covered == 0 || covered > length)
+      return Status::Corruption("discard: the image maps no bytes at " + std::to_string(offset));
     offset += covered;
     length -= covered;
   }
@@ -386,9 +388,9 @@ Status VhdIo::WriteMetadataNow(uint64_t file_offset, std::span<const uint8_t> by
                              static_cast<off_t>(file_offset + done));
     if (wrote < 0 && errno == EINTR) continue;
     if (wrote <= 0) {
-      return Status::FromErrno(wrote < 0 ? errno : EIO,
-                               "write of " + std::to_string(bytes.size()) + " bytes at file byte " +
-                                   std::to_string(file_offset));
+      return Status::FromErrno(
+          wrote < 0 ? errno : EIO,
+          "write of " + std::to_string(bytes.size()) + " bytes at file byte " + std::to_string(file_offset));
     }
     done += static_cast<size_t>(wrote);
   }

@@ -43,7 +43,8 @@ const char kBenchUsage[] =
     "                     --image) and, with --format=vhd, snapshot it\n"
     "  --persistent       negotiate persistent grants (feature-persistent): grants reused, mapped once\n"
     "  --indirect=N       indirect descriptors of up to N segments (12..4096; 0 = off, the default)\n"
-    "  --queues=N         N rings of one multi-queue device, one backend worker and one frontend thread each;\n"
+    "  --queues=N         N rings of one multi-queue device, one backend worker and one frontend thread "
+    "each;\n"
     "                     --iodepth is spread over them (default 1)\n"
     "  --numjobs=N        as fio's: N jobs of --iodepth each, each on its own ring and worker (default 1)\n"
     "\n"
@@ -284,11 +285,13 @@ Result<BenchOptions> ParseBenchOptions(const std::vector<std::string>& args) {
                                    options.format);
   }
   if (options.queues > 1 && options.numjobs > 1) {
-    return Status::InvalidArgument("--queues and --numjobs: each job has its own ring already; give one of them");
+    return Status::InvalidArgument(
+        "--queues and --numjobs: each job has its own ring already; give one of them");
   }
   if (options.iodepth < options.queues) {
-    return Status::InvalidArgument("--iodepth " + std::to_string(options.iodepth) + " is spread over --queues " +
-                                   std::to_string(options.queues) + ": at least one each");
+    return Status::InvalidArgument("--iodepth " + std::to_string(options.iodepth) +
+                                   " is spread over --queues " + std::to_string(options.queues) +
+                                   ": at least one each");
   }
   if (options.bs % options.sector_size != 0) {
     return Status::InvalidArgument("--bs " + std::to_string(options.bs) +

@@ -31,10 +31,11 @@ struct BenchOptions {
   std::string format = "raw";  // raw or vhd: the image blkbench lays out (or finds) and serves
   bool vhd_blank = false;      // vhd: a new, empty dynamic VHD, so that every first write allocates
   std::string control;         // a control socket to serve during the run (any blkctl command), or ""
-  bool persistent = false;     // feature-persistent negotiated: the frontend reuses its grants, the backend maps them
-  uint32_t indirect = 0;       // segments per indirect request offered and used; 0: direct requests only
-  unsigned queues = 1;         // rings of one multi-queue device, one backend worker each; iodepth spread over them
-  unsigned numjobs = 1;        // as fio's: this many jobs of iodepth each, one ring (and worker) per job
+  bool persistent =
+      false;  // feature-persistent negotiated: the frontend reuses its grants, the backend maps them
+  uint32_t indirect = 0;  // segments per indirect request offered and used; 0: direct requests only
+  unsigned queues = 1;   // rings of one multi-queue device, one backend worker each; iodepth spread over them
+  unsigned numjobs = 1;  // as fio's: this many jobs of iodepth each, one ring (and worker) per job
   bool help = false;
 };
 

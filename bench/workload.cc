@@ -184,7 +184,9 @@ class Driver {
   }
 
   uint8_t* Buffer(unsigned slot) { return buffers_.as<uint8_t>() + static_cast<size_t>(slot) * options_.bs; }
-  uint64_t FirstSector(uint64_t block) const { return (first_block_ + block) * (options_.bs >> kSectorShift); }
+  uint64_t FirstSector(uint64_t block) const {
+    return (first_block_ + block) * (options_.bs >> kSectorShift);
+  }
 
   Status Start(uint64_t block, bool write) {
     unsigned index = free_.back();
@@ -297,9 +299,11 @@ Result<BenchResult> RunBench(const BenchOptions& options, const std::string& fil
   // One guest for every ring, its memory sized for all of them (Blkfront::Create reuses the domain).
   const uint32_t slots = RingSlots(front_config.abi, front_config.ring_pages);
   const uint32_t segments = std::max(kMaxDirectSegments, options.indirect);
-  const size_t pages = size_t{lanes} * (front_config.ring_pages + size_t{slots} * (segments + IndirectPages(segments))) + 16;
-  auto domain = sim.CreateDomain(kFrontendDomain, pages,
-                                 std::max(SimDomain::kDefaultGrantEntries, SimDomain::kFirstFreeGrantRef + pages * 2));
+  const size_t pages =
+      size_t{lanes} * (front_config.ring_pages + size_t{slots} * (segments + IndirectPages(segments))) + 16;
+  auto domain =
+      sim.CreateDomain(kFrontendDomain, pages,
+                       std::max(SimDomain::kDefaultGrantEntries, SimDomain::kFirstFreeGrantRef + pages * 2));
   if (!domain.ok()) return domain.status();
 
   std::vector<std::unique_ptr<Blkfront>> fronts;
@@ -358,13 +362,13 @@ Result<BenchResult> RunBench(const BenchOptions& options, const std::string& fil
   std::vector<std::unique_ptr<Driver>> drivers;
   for (unsigned lane = 0; lane < lanes; ++lane) {
     uint64_t first = blocks * lane / lanes, last = blocks * (lane + 1) / lanes;
-    drivers.push_back(std::make_unique<Driver>(options, *fronts[lane], parts[lane], **device, first, last - first,
-                                               depth, options.seed + lane));
+    drivers.push_back(std::make_unique<Driver>(options, *fronts[lane], parts[lane], **device, first,
+                                               last - first, depth, options.seed + lane));
     if (!drivers.back()->ready()) {
       stop();
       return Status::InvalidArgument("cannot allocate " + std::to_string(depth) + " buffers of " +
-                                     std::to_string(options.bs) + " bytes for each of " + std::to_string(lanes) +
-                                     " rings");
+                                     std::to_string(options.bs) + " bytes for each of " +
+                                     std::to_string(lanes) + " rings");
     }
   }
   std::vector<Status> statuses(lanes);
@@ -374,7 +378,8 @@ Result<BenchResult> RunBench(const BenchOptions& options, const std::string& fil
       return;
     }
     std::vector<std::thread> threads;
-    for (unsigned lane = 0; lane < lanes; ++lane) threads.emplace_back([&, lane] { statuses[lane] = body(lane); });
+    for (unsigned lane = 0; lane < lanes; ++lane)
+      threads.emplace_back([&, lane] { statuses[lane] = body(lane); });
     for (auto& thread : threads) thread.join();
   };
   auto first_failure = [&]() -> Status {

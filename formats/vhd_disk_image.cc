@@ -111,7 +111,8 @@ Result<std::unique_ptr<VhdDiskImage>> VhdDiskImage::Open(const std::string& path
   if (!options.read_only && leaf.type() != vhd::DiskType::kFixed) {
     uint64_t block_bytes = RoundUpTo(leaf.new_block_bytes(), kPage);
     image->bitmap_buffer_bytes_ = RoundUpTo(leaf.bitmap_bytes(), kPage);
-    image->metadata_buffer_bytes_ = RoundUpTo(std::max<uint64_t>(leaf.batmap_bytes(), vhd::kFooterSize), kPage);
+    image->metadata_buffer_bytes_ =
+        RoundUpTo(std::max<uint64_t>(leaf.batmap_bytes(), vhd::kFooterSize), kPage);
     size_t bytes = block_bytes + 2 * kPage + image->bitmap_buffer_bytes_ + image->metadata_buffer_bytes_;
     // Reserved once per open image; pages are touched only by the first allocation.
     void* memory =
@@ -147,8 +148,9 @@ std::span<uint8_t> VhdDiskImage::bitmap_buffer() {
 }
 
 std::span<uint8_t> VhdDiskImage::metadata_buffer() {
-  return {scratch_.as<uint8_t>() + RoundUpTo(leaf().new_block_bytes(), kPage) + 2 * kPage + bitmap_buffer_bytes_,
-          static_cast<size_t>(metadata_buffer_bytes_)};
+  return {
+      scratch_.as<uint8_t>() + RoundUpTo(leaf().new_block_bytes(), kPage) + 2 * kPage + bitmap_buffer_bytes_,
+      static_cast<size_t>(metadata_buffer_bytes_)};
 }
 
 Result<vhd::BlockWritePlan> VhdDiskImage::PlanWrite(uint64_t offset, uint64_t length) {

@@ -18,9 +18,8 @@ using Clock = std::chrono::steady_clock;
 // grants.
 size_t DomainPages(const XenbusBlkfrontConfig& config, uint32_t ring_pages, uint32_t queues) {
   size_t slots = RingSlots(config.abi, ring_pages);
-  return size_t{queues} *
-             (ring_pages + std::min<size_t>(slots, config.max_outstanding * 2) *
-                               (std::max(kMaxDirectSegments, config.indirect_segments) + 1)) +
+  return size_t{queues} * (ring_pages + std::min<size_t>(slots, config.max_outstanding * 2) *
+                                            (std::max(kMaxDirectSegments, config.indirect_segments) + 1)) +
          64;
 }
 
@@ -109,9 +108,9 @@ Status XenbusBlkfront::Connect(std::chrono::milliseconds timeout) {
   persistent_ = config_.persistent && backend_persistent.ok() && *backend_persistent == 1;
   Result<uint64_t> backend_indirect =
       ReadNumber(store_, backend_path_ + "/feature-max-indirect-segments", 0, UINT32_MAX);
-  indirect_segments_ = backend_indirect.ok()
-                           ? std::min<uint32_t>(config_.indirect_segments, static_cast<uint32_t>(*backend_indirect))
-                           : 0;
+  indirect_segments_ = backend_indirect.ok() ? std::min<uint32_t>(config_.indirect_segments,
+                                                                  static_cast<uint32_t>(*backend_indirect))
+                                             : 0;
   if (indirect_segments_ <= kMaxDirectSegments) indirect_segments_ = 0;
 
   if (hypervisor_.FindDomain(config_.domid) == nullptr) {

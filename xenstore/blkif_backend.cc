@@ -253,7 +253,8 @@ Status BlkifBackendDevice::Act(BlkifAction action, const Snapshot& snapshot) {
 // Linux blkfront reads it when it connects; blkif.h wants no node at all rather than 0.
 Status BlkifBackendDevice::WriteIndirectFeature(Transaction& t) {
   if (disk_.max_indirect_segments == 0) return Status::Ok();
-  return t.Write(backend_path_ + "/feature-max-indirect-segments", std::to_string(disk_.max_indirect_segments));
+  return t.Write(backend_path_ + "/feature-max-indirect-segments",
+                 std::to_string(disk_.max_indirect_segments));
 }
 
 Status BlkifBackendDevice::OpenAndAdvertise(const Snapshot& snapshot) {

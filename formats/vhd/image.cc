@@ -261,7 +261,8 @@ uint64_t VhdImage::block_sectors(uint32_t block) const {
 
 Status VhdImage::ValidateBat(uint64_t file_size) {
   // Where blocks may end: before the footer, and inside the file (when the footer copy at offset 0 stands in
-  // for a lost trailing one, footer_offset_ lies past the end of a file that is not a whole number of sectors).
+  // for a lost trailing one, footer_offset_ lies past the end of a file that is not a whole number of
+  // sectors).
   const uint64_t blocks_end = std::min(footer_offset_, file_size);
   struct Extent {
     uint64_t offset;
@@ -281,8 +282,8 @@ Status VhdImage::ValidateBat(uint64_t file_size) {
     if (offset + length > blocks_end) {
       return Corrupt("BAT entry " + std::to_string(block) + " points at offset " + std::to_string(offset) +
                      ", past the end of the file (block ends at " + std::to_string(offset + length) +
-                     ", footer at " + std::to_string(footer_offset_) + ", file of " + std::to_string(file_size) +
-                     " bytes)");
+                     ", footer at " + std::to_string(footer_offset_) + ", file of " +
+                     std::to_string(file_size) + " bytes)");
     }
     extents.push_back({offset, length, block});
   }

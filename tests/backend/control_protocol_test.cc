@@ -85,10 +85,12 @@ TEST(ControlProtocolTest, RefusesMalformedLinesWithOneClearLine) {
   EXPECT_EQ(Refusal("snapshot 1/51712 --timeout 5"), "snapshot needs a child path (CHILD.vhd)");
   EXPECT_EQ(Refusal("snapshot 1/51712 /c.vhd d.vhd"), "unexpected 'd.vhd' after snapshot (--timeout MS)");
   // The daemon's working directory is not the operator's: relative paths are refused.
-  EXPECT_EQ(Refusal("snapshot 1/51712 c.vhd"), "snapshot: 'c.vhd' is relative; the daemon needs an absolute path");
+  EXPECT_EQ(Refusal("snapshot 1/51712 c.vhd"),
+            "snapshot: 'c.vhd' is relative; the daemon needs an absolute path");
   EXPECT_EQ(Refusal("resume 1/51712 --image vhd:images/n.vhd"),
             "--image 'vhd:images/n.vhd' is relative; the daemon needs an absolute path");
-  EXPECT_EQ(Refusal("resume 1/51712 --image=n.img"), "--image 'n.img' is relative; the daemon needs an absolute path");
+  EXPECT_EQ(Refusal("resume 1/51712 --image=n.img"),
+            "--image 'n.img' is relative; the daemon needs an absolute path");
   EXPECT_EQ(Refusal("resume 1/51712 --image"), "--image needs an image (vhd:PATH, raw:PATH or PATH)");
   EXPECT_EQ(Refusal("resume 1/51712 --image="), "--image needs an image (vhd:PATH, raw:PATH or PATH)");
   EXPECT_EQ(Refusal("resume 1/51712 now"), "unexpected 'now' after resume DEVICE (--image IMAGE)");

@@ -85,8 +85,8 @@ inline std::string MakeDiskFile(const std::string& dir, const std::string& name,
 struct Guest {
   Guest(SimHypervisor& sim, const std::string& path, DomId domid, BlkfrontConfig front_config, bool read_only,
         Worker& worker, bool expect_connect = true, uint32_t logical_block_size = 0,
-        ImageFormatHint format = ImageFormatHint::kRaw, bool discard = true, uint32_t max_indirect_segments = 0,
-        size_t persistent_capacity = 0) {
+        ImageFormatHint format = ImageFormatHint::kRaw, bool discard = true,
+        uint32_t max_indirect_segments = 0, size_t persistent_capacity = 0) {
     DeviceConfig config;
     config.max_indirect_segments = max_indirect_segments;
     config.format = format;

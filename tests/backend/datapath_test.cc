@@ -82,7 +82,7 @@ struct WorkloadCase {
   unsigned depth;
   Abi abi;
   const char* dir;
-  unsigned poll_us = 0;  // the worker polls instead of sleeping right away
+  unsigned poll_us = 0;            // the worker polls instead of sleeping right away
   uint32_t indirect_segments = 0;  // offered by the backend and used by the frontend
   bool persistent = false;
   size_t persistent_capacity = 0;  // 0: the default (1056)
@@ -123,7 +123,8 @@ void RunRandomWorkload(const WorkloadCase& c, bool malformed) {
     EXPECT_FALSE(guest.device->broken());
     if (c.persistent) {
       // Mappings alive: the ring's one, plus at most the cache's bound of persistent grants.
-      size_t bound = c.persistent_capacity != 0 ? c.persistent_capacity : PersistentGrantCache::kDefaultCapacity;
+      size_t bound =
+          c.persistent_capacity != 0 ? c.persistent_capacity : PersistentGrantCache::kDefaultCapacity;
       EXPECT_LE(counters.map_calls.load() - counters.unmap_calls.load(), bound + 1);
       EXPECT_GT(counters.map_calls.load(), 1u) << "persistent grants were never mapped";
     }

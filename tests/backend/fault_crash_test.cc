@@ -79,9 +79,12 @@ int64_t SectorGeneration(const uint8_t* sector, uint32_t unit, uint32_t index) {
     }
     ++generation;
     for (uint32_t i = 0; i < kBatch; ++i) {
-      for (uint32_t s = 0; s < kUnitBytes / 512; ++s) FillSector(&buffers[i][s * 512], units[i], generation, s);
-      if (!guest.front->Queue({IoOp::kWrite, uint64_t{units[i]} * (kUnitBytes >> kSectorShift), kUnitBytes,
-                               buffers[i].data(), i}).ok())
+      for (uint32_t s = 0; s < kUnitBytes / 512; ++s)
+        FillSector(&buffers[i][s * 512], units[i], generation, s);
+      if (!guest.front
+               ->Queue({IoOp::kWrite, uint64_t{units[i]} * (kUnitBytes >> kSectorShift), kUnitBytes,
+                        buffers[i].data(), i})
+               .ok())
         ::_exit(5);
       report[i] = {units[i], generation};
     }
@@ -108,7 +111,8 @@ class CrashTest : public ::testing::TestWithParam<ImageFormatHint> {
  protected:
   void TearDown() override { ::unlink(path_.c_str()); }
 
-  // One round: fork a writer, kill it after `kill_after_ms`, and fold its acknowledged flushes into `durable_`.
+  // One round: fork a writer, kill it after `kill_after_ms`, and fold its acknowledged flushes into
+  // `durable_`.
   void RunRound(uint32_t first_generation, uint64_t seed, unsigned kill_after_ms) {
     int pipe_fds[2];
     ASSERT_EQ(::pipe(pipe_fds), 0);
@@ -190,7 +194,9 @@ TEST_P(CrashTest, KilledWritersLeaveAConsistentImageWithEveryFlushedWrite) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Formats, CrashTest, ::testing::Values(ImageFormatHint::kVhd, ImageFormatHint::kRaw),
-                         [](const auto& info) { return info.param == ImageFormatHint::kVhd ? "Vhd" : "Raw"; });
+                         [](const auto& info) {
+                           return info.param == ImageFormatHint::kVhd ? "Vhd" : "Raw";
+                         });
 
 }  // namespace
 }  // namespace blk

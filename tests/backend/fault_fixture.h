@@ -19,7 +19,8 @@ namespace blk {
 
 inline Bytes Pattern(size_t bytes, uint32_t seed) {
   Bytes data(bytes);
-  for (size_t i = 0; i < bytes; ++i) data[i] = static_cast<uint8_t>((i * 131 + seed * 7919 + (i >> 9)) & 0xff);
+  for (size_t i = 0; i < bytes; ++i)
+    data[i] = static_cast<uint8_t>((i * 131 + seed * 7919 + (i >> 9)) & 0xff);
   return data;
 }
 
@@ -64,7 +65,8 @@ class FaultTest : public ::testing::Test {
   }
   Guest& AddGuest(const std::string& path, ImageFormatHint format, BlkfrontConfig front = {}) {
     auto domid = static_cast<DomId>(guests_.size() + 1);
-    guests_.push_back(std::make_unique<Guest>(sim_, path, domid, front, false, *worker_, true, 0, format, false));
+    guests_.push_back(
+        std::make_unique<Guest>(sim_, path, domid, front, false, *worker_, true, 0, format, false));
     return *guests_.back();
   }
   // Steps the worker until `front` has `count` completions or `limit` passes.

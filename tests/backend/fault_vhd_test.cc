@@ -64,15 +64,18 @@ class VhdFaultTest : public FaultTest {
   }
   // Writes to block 1 (a new one) and, in the same round, in place into block 0; returns their statuses.
   std::pair<int16_t, int16_t> WriteNewAndInPlace(const Bytes& fresh, const Bytes& in_place) {
-    EXPECT_TRUE(front().Queue({IoOp::kWrite, kBlock >> kSectorShift, fresh.size(),
-                               const_cast<uint8_t*>(fresh.data()), 1}).ok());
-    EXPECT_TRUE(front().Queue({IoOp::kWrite, 64, in_place.size(), const_cast<uint8_t*>(in_place.data()), 2})
+    EXPECT_TRUE(front()
+                    .Queue({IoOp::kWrite, kBlock >> kSectorShift, fresh.size(),
+                            const_cast<uint8_t*>(fresh.data()), 1})
                     .ok());
+    EXPECT_TRUE(
+        front().Queue({IoOp::kWrite, 64, in_place.size(), const_cast<uint8_t*>(in_place.data()), 2}).ok());
     EXPECT_TRUE(front().Push().ok());
     auto done = Step(front(), 2);
     EXPECT_EQ(done.size(), 2u);
     std::pair<int16_t, int16_t> statuses{-100, -100};
-    for (const auto& completion : done) (completion.tag == 1 ? statuses.first : statuses.second) = completion.status;
+    for (const auto& completion : done)
+      (completion.tag == 1 ? statuses.first : statuses.second) = completion.status;
     return statuses;
   }
   // After the failed allocation: the image is consistent, the failed range reads as zeros, and the block can

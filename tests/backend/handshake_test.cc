@@ -76,7 +76,8 @@ TEST_F(HandshakeTest, ReadOnlyModeAndCdromArePublishedInInfo) {
 }
 
 // libxl writes discard-enable = 0 for a disk with "no-discard": the disk is published without the feature and
-// a frontend that discards anyway gets EOPNOTSUPP; a read-only disk never offers it; a bad value fails the device.
+// a frontend that discards anyway gets EOPNOTSUPP; a read-only disk never offers it; a bad value fails the
+// device.
 TEST_F(HandshakeTest, DiscardFollowsTheToolstacksDiscardEnableAndTheMode) {
   StartDaemon();
   CreateDomain(3);

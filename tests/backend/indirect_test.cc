@@ -178,7 +178,8 @@ TEST_F(IndirectDatapathTest, MoreIndirectRequestsThanLargeBuffersWaitAndAllCompl
   std::vector<Bytes> data(kRequests, Bytes(kPages * kPageSize));
   for (unsigned r = 0; r < kRequests; ++r) {
     std::fill(data[r].begin(), data[r].end(), static_cast<uint8_t>(r + 1));
-    ASSERT_TRUE(front().Submit({IoOp::kWrite, uint64_t{r} * kPages * 8, data[r].size(), data[r].data(), r}).ok());
+    ASSERT_TRUE(
+        front().Submit({IoOp::kWrite, uint64_t{r} * kPages * 8, data[r].size(), data[r].data(), r}).ok());
   }
   ASSERT_TRUE(front().Push().ok());
   auto done = Step(kRequests);
@@ -186,7 +187,8 @@ TEST_F(IndirectDatapathTest, MoreIndirectRequestsThanLargeBuffersWaitAndAllCompl
   for (const IoCompletion& c : done) EXPECT_EQ(c.status, BLKIF_RSP_OKAY);
   std::vector<Bytes> back(kRequests, Bytes(kPages * kPageSize));
   for (unsigned r = 0; r < kRequests; ++r) {
-    ASSERT_TRUE(front().Submit({IoOp::kRead, uint64_t{r} * kPages * 8, back[r].size(), back[r].data(), r}).ok());
+    ASSERT_TRUE(
+        front().Submit({IoOp::kRead, uint64_t{r} * kPages * 8, back[r].size(), back[r].data(), r}).ok());
   }
   ASSERT_TRUE(front().Push().ok());
   done = Step(kRequests);
@@ -239,7 +241,8 @@ TEST_F(IndirectDatapathTest, BadIndirectRequestsInOneBatchWithGoodOnesFailAlone)
     ASSERT_TRUE(response.has_value());
     EXPECT_EQ(response->status, BLKIF_RSP_ERROR);
   }
-  EXPECT_EQ(guest_->device->stats().bad_req.load(), bad.size() - 1) << "all but the unreadable page are bad requests";
+  EXPECT_EQ(guest_->device->stats().bad_req.load(), bad.size() - 1)
+      << "all but the unreadable page are bad requests";
   EXPECT_FALSE(guest_->device->broken());
   EXPECT_TRUE(front().broken().ok()) << front().broken().ToString();
   // The good data is on disk; nothing of the bad requests is.

@@ -68,7 +68,8 @@ TEST_F(NegotiationTest, IndirectOnlyCarriesLargeIoInOneRequest) {
   EXPECT_EQ(front->indirect_segments(), 64u);
   uint64_t requests_before = front->queue(0).stats().requests_pushed;
   CheckIo(front->queue(0), 0, 9, 256 << 10);
-  EXPECT_EQ(front->queue(0).stats().requests_pushed - requests_before, 2u) << "64 pages each way, one request";
+  EXPECT_EQ(front->queue(0).stats().requests_pushed - requests_before, 2u)
+      << "64 pages each way, one request";
 }
 
 TEST_F(NegotiationTest, BothTogetherAndTheFrontendsWishIsCappedByTheOffer) {
@@ -195,24 +196,27 @@ TEST_P(NegotiationMatrixTest, NegotiatesWhatWasAskedAndServesEveryQueue) {
   }
   // Closing unmaps everything the backend mapped, persistent grants included.
   ASSERT_TRUE(front->Close(kTimeout).ok());
-  EXPECT_TRUE(Eventually([&] { return sim_->counters().map_calls.load() == sim_->counters().unmap_calls.load(); }))
-      << sim_->counters().map_calls.load() << " maps, " << sim_->counters().unmap_calls.load() << " unmaps";
+  EXPECT_TRUE(Eventually([&] {
+    return sim_->counters().map_calls.load() == sim_->counters().unmap_calls.load();
+  })) << sim_->counters().map_calls.load()
+      << " maps, " << sim_->counters().unmap_calls.load() << " unmaps";
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    AllCombinations, NegotiationMatrixTest,
-    ::testing::Values(Combination{false, 0, 1, 1}, Combination{true, 0, 1, 1}, Combination{false, 64, 1, 1},
-                      Combination{true, 64, 1, 1}, Combination{false, 0, 16, 1}, Combination{true, 0, 16, 1},
-                      Combination{false, 64, 16, 1}, Combination{true, 64, 16, 1}, Combination{false, 0, 1, 2},
-                      Combination{true, 0, 1, 2}, Combination{false, 64, 1, 2}, Combination{true, 64, 1, 2},
-                      Combination{false, 0, 16, 2}, Combination{true, 0, 16, 2}, Combination{false, 64, 16, 2},
-                      Combination{true, 64, 16, 2}),
-    [](const auto& info) {
-      const Combination& c = info.param;
-      return std::string(c.persistent ? "Persistent" : "NoPersistent") +
-             (c.indirect != 0 ? "Indirect" : "Direct") + std::to_string(c.ring_pages) + "Pages" +
-             std::to_string(c.queues) + "Queues";
-    });
+INSTANTIATE_TEST_SUITE_P(AllCombinations, NegotiationMatrixTest,
+                         ::testing::Values(Combination{false, 0, 1, 1}, Combination{true, 0, 1, 1},
+                                           Combination{false, 64, 1, 1}, Combination{true, 64, 1, 1},
+                                           Combination{false, 0, 16, 1}, Combination{true, 0, 16, 1},
+                                           Combination{false, 64, 16, 1}, Combination{true, 64, 16, 1},
+                                           Combination{false, 0, 1, 2}, Combination{true, 0, 1, 2},
+                                           Combination{false, 64, 1, 2}, Combination{true, 64, 1, 2},
+                                           Combination{false, 0, 16, 2}, Combination{true, 0, 16, 2},
+                                           Combination{false, 64, 16, 2}, Combination{true, 64, 16, 2}),
+                         [](const auto& info) {
+                           const Combination& c = info.param;
+                           return std::string(c.persistent ? "Persistent" : "NoPersistent") +
+                                  (c.indirect != 0 ? "Indirect" : "Direct") + std::to_string(c.ring_pages) +
+                                  "Pages" + std::to_string(c.queues) + "Queues";
+                         });
 
 TEST_F(NegotiationTest, PoliteFrontendAskingForMoreThanOfferedGetsTheOffer) {
   BlkbackDaemonOptions options;
@@ -237,7 +241,8 @@ TEST_F(NegotiationTest, PoliteFrontendAskingForMoreThanOfferedGetsTheOffer) {
   EXPECT_FALSE(front->persistent());
   uint64_t requests_before = front->queue(0).stats().requests_pushed;
   CheckIo(front->queue(0), 0, 41, 128 << 10);
-  EXPECT_EQ(front->queue(0).stats().requests_pushed - requests_before, 4u) << "32 pages: two 16-segment requests";
+  EXPECT_EQ(front->queue(0).stats().requests_pushed - requests_before, 4u)
+      << "32 pages: two 16-segment requests";
   EXPECT_TRUE(front->queue(0).broken().ok()) << front->queue(0).broken().ToString();
 }
 
@@ -255,8 +260,13 @@ TEST_F(NegotiationTest, HostileFrontendWritingMoreThanOfferedIsRefused) {
   options.max_queues = 1;
   StartDaemon(options);
   const OverAsk cases[] = {
-      {"order", {{"ring-page-order", "2"}, {"ring-ref0", "8"}, {"ring-ref1", "9"}, {"ring-ref2", "10"},
-                 {"ring-ref3", "11"}}, "max-ring-page-order"},
+      {"order",
+       {{"ring-page-order", "2"},
+        {"ring-ref0", "8"},
+        {"ring-ref1", "9"},
+        {"ring-ref2", "10"},
+        {"ring-ref3", "11"}},
+       "max-ring-page-order"},
       {"queues", {{"multi-queue-num-queues", "2"}}, "multi-queue-max-queues"},
   };
   DomId domid = 30;
@@ -272,7 +282,8 @@ TEST_F(NegotiationTest, HostileFrontendWritingMoreThanOfferedIsRefused) {
         {"ring-ref", "8"}, {"event-channel", "3"}, {"protocol", "x86_64-abi"}, {"state", "3"}};
     for (const auto& [key, value] : bad.keys) keys[key] = value;
     ASSERT_TRUE(RunTransaction(*guest, [&](Transaction& t) -> Status {
-                  for (const auto& [key, value] : keys) BLK_RETURN_IF_ERROR(t.Write(frontend + "/" + key, value));
+                  for (const auto& [key, value] : keys)
+                    BLK_RETURN_IF_ERROR(t.Write(frontend + "/" + key, value));
                   return Status::Ok();
                 }).ok());
     ASSERT_TRUE(WaitForValue(backend + "/state", "5"));

@@ -18,7 +18,8 @@ namespace {
 
 // Page-aligned guest I/O buffers, so that a 44 KiB request is exactly 11 whole pages.
 struct PageBuffer {
-  explicit PageBuffer(size_t bytes) : size(bytes), data(static_cast<uint8_t*>(std::aligned_alloc(kPageSize, bytes))) {}
+  explicit PageBuffer(size_t bytes)
+      : size(bytes), data(static_cast<uint8_t*>(std::aligned_alloc(kPageSize, bytes))) {}
   ~PageBuffer() { std::free(data); }
   PageBuffer(const PageBuffer&) = delete;
   PageBuffer& operator=(const PageBuffer&) = delete;
@@ -57,7 +58,8 @@ class PersistentDatapathTest : public SteppedGuestTest {
     for (unsigned r = 0; r < count; ++r) {
       out.push_back(std::make_unique<PageBuffer>(kRequestBytes));
       in.push_back(std::make_unique<PageBuffer>(kRequestBytes));
-      for (size_t i = 0; i < kRequestBytes; ++i) out[r]->data[i] = static_cast<uint8_t>(seed + r * 13 + i / 512);
+      for (size_t i = 0; i < kRequestBytes; ++i)
+        out[r]->data[i] = static_cast<uint8_t>(seed + r * 13 + i / 512);
       std::memset(in[r]->data, 0, kRequestBytes);
       ASSERT_TRUE(front().Queue({IoOp::kWrite, base + r * 88, kRequestBytes, out[r]->data, r}).ok());
     }
@@ -93,7 +95,8 @@ TEST_F(PersistentDatapathTest, AtTheBoundEveryGrantIsMappedOnceAndNothingIsCopie
   EXPECT_LE(max_live_, kBound + 1);
   EXPECT_EQ(guest_->device->stats().io_errors.load(), 0u);
   guest_->device->Disconnect();
-  EXPECT_EQ(counters().map_calls.load(), counters().unmap_calls.load()) << "a persistent grant outlived its ring";
+  EXPECT_EQ(counters().map_calls.load(), counters().unmap_calls.load())
+      << "a persistent grant outlived its ring";
 }
 
 TEST_F(PersistentDatapathTest, BeyondTheBoundDataStaysRightAndMappingsStayBounded) {

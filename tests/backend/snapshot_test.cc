@@ -340,8 +340,9 @@ TEST_F(SnapshotTest, RefusalsLeaveTheDeviceOnItsImage) {
   EXPECT_NE(reply.find("exists; refusing to replace it"), std::string::npos) << reply;
   // A directory that does not exist: the pause happens, the child cannot be made, the device resumes.
   reply = Ask(std::string("snapshot ") + kDevice + " " + dir_ + "/no/such/dir/c.vhd");
-  EXPECT_EQ(reply, "error: 1/51712: creating " + dir_ +
-                       "/no/such/dir/c.vhd: No such file or directory (no snapshot; resumed on the old image)");
+  EXPECT_EQ(reply,
+            "error: 1/51712: creating " + dir_ +
+                "/no/such/dir/c.vhd: No such file or directory (no snapshot; resumed on the old image)");
   EXPECT_FALSE(std::filesystem::exists(dir_ + "/no"));
   EXPECT_EQ(device_->image().path(), base);
   EXPECT_EQ(device_->pause_state(), PauseState::kRunning);

@@ -148,7 +148,8 @@ TEST_P(VhdRandomWorkloadTest, ThousandsOfMixedIosVerifiedByteForByteAndTheFileCh
   (*worker)->Start();
   BlkfrontConfig config;
   config.max_outstanding = c.depth;
-  // VHD keeps the copy path under persistent grants (VhdIo works on one buffer): the data must still be right.
+  // VHD keeps the copy path under persistent grants (VhdIo works on one buffer): the data must still be
+  // right.
   const uint32_t indirect = c.speed_features ? 64 : 0;
   config.persistent = c.speed_features;
   config.indirect_segments = indirect;
@@ -441,8 +442,8 @@ TEST_F(SteppedVhdTest, FlushOfAnImageOpenedFromItsFooterCopyRewritesTheFooter) {
   EXPECT_TRUE((*reopened)->top().notes().empty());
 }
 
-// What the file's batmap says of `blocks`, read by a separate opening of the image (as XenServer's tools would
-// read it), and whether that opening found the batmap's checksum good.
+// What the file's batmap says of `blocks`, read by a separate opening of the image (as XenServer's tools
+// would read it), and whether that opening found the batmap's checksum good.
 std::vector<bool> BatmapOnDisk(const std::string& path, std::initializer_list<uint32_t> blocks) {
   std::vector<bool> bits;
   auto chain = vhd::VhdChain::Open(path, false);
@@ -478,8 +479,8 @@ TEST_F(SteppedVhdTest, BlocksAllocatedThroughTheBackendAreMarkedInTheBatmapByThe
   ExpectChecks(path_);
 }
 
-// A partly filled block (as tapdisk leaves them) that the guest fills: its bitmap write is not durable until a
-// sync covers it, so the batmap bit may follow only after such a sync - never ahead of the bitmap.
+// A partly filled block (as tapdisk leaves them) that the guest fills: its bitmap write is not durable until
+// a sync covers it, so the batmap bit may follow only after such a sync - never ahead of the bitmap.
 TEST_F(SteppedVhdTest, APartlyFilledBlockThatBecomesFullIsMarkedInTheBatmapOnlyAfterASyncCoveredItsBitmap) {
   vhd::CreateOptions options = vhd::CreateOptions::Dynamic(kDiskBytes);
   options.block_size = 64u << 10;
@@ -511,7 +512,8 @@ TEST_F(SteppedVhdTest, APartlyFilledBlockThatBecomesFullIsMarkedInTheBatmapOnlyA
   EXPECT_TRUE(image().leaf().BlockFull(0));
   Bytes none;
   ASSERT_EQ(Do(IoOp::kFlushDiskCache, 0, none), BLKIF_RSP_OKAY);
-  EXPECT_EQ(BatmapOnDisk(path_, {0}), (std::vector<bool>{false})) << "the batmap ran ahead of the bitmap's sync";
+  EXPECT_EQ(BatmapOnDisk(path_, {0}), (std::vector<bool>{false}))
+      << "the batmap ran ahead of the bitmap's sync";
   EXPECT_TRUE(image().leaf().BatmapBit(0)) << "the sync covered the bitmap: the bit is due";
   ASSERT_EQ(Do(IoOp::kFlushDiskCache, 0, none), BLKIF_RSP_OKAY);
   EXPECT_EQ(BatmapOnDisk(path_, {0}), (std::vector<bool>{true}));

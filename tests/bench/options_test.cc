@@ -138,10 +138,15 @@ TEST(BenchOptionsTest, FeatureSwitchesParseAndBadValuesAreRefused) {
   EXPECT_NE(std::find(command.begin(), command.end(), "--numjobs=3"), command.end());
   EXPECT_NE(std::find(command.begin(), command.end(), "--group_reporting"), command.end());
   EXPECT_TRUE(ParseBenchOptions({"--indirect=0"}).ok());
-  const std::vector<std::vector<std::string>> bad = {
-      {"--indirect=11"}, {"--indirect=4097"}, {"--indirect=x"},         {"--queues=0"},
-      {"--queues=17"},   {"--numjobs=0"},     {"--persistent=2"},       {"--queues=2", "--numjobs=2"},
-      {"--queues=8", "--iodepth=4"}};
+  const std::vector<std::vector<std::string>> bad = {{"--indirect=11"},
+                                                     {"--indirect=4097"},
+                                                     {"--indirect=x"},
+                                                     {"--queues=0"},
+                                                     {"--queues=17"},
+                                                     {"--numjobs=0"},
+                                                     {"--persistent=2"},
+                                                     {"--queues=2", "--numjobs=2"},
+                                                     {"--queues=8", "--iodepth=4"}};
   for (const auto& args : bad) {
     auto parsed = ParseBenchOptions(args);
     EXPECT_FALSE(parsed.ok()) << args[0];

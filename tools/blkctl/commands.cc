@@ -71,7 +71,8 @@ std::string AbsoluteImagePaths(const std::string& line) {
     std::filesystem::path made = std::filesystem::absolute(std::filesystem::path(path), error);
     return error ? spec : prefix + made.lexically_normal().string();
   };
-  if (words.size() >= 3 && words[0] == "snapshot" && !words[2].starts_with("-")) words[2] = absolute(words[2]);
+  if (words.size() >= 3 && words[0] == "snapshot" && !words[2].starts_with("-"))
+    words[2] = absolute(words[2]);
   if (words.size() >= 2 && words[0] == "resume") {
     for (size_t i = 2; i < words.size(); ++i) {
       if (words[i - 1] == "--image") words[i] = absolute(words[i]);
