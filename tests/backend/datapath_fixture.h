@@ -22,27 +22,13 @@
 #include "frontend/blkfront.h"
 #include "ring/request.h"
 #include "ring/sim/sim_hypervisor.h"
+#include "tests/page_aligned.h"
 
 namespace blk {
 
 inline constexpr uint64_t kDiskBytes = 8ull << 20;
 inline constexpr uint64_t kDiskSectors = kDiskBytes >> kSectorShift;
 inline constexpr uint64_t kRawIdBase = 1ull << 40;  // ids of hand-made requests, far from the frontend's own
-
-// I/O buffers start on a page, as a guest's do: the frontend derives first_sect from the address.
-template <typename T>
-struct PageAligned {
-  using value_type = T;
-  PageAligned() = default;
-  template <typename U>
-  PageAligned(const PageAligned<U>&) {}
-  T* allocate(size_t n) {
-    return static_cast<T*>(::operator new (n * sizeof(T), std::align_val_t{kPageSize}));
-  }
-  void deallocate(T* p, size_t) { ::operator delete (p, std::align_val_t{kPageSize}); }
-  bool operator==(const PageAligned&) const { return true; }
-};
-using Bytes = std::vector<uint8_t, PageAligned<uint8_t>>;
 
 // Collects log lines so that tests can check what an operator would read.
 class LogCapture {

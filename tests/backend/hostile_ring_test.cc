@@ -24,6 +24,7 @@
 #include "frontend/blkfront.h"
 #include "ring/request.h"
 #include "ring/sim/sim_hypervisor.h"
+#include "tests/page_aligned.h"
 
 namespace blk {
 namespace {
@@ -37,20 +38,6 @@ constexpr auto kDeadline = std::chrono::seconds(20);
 uint8_t Pattern(uint64_t offset) {
   return static_cast<uint8_t>((offset >> kSectorShift) * 131 + offset * 7 + 1);
 }
-
-template <typename T>
-struct PageAligned {
-  using value_type = T;
-  PageAligned() = default;
-  template <typename U>
-  PageAligned(const PageAligned<U>&) {}
-  T* allocate(size_t n) {
-    return static_cast<T*>(::operator new (n * sizeof(T), std::align_val_t{kPageSize}));
-  }
-  void deallocate(T* p, size_t) { ::operator delete (p, std::align_val_t{kPageSize}); }
-  bool operator==(const PageAligned&) const { return true; }
-};
-using Bytes = std::vector<uint8_t, PageAligned<uint8_t>>;
 
 std::string MakeDisk(const std::string& name) {
   std::string path = "/var/tmp/hostile_ring_" + name + "." + std::to_string(::getpid());
