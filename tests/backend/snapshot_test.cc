@@ -32,6 +32,7 @@
 #include "formats/vhd/create.h"
 #include "frontend/blkfront.h"
 #include "ring/sim/sim_hypervisor.h"
+#include "tests/backend/one_ring_guest.h"
 
 namespace blk {
 namespace {
@@ -88,25 +89,12 @@ class SnapshotTest : public ::testing::Test {
     config.path = path;
     config.format = format;
     config.direct = false;
-    auto device = Device::Open(config);
-    ASSERT_TRUE(device.ok()) << device.status().ToString();
-    device_ = std::move(*device);
-    BlkfrontConfig front_config;
-    front_config.domid = 1;
-    front_config.max_outstanding = 4 * kDepth;
-    auto front = Blkfront::Create(sim_, front_config);
-    ASSERT_TRUE(front.ok()) << front.status().ToString();
-    front_ = std::move(*front);
-    auto worker = Worker::Create("worker0", 256);
-    ASSERT_TRUE(worker.ok()) << worker.status().ToString();
-    worker_ = std::move(*worker);
-    if (threaded) worker_->Start();
-    RingConnection connection;
-    connection.frontend_domid = 1;
-    connection.ring_refs.assign(front_->ring_refs().begin(), front_->ring_refs().end());
-    connection.event_channel = front_->event_channel();
-    Hypervisor hypervisor = sim_.hypervisor();
-    ASSERT_TRUE(device_->Connect(hypervisor, connection, *worker_).ok());
+    OneRingGuest guest;
+    ConnectOneRingGuest(sim_, config, 4 * kDepth, threaded, &guest);
+    device_ = std::move(guest.device);
+    front_ = std::move(guest.front);
+    worker_ = std::move(guest.worker);
+    ASSERT_FALSE(HasFatalFailure());
     target_.Add(kDevice, *device_);
     ControlServerOptions options;
     options.socket_path = dir_ + "/control";
