@@ -82,19 +82,62 @@ size_t AioEngine::SubmitToKernel(std::span<iocb*> batch, Status* first_error) {
   return accepted;
 }
 
-size_t AioEngine::Reap(std::span<io_event> out) {
+void AioEngine::Acknowledge() {
   uint64_t ignored;
   while (::read(event_fd_.get(), &ignored, sizeof(ignored)) == sizeof(ignored)) {
   }
-  timespec no_wait{0, 0};
-  int rc;
-  do {
-    rc = io_getevents(context_, 0, static_cast<long>(out.size()), out.data(), &no_wait);
-  } while (rc == -EINTR);
-  size_t reaped = rc > 0 ? static_cast<size_t>(rc) : 0;
+}
+
+namespace {
+
+// The kernel publishes completions in a ring mapped at the context's address: this header, then `nr`
+// io_events. It is made for user space to read (libaio looks at head and tail before it enters the kernel,
+// fio's userspace_reap consumes events from it, and the kernel reads head back when it counts free slots).
+struct KernelAioRing {
+  unsigned id, nr, head, tail, magic, compat_features, incompat_features, header_length;
+  io_event events[];
+};
+constexpr unsigned kKernelAioRingMagic = 0xa10a10a1;
+
+KernelAioRing* ReadableRing(io_context_t context) {
+  auto* ring = reinterpret_cast<KernelAioRing*>(context);
+  if (ring == nullptr || ring->magic != kKernelAioRingMagic || ring->incompat_features != 0) return nullptr;
+  return ring;
+}
+
+}  // namespace
+
+size_t AioEngine::Reap(std::span<io_event> out, bool acknowledge) {
+  if (acknowledge) Acknowledge();
+  size_t reaped = 0;
+  if (KernelAioRing* ring = ReadableRing(context_)) {
+    // One thread reaps, so the head is ours; the tail's acquire orders the event reads after it.
+    unsigned head = ring->head;
+    const unsigned tail = __atomic_load_n(&ring->tail, __ATOMIC_ACQUIRE);
+    while (head != tail && reaped < out.size()) {
+      out[reaped++] = ring->events[head];
+      head = head + 1 == ring->nr ? 0 : head + 1;
+    }
+    __atomic_store_n(&ring->head, head, __ATOMIC_RELEASE);
+  } else {
+    timespec no_wait{0, 0};
+    int rc;
+    do {
+      rc = io_getevents(context_, 0, static_cast<long>(out.size()), out.data(), &no_wait);
+    } while (rc == -EINTR);
+    reaped = rc > 0 ? static_cast<size_t>(rc) : 0;
+  }
   if (faults_ != nullptr || !held_.empty() || !made_up_.empty()) [[unlikely]]
     return ReapWithFaults(out, reaped);
   return reaped;
+}
+
+bool AioEngine::HasCompletions() const {
+  if (faults_ != nullptr || !held_.empty() || !made_up_.empty()) [[unlikely]]
+    return true;
+  const KernelAioRing* ring = ReadableRing(context_);
+  if (ring == nullptr) return true;  // an unknown layout: let Reap ask the kernel
+  return __atomic_load_n(&ring->head, __ATOMIC_RELAXED) != __atomic_load_n(&ring->tail, __ATOMIC_ACQUIRE);
 }
 
 // One iocb at a time, so that each meets the rules in order; tests only.

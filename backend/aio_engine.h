@@ -43,8 +43,13 @@ class AioEngine {
   // was refused (a retryable Status when the kernel is out of resources: submit it again later).
   size_t Submit(std::span<iocb*> batch, Status* first_error);
 
-  // Clears the eventfd and collects up to `out.size()` completions without blocking.
-  size_t Reap(std::span<io_event> out);
+  // Clears the eventfd (unless `acknowledge` is false) and collects up to `out.size()` completions without
+  // blocking.
+  size_t Reap(std::span<io_event> out, bool acknowledge = true);
+  // For a worker that polls: whether Reap would find anything, without a system call. It reaps without
+  // acknowledging, and before it sleeps clears the eventfd with Acknowledge() and then looks once more.
+  bool HasCompletions() const;
+  void Acknowledge();
 
   // Tests: injects the faults `faults` describes (nullptr: none). Not owned; must outlive its use.
   void set_faults(AioFaults* faults) { faults_ = faults; }

@@ -104,5 +104,64 @@ TEST_F(AioEngineTest, ReadPastTheEndIsShortNotAnError) {
   EXPECT_EQ(WaitFor(1)[0].res, 4096u);
 }
 
+// Completions are read from the kernel's ring in user space: many rounds of a full batch, reaped a few at a
+// time, go round that ring many times, and every completion must come out exactly once per round.
+TEST_F(AioEngineTest, ManyRoundsReapedInSmallBitesReportEveryCompletionOnce) {
+  constexpr int kBatch = 64, kRounds = 40;
+  std::vector<char> buffer(512);
+  std::vector<iocb> cbs(kBatch);
+  std::vector<iocb*> batch;
+  for (int i = 0; i < kBatch; ++i) batch.push_back(&cbs[i]);
+  std::vector<io_event> bite(7);
+  for (int round = 0; round < kRounds; ++round) {
+    for (int i = 0; i < kBatch; ++i) {
+      engine_->PrepareRead(&cbs[i], fd_, buffer.data(), 512, static_cast<uint64_t>(i) * 512,
+                           reinterpret_cast<void*>(static_cast<uintptr_t>(round * kBatch + i + 1)));
+    }
+    Status error;
+    ASSERT_EQ(engine_->Submit(batch, &error), static_cast<size_t>(kBatch)) << error.ToString();
+    std::vector<int> seen(kBatch, 0);
+    int reaped = 0;
+    while (reaped < kBatch) {
+      pollfd p{engine_->event_fd(), POLLIN, 0};
+      ASSERT_EQ(::poll(&p, 1, 5000), 1) << "no completion signalled in round " << round;
+      size_t got;
+      while ((got = engine_->Reap(bite)) > 0) {
+        for (size_t j = 0; j < got; ++j) {
+          auto tag = static_cast<int>(reinterpret_cast<uintptr_t>(bite[j].data)) - 1 - round * kBatch;
+          ASSERT_TRUE(tag >= 0 && tag < kBatch) << "a completion from another round: " << tag;
+          EXPECT_EQ(bite[j].res, 512u);
+          ++seen[tag];
+        }
+        reaped += static_cast<int>(got);
+      }
+    }
+    for (int i = 0; i < kBatch; ++i) EXPECT_EQ(seen[i], 1) << "iocb " << i << " in round " << round;
+  }
+  EXPECT_FALSE(engine_->HasCompletions());
+}
+
+// A polling worker reaps without acknowledging, and clears the eventfd only before it sleeps.
+TEST_F(AioEngineTest, HasCompletionsSeesACompletionWithoutTheEventfd) {
+  EXPECT_FALSE(engine_->HasCompletions());
+  std::vector<char> buffer(4096);
+  iocb cb;
+  iocb* batch[] = {&cb};
+  engine_->PrepareRead(&cb, fd_, buffer.data(), 4096, 0, &cb);
+  Status error;
+  ASSERT_EQ(engine_->Submit(batch, &error), 1u) << error.ToString();
+  pollfd p{engine_->event_fd(), POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 5000), 1);
+  EXPECT_TRUE(engine_->HasCompletions());
+  io_event events[4];
+  ASSERT_EQ(engine_->Reap(events, /*acknowledge=*/false), 1u);
+  EXPECT_EQ(events[0].data, &cb);
+  EXPECT_FALSE(engine_->HasCompletions());
+  EXPECT_EQ(::poll(&p, 1, 0), 1) << "reaping without acknowledging cleared the eventfd";
+  engine_->Acknowledge();
+  EXPECT_EQ(::poll(&p, 1, 0), 0) << "Acknowledge left the eventfd readable";
+  EXPECT_EQ(engine_->Reap(events), 0u);
+}
+
 }  // namespace
 }  // namespace blk
