@@ -186,11 +186,19 @@ void RequestPipeline::OnKick() {
 }
 
 bool RequestPipeline::PollRing() {
-  if (broken() || stopped_ || pause_state_ != PauseState::kRunning || !ring_.HasUnconsumedRequests())
+  // With every slot taken, requests on the ring wait for a completion, which the worker polls for anyway.
+  if (broken() || stopped_ || pause_state_ != PauseState::kRunning || free_slots_.empty() ||
+      !ring_.HasUnconsumedRequests())
     return false;
   Pump();
   PushResponses();
   return true;
+}
+
+bool RequestPipeline::ArmForSleep() {
+  // A full ring is taken from again when a completion frees a slot, not on a notification.
+  if (broken() || stopped_ || pause_state_ != PauseState::kRunning || free_slots_.empty()) return false;
+  return ring_.FinalCheckForRequests();
 }
 
 void RequestPipeline::TakeAnotherRound() {
@@ -218,7 +226,7 @@ void RequestPipeline::Pump() {
         break;
       }
       if (*taken == 0) {
-        if (ring_.FinalCheckForRequests()) continue;
+        if (!polling_ && ring_.FinalCheckForRequests()) continue;
         break;
       }
       budget -= *taken;

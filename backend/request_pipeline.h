@@ -127,6 +127,13 @@ class RequestPipeline final : public CompletionHandler, private VhdIo::Owner {
   // Takes and starts requests if the frontend published any; for a worker that polls instead of sleeping.
   // Returns whether there were any.
   bool PollRing();
+  // While the worker polls, an emptied ring is not re-armed: req_event stays behind, so the frontend
+  // publishes without notifying (the suppression ring.h intends) and the worker takes the requests by
+  // looking.
+  void set_polling(bool polling) { polling_ = polling; }
+  // Before the worker sleeps: asks the frontend to notify again (req_event). Returns whether requests arrived
+  // meanwhile, which no notification will announce.
+  bool ArmForSleep();
   // The last round took its budget (one ring's worth of requests) and left the rest: the worker calls
   // TakeAnotherRound() on its next iteration, after the other rings had their turn.
   bool wants_another_round() const { return another_round_; }
@@ -315,6 +322,7 @@ class RequestPipeline final : public CompletionHandler, private VhdIo::Owner {
   std::atomic<bool> broken_{false};
   bool stopped_ = false;
   bool another_round_ = false;
+  bool polling_ = false;
   uint64_t bad_requests_logged_ = 0;
   PauseState pause_state_ = PauseState::kRunning;
   std::function<void(Status)> pause_done_;

@@ -100,7 +100,7 @@ bool Worker::RunOnce(int timeout_ms) {
   for (RequestPipeline* pipeline : pipelines_) {
     if (pipeline->wants_another_round()) another_round = true;
   }
-  if (another_round) timeout_ms = 0;
+  if (another_round || keep_polling_) timeout_ms = 0;
   // Back-offs of transient I/O errors, and completions a test's fault holds back, wake the loop by a timeout.
   uint64_t next_timer_ns = aio_->next_held_ns();
   auto earliest = [&](uint64_t at_ns) {
@@ -118,16 +118,19 @@ bool Worker::RunOnce(int timeout_ms) {
   if (ready < 0 && errno != EINTR) {
     Log(LogLevel::kError, name_.c_str(), "epoll_wait: %s", std::strerror(errno));
   }
+  bool posted = false;
   for (int i = 0; i < ready; ++i) {
     void* source = events[i].data.ptr;
     if (source == aio_.get()) {
       HandleCompletions();
     } else if (source == this) {
-      RunPosted();
+      posted = true;
     } else {
       static_cast<RequestPipeline*>(source)->OnKick();
     }
   }
+  // Last: a posted task may retire (and free) a pipeline whose kick is further down this batch of events.
+  if (posted) RunPosted();
   if (next_timer_ns != 0) {
     uint64_t now = MonotonicNs();
     if (aio_->next_held_ns() != 0 && aio_->next_held_ns() <= now) HandleCompletions();
@@ -143,30 +146,60 @@ bool Worker::RunOnce(int timeout_ms) {
       if (pipeline->wants_another_round()) pipeline->TakeAnotherRound();
     }
   }
-  if (ready > 0 && poll_us_ > 0) Poll();
+  if (poll_us_ > 0 && (ready > 0 || keep_polling_)) keep_polling_ = Poll();
   return !stop_.load(std::memory_order_relaxed);
 }
 
-void Worker::Poll() {
+bool Worker::Poll() {
   using Clock = std::chrono::steady_clock;
-  auto idle_until = Clock::now() + std::chrono::microseconds(poll_us_);
+  const auto window = std::chrono::microseconds(poll_us_);
+  for (RequestPipeline* pipeline : pipelines_) pipeline->set_polling(true);
+  auto idle_until = Clock::now() + window;
+  bool interrupted = false;
   while (!stop_.load(std::memory_order_relaxed)) {
-    bool busy = HandleCompletions() > 0;
-    for (RequestPipeline* pipeline : pipelines_) busy = pipeline->PollRing() || busy;
-    auto now = Clock::now();
-    if (busy) {
-      idle_until = now + std::chrono::microseconds(poll_us_);
-    } else if (now >= idle_until) {
+    bool busy = aio_->HasCompletions() && HandleCompletions(/*acknowledge=*/false) > 0;
+    for (RequestPipeline* pipeline : pipelines_) {
+      if (pipeline->has_deferred_submissions()) pipeline->RetryDeferred();
+      busy = pipeline->PollRing() || busy;
+    }
+    // Control tasks (a pause, a disconnect) and back-off timers must not wait for the guest to go quiet.
+    if (posted_waiting_.load(std::memory_order_relaxed) || TimerDue()) {
+      interrupted = true;
       break;
     }
+    const auto now = Clock::now();
+    if (busy) {
+      idle_until = now + window;
+      continue;
+    }
+    if (now < idle_until) continue;
+    // About to sleep: every ring must notify again, and requests that came while arming are served first.
+    aio_->Acknowledge();
+    bool arrived = aio_->HasCompletions();
+    for (RequestPipeline* pipeline : pipelines_) arrived = pipeline->ArmForSleep() || arrived;
+    if (!arrived) break;
+    idle_until = now + window;
   }
+  for (RequestPipeline* pipeline : pipelines_) pipeline->set_polling(false);
+  return interrupted;
 }
 
-size_t Worker::HandleCompletions() {
+bool Worker::TimerDue() const {
+  uint64_t next = aio_->next_held_ns();
+  auto earliest = [&](const RequestPipeline& pipeline) {
+    const uint64_t at = pipeline.next_retry_ns();
+    if (at != 0 && (next == 0 || at < next)) next = at;
+  };
+  for (const RequestPipeline* pipeline : pipelines_) earliest(*pipeline);
+  for (const auto& pipeline : retiring_) earliest(*pipeline);
+  return next != 0 && next <= MonotonicNs();
+}
+
+size_t Worker::HandleCompletions(bool acknowledge) {
   size_t total = 0;
   size_t reaped;
   do {
-    reaped = aio_->Reap(events_);
+    reaped = aio_->Reap(events_, acknowledge);
     total += reaped;
     for (size_t i = 0; i < reaped; ++i) {
       CompletionHandler* handler = static_cast<AioTag*>(events_[i].data)->handler;
@@ -188,6 +221,7 @@ void Worker::RunPosted() {
   {
     std::lock_guard lock(posted_mutex_);
     tasks.swap(posted_);
+    posted_waiting_.store(false, std::memory_order_relaxed);
   }
   for (auto& task : tasks) task();
 }
@@ -196,6 +230,7 @@ void Worker::Post(std::function<void()> task) {
   {
     std::lock_guard lock(posted_mutex_);
     posted_.push_back(std::move(task));
+    posted_waiting_.store(true, std::memory_order_relaxed);
   }
   uint64_t one = 1;
   ssize_t ignored = ::write(wake_.get(), &one, sizeof(one));

@@ -63,9 +63,13 @@ class Worker {
   Worker(std::string name, std::unique_ptr<AioEngine> aio, UniqueFd epoll, UniqueFd wake)
       : name_(std::move(name)), aio_(std::move(aio)), epoll_(std::move(epoll)), wake_(std::move(wake)) {}
   // Returns how many completions it handled.
-  size_t HandleCompletions();
-  // Polls rings and completions until `poll_us_` pass with nothing to do.
-  void Poll();
+  // `acknowledge`: false while polling (see AioEngine::HasCompletions).
+  size_t HandleCompletions(bool acknowledge = true);
+  // Polls rings and completions until `poll_us_` pass with nothing to do. Returns true if it stopped early
+  // for the loop's other duties (a posted task, a timer that is due): the loop then comes back to polling.
+  bool Poll();
+  // Whether a held completion or a retry back-off is due now.
+  bool TimerDue() const;
   void RunPosted();
   // Destroys retired pipelines whose I/O has completed.
   void ReapRetired();
@@ -81,6 +85,8 @@ class Worker {
   std::vector<CompletionHandler*> touched_;
   std::mutex posted_mutex_;
   std::vector<std::function<void()>> posted_;
+  std::atomic<bool> posted_waiting_{false};  // lets a polling loop see Post() without a system call
+  bool keep_polling_ = false;
   std::atomic<bool> stop_{false};
   std::thread thread_;
   pthread_t thread_handle_{};

@@ -31,6 +31,9 @@ const char kBenchUsage[] =
     "  --seed=N           seed of the random offsets (default 1)\n"
     "  --poll=USEC        the backend worker keeps polling this long after serving before it sleeps (default "
     "0)\n"
+    "  --frontend-poll=USEC  the frontend spins this long on its ring for responses before it sleeps, as a "
+    "guest\n"
+    "                     polling its queue would (default 0: it waits for the backend's notification)\n"
     "  --ring-order=N     the ring is 2^N pages, 0..4: 32 to 512 requests in flight (default 0)\n"
     "  --format=FMT       raw or vhd: a missing vhd file is laid out as a fully allocated dynamic VHD of "
     "--size "
@@ -245,6 +248,10 @@ Result<BenchOptions> ParseBenchOptions(const std::vector<std::string>& args) {
       auto poll = ParseNumber(name, value, 0, 100000);
       if (!poll.ok()) return poll.status();
       options.poll_us = static_cast<unsigned>(*poll);
+    } else if (name == "frontend-poll") {
+      auto poll = ParseNumber(name, value, 0, 100000);
+      if (!poll.ok()) return poll.status();
+      options.frontend_poll_us = static_cast<unsigned>(*poll);
     } else if (name == "ring-order") {
       auto order = ParseNumber(name, value, 0, 4);
       if (!order.ok()) return order.status();

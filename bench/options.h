@@ -26,7 +26,8 @@ struct BenchOptions {
   std::string abi = "x86_64-abi";
   uint32_t sector_size = 512;
   uint64_t seed = 1;
-  unsigned poll_us = 0;        // the backend worker polls this long after serving before it sleeps
+  unsigned poll_us = 0;           // the backend worker polls this long after serving before it sleeps
+  unsigned frontend_poll_us = 0;  // the frontend spins this long for responses before it sleeps
   unsigned ring_order = 0;     // the frontend's ring is 2^ring_order pages (max-ring-page-order allows 0..4)
   std::string format = "raw";  // raw or vhd: the image blkbench lays out (or finds) and serves
   bool vhd_blank = false;      // vhd: a new, empty dynamic VHD, so that every first write allocates

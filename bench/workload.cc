@@ -296,6 +296,7 @@ Result<BenchResult> RunBench(const BenchOptions& options, const std::string& fil
   front_config.ring_pages = 1u << options.ring_order;
   front_config.indirect_segments = options.indirect;
   front_config.persistent = options.persistent;
+  front_config.poll_us = options.frontend_poll_us;
   // One guest for every ring, its memory sized for all of them (Blkfront::Create reuses the domain).
   const uint32_t slots = RingSlots(front_config.abi, front_config.ring_pages);
   const uint32_t segments = std::max(kMaxDirectSegments, options.indirect);

@@ -534,10 +534,12 @@ Status Blkfront::ProcessResponse(const uint8_t* slot) {
   return CompleteRequest(static_cast<uint32_t>(id), status);
 }
 
-Result<size_t> Blkfront::Reap(std::span<IoCompletion> out) {
+Result<size_t> Blkfront::Reap(std::span<IoCompletion> out) { return Consume(out, /*arm=*/true); }
+
+Result<size_t> Blkfront::Consume(std::span<IoCompletion> out, bool arm) {
   if (!broken_.ok()) return broken_;
   // Acknowledge before looking, so that a notification sent after the look wakes the next Wait.
-  BLK_RETURN_IF_ERROR(domain_.Acknowledge(port_));
+  if (arm) BLK_RETURN_IF_ERROR(domain_.Acknowledge(port_));
   for (;;) {
     const uint32_t rsp_prod = LoadShared(ring_header_->rsp_prod);
     if (static_cast<uint32_t>(rsp_prod - rsp_cons_) > slots_) {
@@ -545,6 +547,7 @@ Result<size_t> Blkfront::Reap(std::span<IoCompletion> out) {
           StrFormat("illegal number of responses (rsp_prod %u, rsp_cons %u)", rsp_prod, rsp_cons_)));
     }
     for (; rsp_cons_ != rsp_prod; ++rsp_cons_) BLK_RETURN_IF_ERROR(ProcessResponse(RingEntry(rsp_cons_)));
+    if (!arm) break;
     // RING_FINAL_CHECK_FOR_RESPONSES while requests are out; with none out, just re-arm rsp_event.
     if (rsp_cons_ == req_prod_pvt_) {
       StoreShared(ring_header_->rsp_event, rsp_cons_ + 1);
@@ -570,12 +573,21 @@ Result<size_t> Blkfront::Reap(std::span<IoCompletion> out) {
 }
 
 Result<size_t> Blkfront::Wait(std::span<IoCompletion> out, std::chrono::milliseconds timeout) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  using Clock = std::chrono::steady_clock;
+  const auto deadline = Clock::now() + timeout;
+  const bool polling = config_.poll_us > 0;
   for (;;) {
-    auto reaped = Reap(out);
+    auto reaped = Consume(out, /*arm=*/!polling);
     if (!reaped.ok() || *reaped > 0 || out.empty() || io_count_ == 0) return reaped;
-    const auto left =
-        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (polling) {
+      const auto spin_until = std::min(deadline, Clock::now() + std::chrono::microseconds(config_.poll_us));
+      while (LoadShared(ring_header_->rsp_prod) == rsp_cons_ && Clock::now() < spin_until) {
+      }
+      if (LoadShared(ring_header_->rsp_prod) != rsp_cons_) continue;
+      reaped = Consume(out, /*arm=*/true);  // nothing came: from here on the backend must notify
+      if (!reaped.ok() || *reaped > 0) return reaped;
+    }
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     if (left.count() <= 0) return size_t{0};
     pollfd waiter{event_fd_, POLLIN, 0};
     int ready = ::poll(&waiter, 1, static_cast<int>(left.count()) + 1);

@@ -56,6 +56,10 @@ struct BlkfrontConfig {
   // reused, the I/O's data memcpy'd into and out of them; feature-persistent = 1 is published. Only right
   // when the backend negotiated feature-persistent (it must not expect the grants to end at a response).
   bool persistent = false;
+  // Wait spins on the ring this long for a response before it sleeps on the event channel (0: never), like a
+  // guest whose block layer polls its queue instead of taking the interrupt. While it spins, rsp_event is
+  // left behind, so the backend publishes responses without notifying; it is re-armed before sleeping.
+  uint32_t poll_us = 0;
 };
 
 enum class IoOp : uint8_t {
@@ -175,6 +179,8 @@ class Blkfront {
   // Fills and grants the indirect pages describing `segments`; false if guest resources ran out.
   bool WriteIndirectPages(Shadow& shadow, std::span<const RequestSegment> segments);
   Status Publish();
+  // Reap; `arm`: also re-arm rsp_event (RING_FINAL_CHECK_FOR_RESPONSES), as anyone about to sleep must.
+  Result<size_t> Consume(std::span<IoCompletion> out, bool arm);
   Status ProcessResponse(const uint8_t* slot);
   Status CompleteRequest(uint32_t id, int16_t status);
   Status Break(Status why);

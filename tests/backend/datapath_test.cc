@@ -86,6 +86,7 @@ struct WorkloadCase {
   uint32_t indirect_segments = 0;  // offered by the backend and used by the frontend
   bool persistent = false;
   size_t persistent_capacity = 0;  // 0: the default (1056)
+  unsigned frontend_poll_us = 0;   // the frontend spins for responses before it sleeps
 };
 
 class RandomWorkloadTest : public ::testing::TestWithParam<WorkloadCase> {};
@@ -102,6 +103,7 @@ void RunRandomWorkload(const WorkloadCase& c, bool malformed) {
   config.max_outstanding = c.depth;
   config.indirect_segments = c.indirect_segments;
   config.persistent = c.persistent;
+  config.poll_us = c.frontend_poll_us;
   HypervisorCounters& counters = sim.counters();
   {
     Guest guest(sim, path, 1, config, false, **worker, true, 0, ImageFormatHint::kRaw, true,
@@ -155,12 +157,15 @@ INSTANTIATE_TEST_SUITE_P(Depths, RandomWorkloadTest,
                                            WorkloadCase{32, Abi::kX86_64, "/dev/shm", 0, 0, true},
                                            WorkloadCase{8, Abi::kX86_32, "/var/tmp", 0, 32, true},
                                            // More distinct grants in flight than the cache holds.
-                                           WorkloadCase{64, Abi::kX86_64, "/dev/shm", 0, 0, true, 16}),
+                                           WorkloadCase{64, Abi::kX86_64, "/dev/shm", 0, 0, true, 16},
+                                           // Both sides polling, every feature on.
+                                           WorkloadCase{32, Abi::kX86_64, "/dev/shm", 200, 32, true, 0, 200}),
                          [](const auto& info) {
                            return "Depth" + std::to_string(info.param.depth) +
                                   (info.param.abi == Abi::kX86_32 ? "X86_32" : "X86_64") +
                                   (std::string(info.param.dir) == "/dev/shm" ? "Shm" : "Disk") +
                                   (info.param.poll_us > 0 ? "Polling" : "") +
+                                  (info.param.frontend_poll_us > 0 ? "FrontendPolling" : "") +
                                   (info.param.indirect_segments > 0 ? "Indirect" : "") +
                                   (info.param.persistent ? "Persistent" : "") +
                                   (info.param.persistent_capacity != 0 ? "SmallCache" : "");

@@ -18,7 +18,8 @@ namespace {
 TEST(BenchOptionsTest, ParsesFioNamesInBothForms) {
   auto options = ParseBenchOptions({"--filename=/tmp/x.img", "--size", "1g", "--rw=randread", "--bs=64k",
                                     "--iodepth=128", "--runtime=2.5", "--direct=0", "--verify", "--json",
-                                    "--abi=x86_32-abi", "--rwmixread=70", "--poll=200", "--ring-order=3"});
+                                    "--abi=x86_32-abi", "--rwmixread=70", "--poll=200", "--frontend-poll=50",
+                                    "--ring-order=3"});
   ASSERT_TRUE(options.ok()) << options.status().ToString();
   EXPECT_EQ(options->filename, "/tmp/x.img");
   EXPECT_EQ(options->size, 1ull << 30);
@@ -32,6 +33,7 @@ TEST(BenchOptionsTest, ParsesFioNamesInBothForms) {
   EXPECT_EQ(options->abi, "x86_32-abi");
   EXPECT_EQ(options->rwmixread, 70u);
   EXPECT_EQ(options->poll_us, 200u);
+  EXPECT_EQ(options->frontend_poll_us, 50u);
   EXPECT_EQ(options->ring_order, 3u);
 }
 
@@ -55,6 +57,7 @@ TEST(BenchOptionsTest, RejectsBadValuesNamingThem) {
                                                      {"--rwmixread=101"},
                                                      {"--poll=soon"},
                                                      {"--poll=1000000"},
+                                                     {"--frontend-poll=-1"},
                                                      {"--ring-order=5"},
                                                      {"--ring-order=big"}};
   for (const auto& args : bad) {
