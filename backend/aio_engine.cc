@@ -59,6 +59,7 @@ void AioEngine::PrepareFdsync(iocb* cb, int fd, void* tag) const {
 }
 
 size_t AioEngine::Submit(std::span<iocb*> batch, Status* first_error) {
+  ++submit_calls_;
   if (faults_ != nullptr) [[unlikely]]
     return SubmitWithFaults(batch, first_error);
   return SubmitToKernel(batch, first_error);

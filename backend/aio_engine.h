@@ -42,6 +42,8 @@ class AioEngine {
   // accepted, from the front. When fewer than all were accepted, `*first_error` holds the reason the next one
   // was refused (a retryable Status when the kernel is out of resources: submit it again later).
   size_t Submit(std::span<iocb*> batch, Status* first_error);
+  // How many times Submit was called (each is one io_submit when the kernel takes the whole batch).
+  uint64_t submit_calls() const { return submit_calls_; }
 
   // Clears the eventfd (unless `acknowledge` is false) and collects up to `out.size()` completions without
   // blocking.
@@ -73,6 +75,7 @@ class AioEngine {
   io_context_t context_;
   UniqueFd event_fd_;
   unsigned depth_;
+  uint64_t submit_calls_ = 0;
   uint64_t io_retry_ns_ = 120ull * 1000000000ull;
   AioFaults* faults_ = nullptr;
   // Fault state (tests only): completions made up without the kernel, iocbs whose completion is to be held

@@ -541,13 +541,21 @@ void RequestPipeline::PrepareSync(Slot& slot) {
 
 void RequestPipeline::Submit() {
   BuildDataIocbs();
+  if (submit_.empty()) return;
+  const uint64_t now = MonotonicNs();
+  for (iocb* cb : submit_) {
+    if (static_cast<AioTag*>(cb->data)->handler == this)
+      reinterpret_cast<Slot*>(cb->data)->submitted_ns = now;
+  }
+  const size_t per_call = IocbsPerSubmit();
   size_t next = 0;
   while (next < submit_.size()) {
     Status refused;
-    size_t accepted = aio_.Submit(std::span(submit_).subspan(next), &refused);
+    const size_t wanted = std::min(per_call, submit_.size() - next);
+    size_t accepted = aio_.Submit(std::span(submit_).subspan(next, wanted), &refused);
     DeviceStats::Add(stats_.iocbs, accepted);
     next += accepted;
-    if (next == submit_.size()) break;
+    if (accepted == wanted) continue;
     if (refused.retryable()) {
       DeviceStats::Add(stats_.oo_req, submit_.size() - next);
       deferred_.insert(deferred_.end(), submit_.begin() + static_cast<long>(next), submit_.end());
@@ -595,6 +603,7 @@ void RequestPipeline::OnCompletion(const io_event& event) {
   Slot& slot = *reinterpret_cast<Slot*>(event.data);
   long result = static_cast<long>(event.res);
   bool data = slot.stage == Stage::kData;
+  if (data) NoteDeviceLatency(slot);
   long expected = data ? static_cast<long>(slot.chain_bytes - slot.done) : 0;
   bool failed = data ? result != expected : result < 0;
   if (failed && data && slot.chain_count > 1) {
@@ -714,7 +723,15 @@ void RequestPipeline::CompleteData(Slot& slot) {
   }
 }
 
+void RequestPipeline::NoteDeviceLatency(const Slot& slot) {
+  if (reaped_at_ns_ == 0) reaped_at_ns_ = MonotonicNs();
+  const uint64_t sample = reaped_at_ns_ > slot.submitted_ns ? reaped_at_ns_ - slot.submitted_ns : 0;
+  // An eighth of each sample: a few dozen I/Os settle it, one odd I/O does not flip it.
+  device_latency_ns_ = device_latency_ns_ - device_latency_ns_ / 8 + sample / 8;
+}
+
 void RequestPipeline::FinishCompletions() {
+  reaped_at_ns_ = 0;
   CopyReadsOut();
   Submit();
   Pump();

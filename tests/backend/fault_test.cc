@@ -217,6 +217,48 @@ TEST_F(FaultTest, AStalledIoHoldsUpOnlyItselfNotTheOtherRingsOfItsWorker) {
   EXPECT_GE(Clock::now() - start, kStall);
 }
 
+// How iocbs reach the kernel follows the device's latency: a fast one gets a round's iocbs in one io_submit,
+// a slow one (here every read held back 2 ms) gets each iocb in an io_submit of its own, and a device that
+// becomes fast again gets batches again.
+TEST_F(FaultTest, ASlowDeviceGetsEachIocbAtOnceAFastOneABatch) {
+  paths_.push_back(MakeDiskFile("/dev/shm", "fault_pacing", kDiskBytes, 0x3C));  // fast: tmpfs
+  Guest& guest = AddGuest(paths_.back(), ImageFormatHint::kRaw);
+  constexpr unsigned kReads = 16;
+  // Submit calls and iocbs of one round of kReads reads, every other 4 KiB block (nothing merges).
+  auto round = [&]() -> std::pair<uint64_t, uint64_t> {
+    const uint64_t calls = worker_->aio().submit_calls(), iocbs = guest.device->stats().iocbs.load();
+    std::vector<Bytes> buffers(kReads, Bytes(4096));
+    for (unsigned i = 0; i < kReads; ++i) {
+      EXPECT_TRUE(guest.front->Queue({IoOp::kRead, i * 16, 4096, buffers[i].data(), i}).ok());
+    }
+    EXPECT_TRUE(guest.front->Push().ok());
+    auto done = Step(*guest.front, kReads);
+    EXPECT_EQ(done.size(), kReads);
+    for (const IoCompletion& completion : done) EXPECT_EQ(completion.status, BLKIF_RSP_OKAY);
+    for (const Bytes& buffer : buffers) EXPECT_EQ(buffer, Bytes(4096, 0x3C));
+    return {worker_->aio().submit_calls() - calls, guest.device->stats().iocbs.load() - iocbs};
+  };
+  auto [fast_calls, fast_iocbs] = round();
+  EXPECT_EQ(fast_iocbs, kReads);
+  EXPECT_EQ(fast_calls, 1u) << "a fast device's round went in " << fast_calls << " io_submit calls";
+
+  FaultRule slow;
+  slow.op = FaultRule::Op::kRead;
+  slow.effect = FaultRule::Effect::kStall;
+  slow.stall_ms = 2;
+  faults_.Add(slow);
+  round();  // the device is seen to be slow from its first completions on
+  auto [slow_calls, slow_iocbs] = round();
+  EXPECT_EQ(slow_iocbs, kReads);
+  EXPECT_EQ(slow_calls, kReads) << "a slow device's iocbs were batched";
+
+  faults_.Clear();
+  for (int i = 0; i < 4; ++i) round();  // the slow past is forgotten within a few dozen completions
+  auto [again_calls, again_iocbs] = round();
+  EXPECT_EQ(again_iocbs, kReads);
+  EXPECT_EQ(again_calls, 1u);
+}
+
 // The rule: an fdatasync that failed may have dropped writes already acknowledged, and Linux reports that
 // once (errseq); so from the first failed sync of an image every later flush of it fails too, until the
 // image is opened again.
