@@ -28,6 +28,7 @@ struct BenchOptions {
   uint64_t seed = 1;
   unsigned poll_us = 0;           // the backend worker polls this long after serving before it sleeps
   unsigned frontend_poll_us = 0;  // the frontend spins this long for responses before it sleeps
+  bool granted_buffers = false;   // the frontend's I/O buffers are persistently granted pages (no guest copy)
   unsigned ring_order = 0;     // the frontend's ring is 2^ring_order pages (max-ring-page-order allows 0..4)
   std::string format = "raw";  // raw or vhd: the image blkbench lays out (or finds) and serves
   bool vhd_blank = false;      // vhd: a new, empty dynamic VHD, so that every first write allocates

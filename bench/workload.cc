@@ -119,12 +119,18 @@ class Driver {
         busy_(blocks_, false),
         slots_(depth) {
     size_t bytes = static_cast<size_t>(depth) * options.bs;
-    void* memory = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    buffers_ = Mapping(memory == MAP_FAILED ? nullptr : memory, memory == MAP_FAILED ? 0 : bytes);
+    if (options.granted_buffers) {
+      auto granted = front.AllocateGrantedBuffer(bytes);
+      buffer_base_ = granted.ok() ? *granted : nullptr;
+    } else {
+      void* memory = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      buffers_ = Mapping(memory == MAP_FAILED ? nullptr : memory, memory == MAP_FAILED ? 0 : bytes);
+      buffer_base_ = buffers_.as<uint8_t>();
+    }
     for (unsigned i = 0; i < depth; ++i) free_.push_back(i);
   }
 
-  bool ready() const { return buffers_.valid() && blocks_ > 0; }
+  bool ready() const { return buffer_base_ != nullptr && blocks_ > 0; }
 
   // Writes every block once with its pattern, so that every later read can be checked.
   Status Prefill() {
@@ -183,7 +189,7 @@ class Driver {
     return false;
   }
 
-  uint8_t* Buffer(unsigned slot) { return buffers_.as<uint8_t>() + static_cast<size_t>(slot) * options_.bs; }
+  uint8_t* Buffer(unsigned slot) { return buffer_base_ + static_cast<size_t>(slot) * options_.bs; }
   uint64_t FirstSector(uint64_t block) const {
     return (first_block_ + block) * (options_.bs >> kSectorShift);
   }
@@ -263,7 +269,8 @@ class Driver {
   std::vector<bool> busy_;  // per block: an I/O is in flight (two in flight on one block would race)
   std::vector<Slot> slots_;
   std::vector<unsigned> free_;
-  Mapping buffers_;
+  Mapping buffers_;  // the I/O buffers, unless they are the guest's granted pages
+  uint8_t* buffer_base_ = nullptr;
 };
 
 }  // namespace
@@ -300,8 +307,11 @@ Result<BenchResult> RunBench(const BenchOptions& options, const std::string& fil
   // One guest for every ring, its memory sized for all of them (Blkfront::Create reuses the domain).
   const uint32_t slots = RingSlots(front_config.abi, front_config.ring_pages);
   const uint32_t segments = std::max(kMaxDirectSegments, options.indirect);
-  const size_t pages =
-      size_t{lanes} * (front_config.ring_pages + size_t{slots} * (segments + IndirectPages(segments))) + 16;
+  const size_t buffer_pages =
+      options.granted_buffers ? (size_t{depth} * options.bs + kPageSize - 1) / kPageSize : 0;
+  const size_t pages = size_t{lanes} * (front_config.ring_pages +
+                                        size_t{slots} * (segments + IndirectPages(segments)) + buffer_pages) +
+                       16;
   auto domain =
       sim.CreateDomain(kFrontendDomain, pages,
                        std::max(SimDomain::kDefaultGrantEntries, SimDomain::kFirstFreeGrantRef + pages * 2));

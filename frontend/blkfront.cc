@@ -55,6 +55,7 @@ struct Blkfront::Shadow {
   std::vector<uint32_t> frames;
   std::vector<uint16_t> page_offset;
   std::vector<uint16_t> bytes;
+  std::vector<uint8_t> own_page;  // 1: a page of a granted buffer (no copy, not the pool's)
   uint32_t indirect_pages = 0;
   std::array<GrantRef, kMaxIndirectPages> indirect_refs{};
   std::array<uint32_t, kMaxIndirectPages> indirect_frames{};
@@ -137,6 +138,7 @@ Status Blkfront::Init() {
     shadow.frames.resize(max_segments_);
     shadow.page_offset.resize(max_segments_);
     shadow.bytes.resize(max_segments_);
+    shadow.own_page.resize(max_segments_);
   }
   free_shadows_.reserve(slots_);
   for (uint32_t id = slots_; id > 0; --id) free_shadows_.push_back(id - 1);
@@ -155,6 +157,11 @@ Blkfront::~Blkfront() {
   }
   for (const PersistentPage& page : persistent_pool_) {
     if (domain_.EndAccess(page.ref).ok()) (void)domain_.FreePage(page.frame);
+  }
+  for (auto [first, count] : granted_buffers_) {
+    for (uint32_t frame = first; frame < first + count; ++frame) {
+      if (domain_.EndAccess(granted_buffer_refs_[frame]).ok()) (void)domain_.FreePage(frame);
+    }
   }
   for (size_t i = 0; i < ring_refs_.size(); ++i) {
     if (domain_.EndAccess(ring_refs_[i]).ok()) (void)domain_.FreePage(ring_frames_[i]);
@@ -257,6 +264,38 @@ bool Blkfront::TakeDataPage(bool readonly, uint32_t* frame, GrantRef* ref) {
   return true;
 }
 
+Result<uint8_t*> Blkfront::AllocateGrantedBuffer(size_t bytes) {
+  if (!config_.persistent) return Status::InvalidArgument("blkfront: granted buffers need persistent grants");
+  const size_t pages = (bytes + kPageSize - 1) / kPageSize;
+  if (pages == 0) return Status::InvalidArgument("blkfront: an empty granted buffer");
+  auto first = domain_.AllocContiguous(pages);
+  if (!first.ok()) return first.status();
+  if (granted_buffer_refs_.empty()) granted_buffer_refs_.assign(domain_.pages(), 0);
+  for (uint32_t frame = *first; frame < *first + pages; ++frame) {
+    auto ref = domain_.GrantAccess(config_.backend_domid, frame, /*readonly=*/false);
+    if (!ref.ok()) {
+      for (uint32_t granted = *first; granted < frame; ++granted) {
+        (void)domain_.EndAccess(granted_buffer_refs_[granted]);
+        granted_buffer_refs_[granted] = 0;
+      }
+      for (uint32_t page = *first; page < *first + pages; ++page) (void)domain_.FreePage(page);
+      return ref.status();
+    }
+    granted_buffer_refs_[frame] = *ref;
+  }
+  granted_buffers_.emplace_back(*first, static_cast<uint32_t>(pages));
+  return domain_.PageAddress(*first);
+}
+
+bool Blkfront::InGrantedBuffer(const uint8_t* address, uint32_t* frame, GrantRef* ref) const {
+  if (granted_buffer_refs_.empty() || address < domain_.memory()) return false;
+  const size_t page = static_cast<size_t>(address - domain_.memory()) / kPageSize;
+  if (page >= granted_buffer_refs_.size() || granted_buffer_refs_[page] == 0) return false;
+  *frame = static_cast<uint32_t>(page);
+  *ref = granted_buffer_refs_[page];
+  return true;
+}
+
 void Blkfront::PutDataPage(uint32_t frame, GrantRef ref) {
   if (config_.persistent) {
     persistent_pool_.push_back({frame, ref});
@@ -266,7 +305,9 @@ void Blkfront::PutDataPage(uint32_t frame, GrantRef ref) {
 }
 
 void Blkfront::ReleaseSegments(Shadow& shadow, uint32_t count) {
-  for (uint32_t i = 0; i < count; ++i) PutDataPage(shadow.frames[i], shadow.refs[i]);
+  for (uint32_t i = 0; i < count; ++i) {
+    if (!shadow.own_page[i]) PutDataPage(shadow.frames[i], shadow.refs[i]);
+  }
   ReleaseIndirectPages(shadow);
 }
 
@@ -343,8 +384,10 @@ bool Blkfront::BuildRequest(IoState& state, uint32_t io_index) {
     const size_t bytes = std::min(kPageSize - offset, io.length - issued);
     uint32_t frame;
     GrantRef ref;
-    if (!TakeDataPage(readonly, &frame, &ref)) break;
-    if (readonly) std::memcpy(domain_.PageAddress(frame) + offset, source, bytes);
+    const bool own_page = InGrantedBuffer(source, &frame, &ref);
+    if (!own_page && !TakeDataPage(readonly, &frame, &ref)) break;
+    if (readonly && !own_page) std::memcpy(domain_.PageAddress(frame) + offset, source, bytes);
+    shadow.own_page[count] = own_page;
     shadow.refs[count] = ref;
     shadow.frames[count] = frame;
     shadow.page_offset[count] = static_cast<uint16_t>(offset);
@@ -461,6 +504,10 @@ Status Blkfront::CompleteRequest(uint32_t id, int16_t status) {
   // Without persistent grants every grant must be unmapped by now; one still mapped is the backend's bug
   // (Linux's blkfront fails the device the same way).
   for (uint32_t i = 0; i < shadow.nr_segments; ++i) {
+    if (shadow.own_page[i]) {  // the data is in the I/O's buffer already, which stays granted
+      shadow.buffer_offset += shadow.bytes[i];
+      continue;
+    }
     // A persistent grant stays granted (and mapped by the backend) for the next request.
     Status ended = config_.persistent ? Status::Ok() : domain_.EndAccess(shadow.refs[i]);
     if (!ended.ok()) {

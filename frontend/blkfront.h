@@ -146,6 +146,11 @@ class Blkfront {
   const BlkfrontStats& stats() const { return stats_; }
   // Persistent grants only: pages granted so far (each stays granted until the frontend goes).
   size_t persistent_pages() const { return persistent_pages_; }
+  // Persistent grants only: `bytes` (rounded up to pages) of guest memory, contiguous, granted to the backend
+  // once and kept until the frontend goes. An I/O whose buffer lies in it needs no copy in the guest: its
+  // pages go on the ring as they are (a guest whose I/O buffers are its granted pages, as a driver with a
+  // fixed buffer pool keeps them), where other buffers are copied through the persistent pool.
+  Result<uint8_t*> AllocateGrantedBuffer(size_t bytes);
   // Ok while healthy; otherwise why the backend broke the frontend.
   const Status& broken() const { return broken_; }
 
@@ -172,6 +177,8 @@ class Blkfront {
   // A data page granted to the backend: from the persistent pool (granting a new one if it is empty), or a
   // fresh page and grant. False if guest resources ran out.
   bool TakeDataPage(bool readonly, uint32_t* frame, GrantRef* ref);
+  // Whether `address` lies in a page of a granted buffer; if so, that page's frame and grant.
+  bool InGrantedBuffer(const uint8_t* address, uint32_t* frame, GrantRef* ref) const;
   void PutDataPage(uint32_t frame, GrantRef ref);
   // Ends the grants of the first `count` data pages and of any indirect pages, and frees them.
   void ReleaseSegments(Shadow& shadow, uint32_t count);
@@ -196,6 +203,8 @@ class Blkfront {
   };
   std::vector<PersistentPage> persistent_pool_;  // a stack: the most recently used page goes out first
   size_t persistent_pages_ = 0;                  // granted so far (pool + in flight)
+  std::vector<GrantRef> granted_buffer_refs_;    // per guest frame: its granted buffer's grant, or 0
+  std::vector<std::pair<uint32_t, uint32_t>> granted_buffers_;  // first frame and page count of each
   std::vector<GrantRef> ring_refs_;
   std::vector<uint32_t> ring_frames_;
   abi::SharedRingHeader* ring_header_ = nullptr;

@@ -185,5 +185,47 @@ TEST_F(PersistentDatapathTest, AGrantAlreadyInFlightIsRefusedTheSecondTime) {
   EXPECT_EQ(counters().map_calls.load(), counters().unmap_calls.load());
 }
 
+// A guest whose I/O buffers are its granted pages: nothing goes through the frontend's pool, the backend maps
+// each buffer page once, and the data is right both ways.
+TEST_F(PersistentDatapathTest, IoInAGrantedBufferUsesItsOwnPagesWithoutThePool) {
+  Connect(0, 4);
+  constexpr unsigned kRequests = 4;
+  auto buffer = front().AllocateGrantedBuffer(2 * kRequests * kRequestBytes);
+  ASSERT_TRUE(buffer.ok()) << buffer.status().ToString();
+  uint8_t* out = *buffer;
+  uint8_t* in = *buffer + kRequests * kRequestBytes;
+  for (size_t i = 0; i < kRequests * kRequestBytes; ++i) out[i] = static_cast<uint8_t>(i * 31 + i / 4096);
+  std::memset(in, 0, kRequests * kRequestBytes);
+  const uint64_t maps_before = counters().map_calls.load();
+  for (unsigned r = 0; r < kRequests; ++r)
+    ASSERT_TRUE(front().Queue({IoOp::kWrite, r * 88, kRequestBytes, out + r * kRequestBytes, r}).ok());
+  ASSERT_TRUE(front().Push().ok());
+  for (const IoCompletion& c : Step(kRequests)) EXPECT_EQ(c.status, BLKIF_RSP_OKAY);
+  for (unsigned r = 0; r < kRequests; ++r)
+    ASSERT_TRUE(front().Queue({IoOp::kRead, r * 88, kRequestBytes, in + r * kRequestBytes, r}).ok());
+  ASSERT_TRUE(front().Push().ok());
+  auto done = Step(kRequests);
+  ASSERT_EQ(done.size(), kRequests);
+  for (const IoCompletion& c : done) EXPECT_EQ(c.status, BLKIF_RSP_OKAY);
+  EXPECT_EQ(std::memcmp(in, out, kRequests * kRequestBytes), 0) << "read back differs";
+  EXPECT_EQ(front().persistent_pages(), 0u) << "the pool was used for pages the guest had granted";
+  EXPECT_EQ(counters().map_calls.load() - maps_before, 2u * kRequests * kMaxDirectSegments)
+      << "each buffer page is mapped once";
+  EXPECT_EQ(ReadDisk(path_)[5], out[5]);
+  // The same pages again: already mapped, nothing new.
+  const uint64_t maps_after = counters().map_calls.load();
+  for (unsigned r = 0; r < kRequests; ++r)
+    ASSERT_TRUE(front().Queue({IoOp::kRead, r * 88, kRequestBytes, in + r * kRequestBytes, r}).ok());
+  ASSERT_TRUE(front().Push().ok());
+  EXPECT_EQ(Step(kRequests).size(), kRequests);
+  EXPECT_EQ(counters().map_calls.load(), maps_after);
+}
+
+TEST_F(PersistentDatapathTest, AGrantedBufferNeedsPersistentGrants) {
+  guest_ = std::make_unique<Guest>(sim_, path_, 1, BlkfrontConfig{}, false, *worker_);
+  auto buffer = front().AllocateGrantedBuffer(kPageSize);
+  EXPECT_EQ(buffer.status().code(), Status::Code::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace blk
