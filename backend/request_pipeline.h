@@ -254,6 +254,8 @@ class RequestPipeline final : public CompletionHandler, private VhdIo::Owner {
   // tenth of the IOPS at iodepth 32. The device's recent latency decides.
   size_t IocbsPerSubmit() const { return device_latency_ns_ >= kSlowDeviceNs ? 1 : submit_.size(); }
   void NoteDeviceLatency(const Slot& slot);
+  // The bytes an iocb of ours moves (0 for a sync, or for an iocb of the VHD layer).
+  uint64_t DataBytes(const iocb& cb) const;
   void Respond(Slot& slot, int16_t status);
   void RespondNow(const Request& request, int16_t status);
   void PushResponses();
@@ -332,6 +334,9 @@ class RequestPipeline final : public CompletionHandler, private VhdIo::Owner {
   bool another_round_ = false;
   bool polling_ = false;
   static constexpr uint64_t kSlowDeviceNs = 50000;
+  // At most this much data per io_submit, so that storage that works within the call can be answered in
+  // pieces.
+  static constexpr uint64_t kSubmitChunkBytes = 256 * 1024;
   uint64_t device_latency_ns_ = 0;  // moving average of data iocbs' submit-to-reap time
   uint64_t reaped_at_ns_ = 0;       // the clock, read once per batch of completions (0: not yet)
   uint64_t bad_requests_logged_ = 0;

@@ -500,5 +500,40 @@ TEST(BrokenFrontendTest, ReqProdFarAheadStopsThatDeviceOnlyWithOneClearLogLine) 
   ::unlink(good_path.c_str());
 }
 
+// tmpfs does the I/O within io_submit. A round bigger than one piece (256 KiB) is submitted a piece at a
+// time, and the first piece's responses are on the ring before the rest is copied, so that the guest can
+// refill.
+TEST(SynchronousStorageTest, ABigRoundIsAnsweredPieceByPiece) {
+  std::string path = MakeDiskFile("/dev/shm", "synchronous_test", kDiskBytes, 0x6B);
+  SimHypervisor sim;
+  auto worker = Worker::Create("worker0", 128);
+  ASSERT_TRUE(worker.ok());
+  BlkfrontConfig config;
+  config.max_outstanding = 8;
+  {
+    Guest guest(sim, path, 1, config, false, **worker);
+    ASSERT_TRUE(guest.device && guest.front);
+    constexpr size_t kBytes = kMaxDirectSegments * kPageSize;  // 44 KiB: six make a piece
+    std::vector<Bytes> buffers(8, Bytes(kBytes));
+    // Every other 64 KiB, so that nothing merges.
+    for (unsigned i = 0; i < 8; ++i)
+      ASSERT_TRUE(guest.front->Queue({IoOp::kRead, i * 256, kBytes, buffers[i].data(), i}).ok());
+    ASSERT_TRUE(guest.front->Push().ok());
+    const uint64_t calls = (*worker)->aio().submit_calls();
+    IoCompletion done[8];
+    (*worker)->RunOnce(1000);  // takes all eight, submits the first piece, holds the rest
+    EXPECT_EQ(*guest.front->Reap(done), 0u);
+    EXPECT_EQ((*worker)->aio().submit_calls() - calls, 1u);
+    (*worker)->RunOnce(1000);  // answers the first piece, then submits the rest
+    EXPECT_EQ(*guest.front->Reap(done), 6u) << "the first piece was not answered before the rest went";
+    EXPECT_GE((*worker)->aio().submit_calls() - calls, 2u);
+    (*worker)->RunOnce(1000);
+    EXPECT_EQ(*guest.front->Reap(done), 2u);
+    for (const Bytes& buffer : buffers) EXPECT_EQ(buffer, Bytes(kBytes, 0x6B));
+    guest.device->Disconnect();
+  }
+  ::unlink(path.c_str());
+}
+
 }  // namespace
 }  // namespace blk
