@@ -14,6 +14,7 @@
 
 #include "base/clock.h"
 #include "base/log.h"
+#include "base/spin.h"
 
 namespace blk {
 namespace {
@@ -102,12 +103,7 @@ bool Worker::RunOnce(int timeout_ms) {
   }
   if (another_round || keep_polling_) timeout_ms = 0;
   // Back-offs of transient I/O errors, and completions a test's fault holds back, wake the loop by a timeout.
-  uint64_t next_timer_ns = aio_->next_held_ns();
-  auto earliest = [&](uint64_t at_ns) {
-    if (at_ns != 0 && (next_timer_ns == 0 || at_ns < next_timer_ns)) next_timer_ns = at_ns;
-  };
-  for (RequestPipeline* pipeline : pipelines_) earliest(pipeline->next_retry_ns());
-  for (auto& pipeline : retiring_) earliest(pipeline->next_retry_ns());
+  const uint64_t next_timer_ns = NextTimerNs();
   if (next_timer_ns != 0) {
     uint64_t now = MonotonicNs();
     int wait_ms = next_timer_ns <= now ? 0 : static_cast<int>((next_timer_ns - now + 999999) / 1000000);
@@ -155,6 +151,7 @@ bool Worker::Poll() {
   const auto window = std::chrono::microseconds(poll_us_);
   for (RequestPipeline* pipeline : pipelines_) pipeline->set_polling(true);
   auto idle_until = Clock::now() + window;
+  SpinYielder yielder;
   bool interrupted = false;
   while (!stop_.load(std::memory_order_relaxed)) {
     bool busy = aio_->HasCompletions() && HandleCompletions(/*acknowledge=*/false) > 0;
@@ -172,7 +169,10 @@ bool Worker::Poll() {
       idle_until = now + window;
       continue;
     }
-    if (now < idle_until) continue;
+    if (now < idle_until) {
+      yielder.Idle(now);
+      continue;
+    }
     // About to sleep: every ring must notify again, and requests that came while arming are served first.
     aio_->Acknowledge();
     bool arrived = aio_->HasCompletions();
@@ -184,7 +184,7 @@ bool Worker::Poll() {
   return interrupted;
 }
 
-bool Worker::TimerDue() const {
+uint64_t Worker::NextTimerNs() const {
   uint64_t next = aio_->next_held_ns();
   auto earliest = [&](const RequestPipeline& pipeline) {
     const uint64_t at = pipeline.next_retry_ns();
@@ -192,6 +192,11 @@ bool Worker::TimerDue() const {
   };
   for (const RequestPipeline* pipeline : pipelines_) earliest(*pipeline);
   for (const auto& pipeline : retiring_) earliest(*pipeline);
+  return next;
+}
+
+bool Worker::TimerDue() const {
+  const uint64_t next = NextTimerNs();
   return next != 0 && next <= MonotonicNs();
 }
 

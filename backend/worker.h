@@ -68,7 +68,8 @@ class Worker {
   // Polls rings and completions until `poll_us_` pass with nothing to do. Returns true if it stopped early
   // for the loop's other duties (a posted task, a timer that is due): the loop then comes back to polling.
   bool Poll();
-  // Whether a held completion or a retry back-off is due now.
+  // When the next held completion or retry back-off is due (CLOCK_MONOTONIC; 0: none), and whether it is now.
+  uint64_t NextTimerNs() const;
   bool TimerDue() const;
   void RunPosted();
   // Destroys retired pipelines whose I/O has completed.

@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "base/format.h"
+#include "base/spin.h"
 #include "ring/request.h"
 
 namespace blk {
@@ -628,7 +629,10 @@ Result<size_t> Blkfront::Wait(std::span<IoCompletion> out, std::chrono::millisec
     if (!reaped.ok() || *reaped > 0 || out.empty() || io_count_ == 0) return reaped;
     if (polling) {
       const auto spin_until = std::min(deadline, Clock::now() + std::chrono::microseconds(config_.poll_us));
-      while (LoadShared(ring_header_->rsp_prod) == rsp_cons_ && Clock::now() < spin_until) {
+      SpinYielder yielder;
+      for (auto now = Clock::now(); LoadShared(ring_header_->rsp_prod) == rsp_cons_ && now < spin_until;
+           now = Clock::now()) {
+        yielder.Idle(now);
       }
       if (LoadShared(ring_header_->rsp_prod) != rsp_cons_) continue;
       reaped = Consume(out, /*arm=*/true);  // nothing came: from here on the backend must notify
