@@ -58,6 +58,7 @@ TEST(BenchOptionsTest, RejectsBadValuesNamingThem) {
                                                      {"--poll=soon"},
                                                      {"--poll=1000000"},
                                                      {"--frontend-poll=-1"},
+                                                     {"--granted-buffers"},  // without --persistent
                                                      {"--ring-order=5"},
                                                      {"--ring-order=big"}};
   for (const auto& args : bad) {
@@ -116,6 +117,26 @@ TEST(BenchVhdTest, LaysOutAnAllocatedVhdAndMeasuresFirstWritesOnABlankOne) {
   EXPECT_EQ(writes->io_errors, 0u);
   EXPECT_FALSE(RunBench(options, blank).ok()) << "--vhd-blank must not reuse an existing file";
   ::unlink(blank.c_str());
+}
+
+// The guest-side switches end to end: granted buffers (no copy in the guest) and both sides polling, every
+// byte written and read back checked.
+TEST(BenchRunTest, GrantedBuffersWithBothSidesPollingVerifyEveryByte) {
+  auto options = ParseBenchOptions({"--size=8m", "--rw=randrw", "--bs=64k", "--iodepth=8", "--runtime=0.3",
+                                    "--verify", "--persistent", "--indirect=32", "--granted-buffers",
+                                    "--poll=100", "--frontend-poll=100"});
+  ASSERT_TRUE(options.ok()) << options.status().ToString();
+  std::string path = "/dev/shm/bench_granted_test." + std::to_string(::getpid());
+  auto result = RunBench(*options, path);
+  ::unlink(path.c_str());
+  ASSERT_TRUE(result.ok()) << result.status().ToString();
+  EXPECT_GT(result->read_ios, 10u);
+  EXPECT_GT(result->write_ios, 10u);
+  EXPECT_GT(result->verified_sectors, 0u);
+  EXPECT_EQ(result->verify_errors, 0u) << result->first_problem;
+  EXPECT_EQ(result->io_errors, 0u) << result->first_problem;
+  // Persistent grants move the data in place: the only copies are of indirect pages, one per request.
+  EXPECT_LE(result->ops.copy_segments, result->read_ios + result->write_ios);
 }
 
 TEST(BenchOptionsTest, FeatureSwitchesParseAndBadValuesAreRefused) {
