@@ -177,9 +177,9 @@ void BlkbackDaemon::Apply(const DeviceChange& change) {
   options.features.max_queues = options_.max_queues != 0 ? options_.max_queues : options_.workers;
   options.features.persistent = options_.persistent_grants;
   options.wait_for_hotplug_status = options_.wait_for_hotplug_status;
-  auto ops =
-      std::make_unique<BackendDeviceOps>(name, hypervisor_, std::move(workers), options_.direct_io,
-                                         options_.max_indirect_segments, options_.persistent_grants_per_ring);
+  auto ops = std::make_unique<BackendDeviceOps>(name, hypervisor_, std::move(workers), options_.direct_io,
+                                                options_.max_indirect_segments,
+                                                options_.persistent_grants_per_ring, options_.discard_secure);
   Log(LogLevel::kNotice, name.c_str(), "new %s device (%s)", change.device.kind.c_str(), path.c_str());
   auto device =
       std::make_unique<BlkifBackendDevice>(*store_, own_domid_, change.device, path, std::move(ops), options);

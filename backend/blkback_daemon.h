@@ -54,6 +54,9 @@ struct BlkbackDaemonOptions {
   // feature-persistent offered, and how many grants each ring keeps mapped (Linux blkback: 1056).
   bool persistent_grants = true;
   uint32_t persistent_grants_per_ring = 1056;
+  // discard-secure offered on raw images on block devices (with discard): the operator vouches that the
+  // devices served erase securely. Never on files.
+  bool discard_secure = false;
   // How often the loop looks for rings a frontend broke, in milliseconds.
   int health_check_ms = 100;
 };

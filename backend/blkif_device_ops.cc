@@ -10,13 +10,14 @@ namespace blk {
 
 BackendDeviceOps::BackendDeviceOps(std::string name, Hypervisor hypervisor, std::vector<Worker*> workers,
                                    bool direct_io, uint32_t max_indirect_segments,
-                                   size_t persistent_grants_per_ring)
+                                   size_t persistent_grants_per_ring, bool discard_secure)
     : name_(std::move(name)),
       hypervisor_(hypervisor),
       workers_(std::move(workers)),
       direct_io_(direct_io),
       max_indirect_segments_(max_indirect_segments),
-      persistent_grants_per_ring_(persistent_grants_per_ring) {}
+      persistent_grants_per_ring_(persistent_grants_per_ring),
+      discard_secure_(discard_secure) {}
 
 BackendDeviceOps::~BackendDeviceOps() { Disconnect(); }
 
@@ -30,6 +31,7 @@ Result<BlkifDiskInfo> BackendDeviceOps::Open(const BackendConfig& config) {
   device_config.read_only = !config.writable || config.device_type == DeviceType::kCdrom;
   device_config.direct = direct_io_;
   device_config.discard = config.discard_enable;
+  device_config.discard_secure = discard_secure_;
   device_config.max_indirect_segments = max_indirect_segments_;
   Result<std::unique_ptr<Device>> device = Device::Open(device_config);
   if (!device.ok()) return device.status();
@@ -41,6 +43,7 @@ Result<BlkifDiskInfo> BackendDeviceOps::Open(const BackendConfig& config) {
   info.read_only = device_->limits().read_only;
   info.discard = device_->limits().discard;
   info.discard_granularity = device_->discard_granularity();
+  info.discard_secure = device_->limits().discard_secure;
   info.max_indirect_segments = device_->limits().max_indirect_segments;
   return info;
 }

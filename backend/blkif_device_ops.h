@@ -22,9 +22,11 @@ class BackendDeviceOps final : public BlkifDeviceOps {
  public:
   // `workers` must outlive this object.
   // `max_indirect_segments`: what the device offers (feature-max-indirect-segments), 0 for none.
+  // `discard_secure`: the operator vouches that block devices erase securely (see DeviceConfig).
   BackendDeviceOps(std::string name, Hypervisor hypervisor, std::vector<Worker*> workers, bool direct_io,
                    uint32_t max_indirect_segments = 0,
-                   size_t persistent_grants_per_ring = PersistentGrantCache::kDefaultCapacity);
+                   size_t persistent_grants_per_ring = PersistentGrantCache::kDefaultCapacity,
+                   bool discard_secure = false);
   ~BackendDeviceOps() override;
 
   // Raw and VHD images: the params prefix names the format; a bare path is probed (a VHD footer at the end
@@ -44,6 +46,7 @@ class BackendDeviceOps final : public BlkifDeviceOps {
   bool direct_io_;
   uint32_t max_indirect_segments_;
   size_t persistent_grants_per_ring_;
+  bool discard_secure_;
   std::unique_ptr<Device> device_;
 };
 

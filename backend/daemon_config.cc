@@ -139,6 +139,12 @@ const Key kKeys[] = {
      [](std::string_view v, BlkbackdConfig* c) {
        return SetUnsigned("max-persistent-grants", v, 1, 65536, &c->daemon.persistent_grants_per_ring);
      }},
+    {"discard-secure", "yes|no",
+     "offer discard-secure on raw images on block devices: you vouch that they erase securely "
+     "(BLKSECDISCARD); files are never offered it [no]",
+     [](std::string_view v, BlkbackdConfig* c) {
+       return SetBool("discard-secure", v, &c->daemon.discard_secure);
+     }},
     {"poll-us", "N", "after serving, a worker polls its rings this long before sleeping [0]",
      [](std::string_view v, BlkbackdConfig* c) {
        return SetUnsigned("poll-us", v, 0, 1000000, &c->daemon.poll_us);

@@ -30,6 +30,12 @@ DiscardSupport ProbeImageDiscard(const DiskImage& image) {
   return {};
 }
 
+// Only a block device can erase securely (BLKSECDISCARD); a VHD's data lives in a file.
+bool IsRawBlockDevice(const DiskImage& image) {
+  const auto* raw = dynamic_cast<const RawImage*>(&image);
+  return raw != nullptr && raw->is_block_device();
+}
+
 }  // namespace
 
 Result<std::unique_ptr<Device>> Device::Open(const DeviceConfig& config) {
@@ -45,12 +51,14 @@ Result<std::unique_ptr<Device>> Device::Open(const DeviceConfig& config) {
   limits.read_only = (*image)->read_only();
   DiscardSupport discard = ProbeImageDiscard(**image);
   limits.discard = config.discard && !limits.read_only && discard.supported;
+  limits.discard_secure = limits.discard && config.discard_secure && IsRawBlockDevice(**image);
   limits.max_indirect_segments = config.max_indirect_segments;
   uint32_t granularity = std::max(discard.granularity, limits.logical_block_size);
-  Log(LogLevel::kInfo, config.name.c_str(), "opened %s (%s): %llu bytes, %u-byte sectors, %s%s",
+  Log(LogLevel::kInfo, config.name.c_str(), "opened %s (%s): %llu bytes, %u-byte sectors, %s%s%s",
       config.path.c_str(), ImageFormatName((*image)->format()),
       static_cast<unsigned long long>((*image)->size_bytes()), limits.logical_block_size,
-      limits.read_only ? "read-only" : "read-write", (*image)->direct_io() ? ", O_DIRECT" : ", buffered");
+      limits.read_only ? "read-only" : "read-write", (*image)->direct_io() ? ", O_DIRECT" : ", buffered",
+      limits.discard_secure ? ", discard-secure" : "");
   return std::unique_ptr<Device>(new Device(config.name, options, std::move(*image), limits, granularity));
 }
 
@@ -298,6 +306,10 @@ Status CheckImageSwap(const std::string& device, const DiskLimits& limits, size_
   if (limits.discard && !ProbeImageDiscard(next).supported) {
     return Status::NotSupported(device + ": the guest was offered discard, which " + path + " (" +
                                 ImageFormatName(next.format()) + ") cannot take");
+  }
+  if (limits.discard_secure && !IsRawBlockDevice(next)) {
+    return Status::NotSupported(device + ": the guest was offered discard-secure, which " + path +
+                                " (not a raw block device) cannot keep");
   }
   if (next.format() == ImageFormat::kVhd && workers > 1) {
     return Status::NotSupported(device + ": its rings run on several workers; a VHD needs them on one");

@@ -36,6 +36,9 @@ struct DeviceConfig {
   bool direct = true;
   uint32_t logical_block_size = 0;  // 0: the image's own
   bool discard = true;              // offer discard where the storage takes it (the toolstack may forbid it)
+  // Offer discard-secure with discard on a raw image on a block device: the operator vouches that the device
+  // erases securely (user space cannot ask it). A file never is offered it.
+  bool discard_secure = false;
   uint32_t max_indirect_segments = 0;  // feature-max-indirect-segments offered; 0: none
 };
 
@@ -48,7 +51,8 @@ std::pair<ImageFormatHint, std::string> ParseImageSpec(const std::string& spec);
 std::vector<std::string> ImageChainPaths(const DiskImage& image);
 // Whether `next` may replace the image of a device with `limits` (named `device`, served on `workers`
 // workers) under a running frontend: same size, sector size and read-only state; discard offered only
-// where it stays right (raw); a VHD only where one worker serves every ring. The refusal is one line.
+// where it stays right (raw), discard-secure only onto a raw block device; a VHD only where one worker serves
+// every ring. The refusal is one line.
 Status CheckImageSwap(const std::string& device, const DiskLimits& limits, size_t workers,
                       const DiskImage& next);
 

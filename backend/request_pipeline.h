@@ -310,6 +310,7 @@ class RequestPipeline final : public CompletionHandler, private VhdIo::Owner {
   uint32_t queue_size_ = 0;
   uint32_t started_ = 0;  // slots past the queue and not yet answered
   bool barrier_running_ = false;
+  bool secure_erase_refusal_logged_ = false;  // one line per ring, however often a guest asks
   std::vector<Request> taken_;
   std::vector<GrantCopySegment> copies_;
   std::vector<Slot*> copy_slots_;

@@ -1,4 +1,4 @@
-// Hole punching and BLKDISCARD.
+// Hole punching, BLKDISCARD and BLKSECDISCARD.
 #include "formats/discard.h"
 
 #include <fcntl.h>
@@ -64,6 +64,20 @@ Status Discard(int fd, uint64_t offset, uint64_t length) {
   if (error == EOPNOTSUPP || error == ENOTTY)
     return Status::NotSupported("the storage does not take discards");
   return Status::FromErrno(error, "discard");
+}
+
+Status SecureErase(int fd, uint64_t offset, uint64_t length) {
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return Status::FromErrno(errno, "secure erase: fstat");
+  // A file system may keep the old blocks anywhere (copies, journals, snapshots): never a promise.
+  if (!S_ISBLK(st.st_mode)) return Status::NotSupported("secure erase needs a block device");
+  if (length == 0) return Status::Ok();
+  uint64_t range[2] = {offset, length};
+  if (::ioctl(fd, BLKSECDISCARD, range) == 0) return Status::Ok();
+  int error = errno;
+  if (error == EOPNOTSUPP || error == ENOTTY)
+    return Status::NotSupported("the block device cannot erase securely (BLKSECDISCARD refused)");
+  return Status::FromErrno(error, "secure erase");
 }
 
 }  // namespace blk

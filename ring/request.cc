@@ -131,8 +131,8 @@ Validation ValidateIndirectHeader(const Request& request, const DiskLimits& limi
 
 Validation ValidateDiscard(const Request& request, const DiskLimits& limits) {
   if (!limits.discard) return Reject(Verdict::kNotSupported, "discard not offered");
-  // discard-secure is never offered: no storage we serve can promise the old data is unrecoverable.
-  if (request.discard_flag & BLKIF_DISCARD_SECURE)
+  // discard-secure is offered only where the operator vouches for the storage (a block device).
+  if ((request.discard_flag & BLKIF_DISCARD_SECURE) && !limits.discard_secure)
     return Reject(Verdict::kNotSupported, "secure discard not offered");
   if (limits.read_only) return Reject(Verdict::kError, "discard on a read-only disk");
   if (request.sector_number > limits.sectors ||

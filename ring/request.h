@@ -46,6 +46,7 @@ struct DiskLimits {
   bool flush = true;                   // feature-flush-cache advertised
   bool barrier = true;                 // feature-barrier advertised
   bool discard = false;                // feature-discard advertised
+  bool discard_secure = false;         // discard-secure advertised (with discard)
   uint32_t max_indirect_segments = 0;  // feature-max-indirect-segments advertised; 0: not offered
 };
 

@@ -45,4 +45,25 @@ inline int RunCommand(const std::string& command, std::string* output = nullptr)
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+// A loop device over `backing` (an existing file), detached at the end. path() is empty when none can be set
+// up here (no root, no loop driver): the test should then GTEST_SKIP.
+class LoopDevice {
+ public:
+  explicit LoopDevice(const std::string& backing) {
+    std::string output;
+    if (RunCommand("losetup --find --show " + backing, &output) != 0) return;
+    output.erase(output.find_last_not_of('\n') + 1);
+    if (output.rfind("/dev/", 0) == 0) path_ = output;
+  }
+  ~LoopDevice() {
+    if (!path_.empty()) RunCommand("losetup -d " + path_);
+  }
+  LoopDevice(const LoopDevice&) = delete;
+  LoopDevice& operator=(const LoopDevice&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
 }  // namespace blk::testing

@@ -308,7 +308,7 @@ Status BlkifBackendDevice::ConnectFrontend(const Snapshot& snapshot) {
       BLK_RETURN_IF_ERROR(
           t.Write(backend_path_ + "/discard-granularity", std::to_string(disk_.discard_granularity)));
       BLK_RETURN_IF_ERROR(t.Write(backend_path_ + "/discard-alignment", "0"));
-      BLK_RETURN_IF_ERROR(t.Write(backend_path_ + "/discard-secure", "0"));
+      BLK_RETURN_IF_ERROR(t.Write(backend_path_ + "/discard-secure", disk_.discard_secure ? "1" : "0"));
     }
     BLK_RETURN_IF_ERROR(WriteIndirectFeature(t));
     BLK_RETURN_IF_ERROR(

@@ -36,10 +36,11 @@ struct BlkifDiskInfo {
   uint32_t sector_size = 512;
   uint32_t physical_sector_size = 512;
   bool read_only = false;
-  // feature-discard with its discard-granularity (bytes); discard-alignment is always 0, discard-secure never
-  // offered.
+  // feature-discard with its discard-granularity (bytes); discard-alignment is always 0. discard-secure only
+  // with discard (the operator vouches that the storage erases securely).
   bool discard = false;
   uint32_t discard_granularity = 0;
+  bool discard_secure = false;
   // feature-max-indirect-segments; 0: not offered (the node is then not written, as blkif.h asks).
   uint32_t max_indirect_segments = 0;
 };

@@ -45,6 +45,7 @@ TEST(DaemonConfigTest, FileSetsEveryKindOfValue) {
       "max-indirect-segments = 0\n"
       "feature-persistent = no\n"
       "max-persistent-grants = 64\n"
+      "discard-secure = 1\n"
       "poll-us = 50\n"
       "io-retry-seconds = 7\n"
       "log-level = debug\n"
@@ -64,6 +65,7 @@ TEST(DaemonConfigTest, FileSetsEveryKindOfValue) {
   EXPECT_EQ(config.daemon.max_indirect_segments, 0u);
   EXPECT_FALSE(config.daemon.persistent_grants);
   EXPECT_EQ(config.daemon.persistent_grants_per_ring, 64u);
+  EXPECT_TRUE(config.daemon.discard_secure);
   EXPECT_EQ(config.daemon.poll_us, 50u);
   EXPECT_EQ(config.daemon.io_retry_seconds, 7u);
   EXPECT_EQ(config.log_level, LogLevel::kDebug);
@@ -82,7 +84,10 @@ TEST(DaemonConfigTest, DefaultsAreWhatTheHelpSays) {
   EXPECT_EQ(config.daemon.max_indirect_segments, 256u);
   EXPECT_TRUE(config.daemon.persistent_grants);
   EXPECT_EQ(config.daemon.persistent_grants_per_ring, 1056u);
+  EXPECT_FALSE(config.daemon.discard_secure);
   std::string help = UsageText();
+  EXPECT_NE(help.find("--discard-secure yes|no"), std::string::npos);
+  EXPECT_NE(help.find("BLKSECDISCARD"), std::string::npos);
   EXPECT_NE(help.find("max-indirect-segments"), std::string::npos);
   EXPECT_NE(help.find("[1056]"), std::string::npos);
   EXPECT_NE(help.find("--workers N"), std::string::npos);
@@ -111,6 +116,9 @@ TEST(DaemonConfigTest, BadFileLinesNameTheFileTheLineAndTheProblem) {
       {"max-indirect-segments = 4097\n", "must be between 0 and 4096"},
       {"feature-persistent = 2\n", "expected yes or no"},
       {"max-persistent-grants = 0\n", "must be between 1 and 65536"},
+      {"discard-secure = 2\n", "test.conf:1: discard-secure = \"2\": expected yes or no"},
+      {"discard-secure =\n", "expected yes or no"},
+      {"discard-secure = secure\n", "expected yes or no"},
       {"log-level = loud\n", "expected error, warning, notice, info or debug"},
       {"lock-file = run/pid\n", "must be an absolute path"},
       {"control-socket =\n", "must be an absolute path"},
@@ -141,6 +149,16 @@ TEST(DaemonConfigTest, HelpAndVersionWinOverEverythingElse) {
   EXPECT_EQ(Parse({"--version"})->action, CommandLineAction::kVersion);
 }
 
+TEST(DaemonConfigTest, DiscardSecureIsOffOnlyUntilAFlagOrTheFileTurnsItOn) {
+  TempConfig off("discard-secure = no\n");
+  Result<CommandLine> from_file = Parse({"--config", off.path()});
+  ASSERT_TRUE(from_file.ok()) << from_file.status().ToString();
+  EXPECT_FALSE(from_file->config.daemon.discard_secure);
+  Result<CommandLine> flagged = Parse({"--config", off.path(), "--discard-secure", "yes"});
+  ASSERT_TRUE(flagged.ok()) << flagged.status().ToString();
+  EXPECT_TRUE(flagged->config.daemon.discard_secure);
+}
+
 TEST(DaemonConfigTest, BadFlagsAreNamed) {
   TempConfig empty("");
   struct Case {
@@ -151,6 +169,8 @@ TEST(DaemonConfigTest, BadFlagsAreNamed) {
       {{"--config", empty.path(), "--workers"}, "--workers needs a value"},
       {{"--config", empty.path(), "serve"}, "unexpected argument \"serve\""},
       {{"--config", empty.path(), "--workers", "0"}, "--workers = \"0\": must be between 1 and 64"},
+      {{"--config", empty.path(), "--discard-secure=always"},
+       "--discard-secure = \"always\": expected yes or no"},
       {{"--config", "/nonexistent/blkbackd.conf"},
        "cannot read the configuration file /nonexistent/blkbackd.conf"},
   };

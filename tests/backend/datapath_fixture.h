@@ -42,6 +42,12 @@ class LogCapture {
     }
     return false;
   }
+  size_t Count(const std::string& needle) {
+    std::lock_guard lock(mutex_);
+    size_t count = 0;
+    for (const std::string& line : lines_) count += line.find(needle) != std::string::npos;
+    return count;
+  }
 
  private:
   static void Sink(LogLevel, const char* line, void* self) {
@@ -72,8 +78,9 @@ struct Guest {
   Guest(SimHypervisor& sim, const std::string& path, DomId domid, BlkfrontConfig front_config, bool read_only,
         Worker& worker, bool expect_connect = true, uint32_t logical_block_size = 0,
         ImageFormatHint format = ImageFormatHint::kRaw, bool discard = true,
-        uint32_t max_indirect_segments = 0, size_t persistent_capacity = 0) {
+        uint32_t max_indirect_segments = 0, size_t persistent_capacity = 0, bool discard_secure = false) {
     DeviceConfig config;
+    config.discard_secure = discard_secure;
     config.max_indirect_segments = max_indirect_segments;
     config.format = format;
     config.discard = discard;

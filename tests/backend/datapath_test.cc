@@ -66,7 +66,7 @@ std::vector<std::pair<Request, int16_t>> MalformedRequests(uint32_t max_indirect
   add(r, BLKIF_RSP_ERROR);
   r = Good(BLKIF_OP_DISCARD, 0, 0);
   r.discard_sectors = 8;
-  r.discard_flag = BLKIF_DISCARD_SECURE;  // never offered
+  r.discard_flag = BLKIF_DISCARD_SECURE;  // not offered: a file never is (discard_secure_test.cc)
   add(r, BLKIF_RSP_EOPNOTSUPP);
   r = Good(BLKIF_OP_DISCARD, kDiskBytes >> kSectorShift, 0);
   r.discard_sectors = 1;  // past the end

@@ -5,6 +5,7 @@
 #include <tuple>
 
 #include "tests/backend/handshake_fixture.h"
+#include "tests/test_util.h"
 
 namespace blk {
 namespace {
@@ -99,6 +100,35 @@ TEST_F(HandshakeTest, DiscardFollowsTheToolstacksDiscardEnableAndTheMode) {
   std::optional<std::string> error = ReadKey(BackendPath(3, 51744) + "/hotplug-error");
   ASSERT_TRUE(error.has_value());
   EXPECT_NE(error->find("discard-enable"), std::string::npos) << *error;
+}
+
+// discard-secure = yes in the daemon's configuration: published "1" for a raw image on a block device, "0"
+// for a file (the key never makes a file look secure). Without the key it is "0" (see the first test).
+TEST_F(HandshakeTest, DiscardSecureIsPublishedOnlyForABlockDeviceWhenTheOperatorVouches) {
+  BlkbackDaemonOptions options;
+  options.discard_secure = true;
+  StartDaemon(options);
+  CreateDomain(3);
+  std::string backing = MakeImage("secure", 4 << 20);
+  AddDisk(3, 51712, "aio:" + backing);
+  std::unique_ptr<LibXenStoreClient> guest = GuestClient(3);
+  std::unique_ptr<XenbusBlkfront> file = Frontend(*guest, 3, 51712);
+  ASSERT_TRUE(file->Connect(kTimeout).ok());
+  EXPECT_EQ(ReadKey(BackendPath(3, 51712) + "/feature-discard"), "1");
+  EXPECT_EQ(ReadKey(BackendPath(3, 51712) + "/discard-secure"), "0");
+  testing::LoopDevice loop(backing);
+  if (loop.path().empty()) GTEST_SKIP() << "no loop device can be set up here";
+  AddDisk(3, 51728, "raw:" + loop.path());
+  std::unique_ptr<XenbusBlkfront> block = Frontend(*guest, 3, 51728);
+  ASSERT_TRUE(block->Connect(kTimeout).ok());
+  if (ReadKey(BackendPath(3, 51728) + "/feature-discard") != "1")
+    GTEST_SKIP() << loop.path() << " takes no discard here";
+  EXPECT_EQ(ReadKey(BackendPath(3, 51728) + "/discard-secure"), "1");
+  EXPECT_EQ(ReadKey(BackendPath(3, 51728) + "/discard-alignment"), "0");
+  block.reset();
+  file.reset();
+  StopDaemon();
+  daemon_.reset();  // closes the device before the loop device goes
 }
 
 // The daemon stands in for blkback, qdisk and tapback at once: each configured kind is discovered and served.

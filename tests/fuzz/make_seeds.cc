@@ -120,6 +120,16 @@ void RequestSeeds(const fs::path& dir) {
       WriteSeed(dir, std::string(request == &discard ? "discard" : "indirect") + "-offered-" + AbiName(abi),
                 bytes);
     }
+    // A secure discard with discard-secure offered (bit 1 of the discard byte).
+    Request secure = discard;
+    secure.discard_flag = BLKIF_DISCARD_SECURE;
+    Bytes bytes{static_cast<uint8_t>(0x0C | (abi == Abi::kX86_32 ? 1 : 0))};
+    Put(bytes, 2048, 4);
+    Bytes slot = Slot(abi, secure);
+    bytes.insert(bytes.end(), slot.begin(), slot.end());
+    bytes.push_back(3);
+    Put(bytes, 0, 2);
+    WriteSeed(dir, std::string("secure-discard-offered-") + AbiName(abi), bytes);
   }
 }
 

@@ -5,8 +5,9 @@
 // changes nothing.
 //
 // Input: one byte of flags (bits 0 and 6: the protocol; read-only, flush, barrier, 4 KiB sectors, a large
-// disk), the disk size, the slot, then (optional, zero when absent) a byte offering discard (bit 0) and a
-// 16-bit indirect segment maximum, and the bytes of the indirect pages an accepted INDIRECT request reads.
+// disk), the disk size, the slot, then (optional, zero when absent) a byte offering discard (bit 0) and
+// discard-secure (bit 1), a 16-bit indirect segment maximum, and the bytes of the indirect pages an accepted
+// INDIRECT request reads.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -45,7 +46,7 @@ void CheckRange(uint64_t start, uint64_t sectors, const DiskLimits& limits) {
 
 void CheckAcceptedDiscard(const Request& request, const DiskLimits& limits, const Validation& validation) {
   FUZZ_CHECK(limits.discard && !limits.read_only);
-  FUZZ_CHECK(!(request.discard_flag & BLKIF_DISCARD_SECURE));
+  if (request.discard_flag & BLKIF_DISCARD_SECURE) FUZZ_CHECK(limits.discard_secure);
   FUZZ_CHECK(validation.sectors == request.discard_sectors && !validation.is_write);
   CheckRange(request.sector_number, request.discard_sectors, limits);
 }
@@ -130,7 +131,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // Exactly one slot's bytes in a buffer of that size, so that ASan sees any read beyond the slot.
   std::vector<uint8_t> slot(RequestSize(abi));
   input.Fill(slot);
-  limits.discard = input.U8() & 1;
+  uint8_t discard = input.U8();
+  limits.discard = discard & 1;
+  limits.discard_secure = discard & 2;
   limits.max_indirect_segments = input.U16() % (kMaxIndirectSegments + 1);
   std::span<const uint8_t> indirect_pages = input.Rest();
   Request request;

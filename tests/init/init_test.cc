@@ -40,6 +40,7 @@ TEST(InitTest, TheExampleConfigurationIsValidAndStatesTheDefaults) {
   EXPECT_EQ(read.daemon.max_ring_page_order, defaults.daemon.max_ring_page_order);
   EXPECT_EQ(read.daemon.max_queues, defaults.daemon.max_queues);
   EXPECT_EQ(read.daemon.poll_us, defaults.daemon.poll_us);
+  EXPECT_EQ(read.daemon.discard_secure, defaults.daemon.discard_secure);
   EXPECT_EQ(read.log_level, defaults.log_level);
   EXPECT_EQ(read.lock_file, defaults.lock_file);
   EXPECT_EQ(read.control_socket, defaults.control_socket);

@@ -219,6 +219,55 @@ TEST(ValidateTest, DiscardWhenOfferedCoversItsRangeAndMovesNoData) {
   }
 }
 
+Request SecureDiscardRequest(uint64_t sector, uint64_t sectors) {
+  Request request = DiscardRequest(sector, sectors);
+  request.discard_flag = BLKIF_DISCARD_SECURE;
+  return request;
+}
+
+TEST(ValidateTest, SecureDiscardPassesOnlyWhereOffered) {
+  DiskLimits limits = Disk(1024);
+  limits.discard = true;
+  Validation refused = ValidateRequest(SecureDiscardRequest(0, 8), limits);
+  EXPECT_EQ(refused.verdict, Verdict::kNotSupported);
+  ASSERT_NE(refused.reason, nullptr);
+  EXPECT_STREQ(refused.reason, "secure discard not offered");
+  limits.discard_secure = true;
+  Validation passed = ValidateRequest(SecureDiscardRequest(1000, 24), limits);
+  EXPECT_EQ(passed.verdict, Verdict::kOk) << (passed.reason ? passed.reason : "");
+  EXPECT_EQ(passed.sectors, 24u);
+  EXPECT_FALSE(passed.is_write);
+  // Offering it changes nothing for a plain discard.
+  EXPECT_EQ(ValidateRequest(DiscardRequest(0, 8), limits).verdict, Verdict::kOk);
+}
+
+// With discard-secure offered, a secure discard meets every other rule of a discard.
+TEST(ValidateTest, BadSecureDiscardsAreRefusedLikeAnyDiscard) {
+  struct Case {
+    const char* name;
+    Request request;
+    std::function<void(DiskLimits&)> disk;
+    Verdict verdict;
+  } cases[] = {
+      {"discard not offered", SecureDiscardRequest(0, 8), [](DiskLimits& d) { d.discard = false; },
+       Verdict::kNotSupported},
+      {"read-only", SecureDiscardRequest(0, 8), [](DiskLimits& d) { d.read_only = true; }, Verdict::kError},
+      {"past the end", SecureDiscardRequest(1020, 8), [](DiskLimits&) {}, Verdict::kError},
+      {"overflowing", SecureDiscardRequest(8, ~0ull - 4), [](DiskLimits&) {}, Verdict::kError},
+      {"misaligned on a 4k disk", SecureDiscardRequest(4, 8),
+       [](DiskLimits& d) { d.logical_block_size = 4096; }, Verdict::kError},
+  };
+  for (const Case& c : cases) {
+    DiskLimits limits = Disk(1024);
+    limits.discard = true;
+    limits.discard_secure = true;
+    c.disk(limits);
+    Validation v = ValidateRequest(c.request, limits);
+    EXPECT_EQ(v.verdict, c.verdict) << c.name;
+    EXPECT_NE(v.reason, nullptr) << c.name;
+  }
+}
+
 TEST(ValidateTest, BadDiscardsAreRefusedWithTheRightStatus) {
   struct Case {
     const char* name;
@@ -227,7 +276,7 @@ TEST(ValidateTest, BadDiscardsAreRefusedWithTheRightStatus) {
     Verdict verdict;
   } cases[] = {
       {"not offered", DiscardRequest(0, 8), [](DiskLimits& d) { d.discard = false; }, Verdict::kNotSupported},
-      {"secure",
+      {"secure, not offered",
        [] {
          Request r = DiscardRequest(0, 8);
          r.discard_flag = BLKIF_DISCARD_SECURE;
