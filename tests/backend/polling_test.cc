@@ -108,8 +108,9 @@ INSTANTIATE_TEST_SUITE_P(Sides, PollingTest,
 // ring.h's suppression at work: with both sides polling through a steady stream, requests and responses are
 // published without notifications (issue 6: fewer than 0.1 per request at iodepth 8 and more).
 TEST_F(PollingTest, BothSidesPollingNeedAlmostNoNotifications) {
-  // Windows far longer than any gap in the stream, so that neither side sleeps while it runs.
-  Connect(200000, 200000, 16);
+  // Windows (2 s) far longer than any gap in the stream, even on a loaded machine, so that neither side sleeps
+  // while it runs.
+  Connect(2000000, 2000000, 16);
   const uint64_t before = Notifications();
   const unsigned kBlocks = 1024;
   WriteThenReadBack(0, kBlocks, 16);
