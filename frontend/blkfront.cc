@@ -159,10 +159,9 @@ Blkfront::~Blkfront() {
   for (const PersistentPage& page : persistent_pool_) {
     if (domain_.EndAccess(page.ref).ok()) (void)domain_.FreePage(page.frame);
   }
-  for (auto [first, count] : granted_buffers_) {
-    for (uint32_t frame = first; frame < first + count; ++frame) {
-      if (domain_.EndAccess(granted_buffer_refs_[frame]).ok()) (void)domain_.FreePage(frame);
-    }
+  for (uint32_t frame = 0; frame < granted_buffer_refs_.size(); ++frame) {
+    if (granted_buffer_refs_[frame] != 0 && domain_.EndAccess(granted_buffer_refs_[frame]).ok())
+      (void)domain_.FreePage(frame);
   }
   for (size_t i = 0; i < ring_refs_.size(); ++i) {
     if (domain_.EndAccess(ring_refs_[i]).ok()) (void)domain_.FreePage(ring_frames_[i]);
@@ -284,7 +283,6 @@ Result<uint8_t*> Blkfront::AllocateGrantedBuffer(size_t bytes) {
     }
     granted_buffer_refs_[frame] = *ref;
   }
-  granted_buffers_.emplace_back(*first, static_cast<uint32_t>(pages));
   return domain_.PageAddress(*first);
 }
 

@@ -1,12 +1,14 @@
 // A userspace blkfront: the guest's half of a blkif ring, driving the simulated hypervisor the way Linux's
-// xen-blkfront drives Xen (without persistent grants or indirect descriptors, for now).
+// xen-blkfront drives Xen, with its multi-page rings, indirect descriptors and persistent grants.
 //
 // It owns a guest domain: the shared ring in granted pages, an unbound event channel for the backend, and
 // data pages that each request grants afresh (read-only to the backend for writes, writable for reads) and
-// ends again when the response arrives. It publishes what blkfront writes to xenstore; the test or benchmark
-// hands that to the backend. A backend that breaks the protocol (a response id that is not ours, a response
-// count beyond the ring, a grant still mapped when its response arrives) breaks the frontend, as it does
-// Linux's: every later call fails with the Status that explains why.
+// ends again when the response arrives, or, with persistent grants, a pool of pages granted once that the
+// data is copied through (or the I/O's own buffer, when it lies in a granted buffer). Beyond Linux, it can
+// poll its ring for responses instead of sleeping (BlkfrontConfig::poll_us). It publishes what blkfront
+// writes to xenstore; the test or benchmark hands that to the backend. A backend that breaks the protocol (a
+// response id that is not ours, a response count beyond the ring, a grant still mapped when its response
+// arrives) breaks the frontend, as it does Linux's: every later call fails with the Status that explains why.
 //
 // Hostile mode lets a test act as a malicious guest: place arbitrary bytes as a request, read its response by
 // id, write the shared indices directly.
@@ -204,7 +206,6 @@ class Blkfront {
   std::vector<PersistentPage> persistent_pool_;  // a stack: the most recently used page goes out first
   size_t persistent_pages_ = 0;                  // granted so far (pool + in flight)
   std::vector<GrantRef> granted_buffer_refs_;    // per guest frame: its granted buffer's grant, or 0
-  std::vector<std::pair<uint32_t, uint32_t>> granted_buffers_;  // first frame and page count of each
   std::vector<GrantRef> ring_refs_;
   std::vector<uint32_t> ring_frames_;
   abi::SharedRingHeader* ring_header_ = nullptr;
