@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -255,6 +256,34 @@ class Workload {
 
 // A guest and a backend worker stepped by hand, so the test decides what the backend sees and when. Derived
 // fixtures make `path_` in SetUp (CreateDisk) and connect `guest_` as they need.
+// Steps `worker` by hand until `front` has `count` completions or `limit` passes; `after_step` runs after
+// each step (a fixture may sample something there).
+inline std::vector<IoCompletion> StepUntil(Worker& worker, Blkfront& front, size_t count,
+                                           const std::function<void()>& after_step = {},
+                                           std::chrono::milliseconds limit = std::chrono::seconds(5)) {
+  std::vector<IoCompletion> all;
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  while (all.size() < count && std::chrono::steady_clock::now() < deadline) {
+    worker.RunOnce(5);
+    if (after_step) after_step();
+    IoCompletion done[64];
+    auto got = front.Reap(done);
+    EXPECT_TRUE(got.ok()) << got.status().ToString();
+    if (!got.ok()) break;
+    all.insert(all.end(), done, done + *got);
+  }
+  return all;
+}
+
+// One I/O through a worker stepped by hand: its status, or -100 if it never completed.
+inline int16_t StepOne(Worker& worker, Blkfront& front, IoOp op, uint64_t sector, Bytes& buffer,
+                       uint64_t tag = 1000) {
+  EXPECT_TRUE(front.Submit({op, sector, buffer.size(), buffer.size() ? buffer.data() : nullptr, tag}).ok());
+  auto done = StepUntil(worker, front, 1);
+  EXPECT_EQ(done.size(), 1u);
+  return done.empty() ? int16_t{-100} : done[0].status;
+}
+
 class SteppedGuestTest : public ::testing::Test {
  protected:
   void CreateDisk(const std::string& dir, const std::string& name, unsigned worker_depth = 128) {
@@ -272,18 +301,7 @@ class SteppedGuestTest : public ::testing::Test {
   virtual void AfterStep() {}
   // Steps the backend until the frontend has `count` completions or five seconds pass.
   std::vector<IoCompletion> Step(size_t count) {
-    std::vector<IoCompletion> all;
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-    while (all.size() < count && std::chrono::steady_clock::now() < deadline) {
-      worker_->RunOnce(5);
-      AfterStep();
-      IoCompletion done[64];
-      auto got = front().Reap(done);
-      EXPECT_TRUE(got.ok()) << got.status().ToString();
-      if (!got.ok()) break;
-      all.insert(all.end(), done, done + *got);
-    }
-    return all;
+    return StepUntil(*worker_, front(), count, [this] { AfterStep(); });
   }
   // Steps the backend until the raw response to `id` (a request placed with PlaceRaw) is there.
   std::optional<RawResponse> StepForRaw(uint64_t id) {

@@ -72,23 +72,10 @@ class FaultTest : public ::testing::Test {
   // Steps the worker until `front` has `count` completions or `limit` passes.
   std::vector<IoCompletion> Step(Blkfront& front, size_t count,
                                  std::chrono::milliseconds limit = std::chrono::seconds(5)) {
-    std::vector<IoCompletion> all;
-    auto deadline = std::chrono::steady_clock::now() + limit;
-    while (all.size() < count && std::chrono::steady_clock::now() < deadline) {
-      worker_->RunOnce(5);
-      IoCompletion done[64];
-      auto got = front.Reap(done);
-      EXPECT_TRUE(got.ok()) << got.status().ToString();
-      if (!got.ok()) break;
-      all.insert(all.end(), done, done + *got);
-    }
-    return all;
+    return StepUntil(*worker_, front, count, {}, limit);
   }
   int16_t Do(Blkfront& front, IoOp op, uint64_t sector, Bytes& buffer, uint64_t tag = 1000) {
-    EXPECT_TRUE(front.Submit({op, sector, buffer.size(), buffer.size() ? buffer.data() : nullptr, tag}).ok());
-    auto done = Step(front, 1);
-    EXPECT_EQ(done.size(), 1u);
-    return done.empty() ? int16_t{-100} : done[0].status;
+    return StepOne(*worker_, front, op, sector, buffer, tag);
   }
   int16_t Flush(Blkfront& front) {
     Bytes none;

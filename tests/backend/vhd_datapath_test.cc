@@ -224,24 +224,9 @@ class SteppedVhdTest : public ::testing::Test {
     // The test's seam into the device's image (a Device only hands out a const view).
     return static_cast<VhdDiskImage&>(const_cast<DiskImage&>(guest_->device->image()));
   }
-  std::vector<IoCompletion> Step(size_t count) {
-    std::vector<IoCompletion> all;
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-    while (all.size() < count && std::chrono::steady_clock::now() < deadline) {
-      worker_->RunOnce(5);
-      IoCompletion done[64];
-      auto got = front().Reap(done);
-      EXPECT_TRUE(got.ok()) << got.status().ToString();
-      if (!got.ok()) break;
-      all.insert(all.end(), done, done + *got);
-    }
-    return all;
-  }
+  std::vector<IoCompletion> Step(size_t count) { return StepUntil(*worker_, front(), count); }
   int16_t Do(IoOp op, uint64_t sector, Bytes& buffer, uint64_t tag = 1000) {
-    EXPECT_TRUE(front().Submit({op, sector, buffer.size(), buffer.data(), tag}).ok());
-    auto done = Step(1);
-    EXPECT_EQ(done.size(), 1u);
-    return done.empty() ? int16_t{-100} : done[0].status;
+    return StepOne(*worker_, front(), op, sector, buffer, tag);
   }
 
   std::string path_;

@@ -5,6 +5,7 @@
 
 #include <cstring>
 #include <functional>
+#include <span>
 #include <vector>
 
 namespace blk {
@@ -241,14 +242,29 @@ TEST(ValidateTest, SecureDiscardPassesOnlyWhereOffered) {
   EXPECT_EQ(ValidateRequest(DiscardRequest(0, 8), limits).verdict, Verdict::kOk);
 }
 
+// A bad discard, the disk it meets (changed from a 1024-sector disk that offers discard) and its verdict.
+struct DiscardCase {
+  const char* name;
+  Request request;
+  std::function<void(DiskLimits&)> disk;
+  Verdict verdict;
+};
+
+void ExpectVerdicts(std::span<const DiscardCase> cases, bool secure_offered) {
+  for (const DiscardCase& c : cases) {
+    DiskLimits limits = Disk(1024);
+    limits.discard = true;
+    limits.discard_secure = secure_offered;
+    c.disk(limits);
+    Validation v = ValidateRequest(c.request, limits);
+    EXPECT_EQ(v.verdict, c.verdict) << c.name;
+    EXPECT_NE(v.reason, nullptr) << c.name;
+  }
+}
+
 // With discard-secure offered, a secure discard meets every other rule of a discard.
 TEST(ValidateTest, BadSecureDiscardsAreRefusedLikeAnyDiscard) {
-  struct Case {
-    const char* name;
-    Request request;
-    std::function<void(DiskLimits&)> disk;
-    Verdict verdict;
-  } cases[] = {
+  const DiscardCase cases[] = {
       {"discard not offered", SecureDiscardRequest(0, 8), [](DiskLimits& d) { d.discard = false; },
        Verdict::kNotSupported},
       {"read-only", SecureDiscardRequest(0, 8), [](DiskLimits& d) { d.read_only = true; }, Verdict::kError},
@@ -257,24 +273,11 @@ TEST(ValidateTest, BadSecureDiscardsAreRefusedLikeAnyDiscard) {
       {"misaligned on a 4k disk", SecureDiscardRequest(4, 8),
        [](DiskLimits& d) { d.logical_block_size = 4096; }, Verdict::kError},
   };
-  for (const Case& c : cases) {
-    DiskLimits limits = Disk(1024);
-    limits.discard = true;
-    limits.discard_secure = true;
-    c.disk(limits);
-    Validation v = ValidateRequest(c.request, limits);
-    EXPECT_EQ(v.verdict, c.verdict) << c.name;
-    EXPECT_NE(v.reason, nullptr) << c.name;
-  }
+  ExpectVerdicts(cases, /*secure_offered=*/true);
 }
 
 TEST(ValidateTest, BadDiscardsAreRefusedWithTheRightStatus) {
-  struct Case {
-    const char* name;
-    Request request;
-    std::function<void(DiskLimits&)> disk;
-    Verdict verdict;
-  } cases[] = {
+  const DiscardCase cases[] = {
       {"not offered", DiscardRequest(0, 8), [](DiskLimits& d) { d.discard = false; }, Verdict::kNotSupported},
       {"secure, not offered",
        [] {
@@ -293,14 +296,7 @@ TEST(ValidateTest, BadDiscardsAreRefusedWithTheRightStatus) {
       {"partial block on a 4k disk", DiscardRequest(8, 4), [](DiskLimits& d) { d.logical_block_size = 4096; },
        Verdict::kError},
   };
-  for (const Case& c : cases) {
-    DiskLimits limits = Disk(1024);
-    limits.discard = true;
-    c.disk(limits);
-    Validation v = ValidateRequest(c.request, limits);
-    EXPECT_EQ(v.verdict, c.verdict) << c.name;
-    EXPECT_NE(v.reason, nullptr) << c.name;
-  }
+  ExpectVerdicts(cases, /*secure_offered=*/false);
 }
 
 // An INDIRECT request of `segments` full pages from `sector`, and its indirect pages as a frontend fills
