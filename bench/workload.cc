@@ -2,7 +2,6 @@
 #include "bench/workload.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -118,15 +117,11 @@ class Driver {
         generation_(blocks_, 0),
         busy_(blocks_, false),
         slots_(depth) {
+    // The guest's own pages, as a real guest's I/O buffers are.
     size_t bytes = static_cast<size_t>(depth) * options.bs;
-    if (options.granted_buffers) {
-      auto granted = front.AllocateGrantedBuffer(bytes);
-      buffer_base_ = granted.ok() ? *granted : nullptr;
-    } else {
-      void* memory = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-      buffers_ = Mapping(memory == MAP_FAILED ? nullptr : memory, memory == MAP_FAILED ? 0 : bytes);
-      buffer_base_ = buffers_.as<uint8_t>();
-    }
+    auto buffer =
+        options.granted_buffers ? front.AllocateGrantedBuffer(bytes) : front.AllocateGuestBuffer(bytes);
+    buffer_base_ = buffer.ok() ? *buffer : nullptr;
     for (unsigned i = 0; i < depth; ++i) free_.push_back(i);
   }
 
@@ -269,7 +264,6 @@ class Driver {
   std::vector<bool> busy_;  // per block: an I/O is in flight (two in flight on one block would race)
   std::vector<Slot> slots_;
   std::vector<unsigned> free_;
-  Mapping buffers_;  // the I/O buffers, unless they are the guest's granted pages
   uint8_t* buffer_base_ = nullptr;
 };
 
@@ -307,8 +301,7 @@ Result<BenchResult> RunBench(const BenchOptions& options, const std::string& fil
   // One guest for every ring, its memory sized for all of them (Blkfront::Create reuses the domain).
   const uint32_t slots = RingSlots(front_config.abi, front_config.ring_pages);
   const uint32_t segments = std::max(kMaxDirectSegments, options.indirect);
-  const size_t buffer_pages =
-      options.granted_buffers ? (size_t{depth} * options.bs + kPageSize - 1) / kPageSize : 0;
+  const size_t buffer_pages = (size_t{depth} * options.bs + kPageSize - 1) / kPageSize;
   const size_t pages = size_t{lanes} * (front_config.ring_pages +
                                         size_t{slots} * (segments + IndirectPages(segments)) + buffer_pages) +
                        16;

@@ -56,7 +56,7 @@ struct Blkfront::Shadow {
   std::vector<uint32_t> frames;
   std::vector<uint16_t> page_offset;
   std::vector<uint16_t> bytes;
-  std::vector<uint8_t> own_page;  // 1: a page of a granted buffer (no copy, not the pool's)
+  std::vector<PageKind> kinds;
   uint32_t indirect_pages = 0;
   std::array<GrantRef, kMaxIndirectPages> indirect_refs{};
   std::array<uint32_t, kMaxIndirectPages> indirect_frames{};
@@ -139,7 +139,7 @@ Status Blkfront::Init() {
     shadow.frames.resize(max_segments_);
     shadow.page_offset.resize(max_segments_);
     shadow.bytes.resize(max_segments_);
-    shadow.own_page.resize(max_segments_);
+    shadow.kinds.resize(max_segments_);
   }
   free_shadows_.reserve(slots_);
   for (uint32_t id = slots_; id > 0; --id) free_shadows_.push_back(id - 1);
@@ -159,8 +159,9 @@ Blkfront::~Blkfront() {
   for (const PersistentPage& page : persistent_pool_) {
     if (domain_.EndAccess(page.ref).ok()) (void)domain_.FreePage(page.frame);
   }
-  for (uint32_t frame = 0; frame < granted_buffer_refs_.size(); ++frame) {
-    if (granted_buffer_refs_[frame] != 0 && domain_.EndAccess(granted_buffer_refs_[frame]).ok())
+  for (uint32_t frame = 0; frame < buffer_grants_.size(); ++frame) {
+    const GrantRef grant = buffer_grants_[frame];
+    if (grant == kGrantedPerRequest || (grant != 0 && domain_.EndAccess(grant).ok()))
       (void)domain_.FreePage(frame);
   }
   for (size_t i = 0; i < ring_refs_.size(); ++i) {
@@ -264,35 +265,48 @@ bool Blkfront::TakeDataPage(bool readonly, uint32_t* frame, GrantRef* ref) {
   return true;
 }
 
+Result<uint8_t*> Blkfront::AllocateGuestBuffer(size_t bytes) { return AllocateBuffer(bytes, false); }
+
 Result<uint8_t*> Blkfront::AllocateGrantedBuffer(size_t bytes) {
   if (!config_.persistent) return Status::InvalidArgument("blkfront: granted buffers need persistent grants");
+  return AllocateBuffer(bytes, true);
+}
+
+Result<uint8_t*> Blkfront::AllocateBuffer(size_t bytes, bool granted) {
   const size_t pages = (bytes + kPageSize - 1) / kPageSize;
-  if (pages == 0) return Status::InvalidArgument("blkfront: an empty granted buffer");
+  if (pages == 0) return Status::InvalidArgument("blkfront: an empty buffer");
   auto first = domain_.AllocContiguous(pages);
   if (!first.ok()) return first.status();
-  if (granted_buffer_refs_.empty()) granted_buffer_refs_.assign(domain_.pages(), 0);
+  if (buffer_grants_.empty()) buffer_grants_.assign(domain_.pages(), 0);
   for (uint32_t frame = *first; frame < *first + pages; ++frame) {
+    if (!granted) {
+      buffer_grants_[frame] = kGrantedPerRequest;
+      continue;
+    }
     auto ref = domain_.GrantAccess(config_.backend_domid, frame, /*readonly=*/false);
     if (!ref.ok()) {
-      for (uint32_t granted = *first; granted < frame; ++granted) {
-        (void)domain_.EndAccess(granted_buffer_refs_[granted]);
-        granted_buffer_refs_[granted] = 0;
+      for (uint32_t done = *first; done < frame; ++done) {
+        (void)domain_.EndAccess(buffer_grants_[done]);
+        buffer_grants_[done] = 0;
       }
       for (uint32_t page = *first; page < *first + pages; ++page) (void)domain_.FreePage(page);
       return ref.status();
     }
-    granted_buffer_refs_[frame] = *ref;
+    buffer_grants_[frame] = *ref;
   }
   return domain_.PageAddress(*first);
 }
 
-bool Blkfront::InGrantedBuffer(const uint8_t* address, uint32_t* frame, GrantRef* ref) const {
-  if (granted_buffer_refs_.empty() || address < domain_.memory()) return false;
+Blkfront::PageKind Blkfront::BufferPage(const uint8_t* address, uint32_t* frame, GrantRef* ref) const {
+  if (buffer_grants_.empty() || address < domain_.memory()) return PageKind::kPool;
   const size_t page = static_cast<size_t>(address - domain_.memory()) / kPageSize;
-  if (page >= granted_buffer_refs_.size() || granted_buffer_refs_[page] == 0) return false;
+  if (page >= buffer_grants_.size() || buffer_grants_[page] == 0) return PageKind::kPool;
   *frame = static_cast<uint32_t>(page);
-  *ref = granted_buffer_refs_[page];
-  return true;
+  *ref = buffer_grants_[page];
+  if (*ref != kGrantedPerRequest) return PageKind::kGrantedBuffer;
+  // With persistent grants a page granted per request would be one more mapping for the backend to cache;
+  // Linux copies a bio's data through its persistent pool instead, and so do we.
+  return config_.persistent ? PageKind::kPool : PageKind::kBuffer;
 }
 
 void Blkfront::PutDataPage(uint32_t frame, GrantRef ref) {
@@ -305,7 +319,17 @@ void Blkfront::PutDataPage(uint32_t frame, GrantRef ref) {
 
 void Blkfront::ReleaseSegments(Shadow& shadow, uint32_t count) {
   for (uint32_t i = 0; i < count; ++i) {
-    if (!shadow.own_page[i]) PutDataPage(shadow.frames[i], shadow.refs[i]);
+    switch (shadow.kinds[i]) {
+      case PageKind::kPool:
+        PutDataPage(shadow.frames[i], shadow.refs[i]);
+        break;
+      case PageKind::kBuffer:
+        // A grant the backend still maps keeps its page from being freed with the buffer.
+        if (!domain_.EndAccess(shadow.refs[i]).ok()) buffer_grants_[shadow.frames[i]] = 0;
+        break;
+      case PageKind::kGrantedBuffer:
+        break;
+    }
   }
   ReleaseIndirectPages(shadow);
 }
@@ -383,10 +407,16 @@ bool Blkfront::BuildRequest(IoState& state, uint32_t io_index) {
     const size_t bytes = std::min(kPageSize - offset, io.length - issued);
     uint32_t frame;
     GrantRef ref;
-    const bool own_page = InGrantedBuffer(source, &frame, &ref);
-    if (!own_page && !TakeDataPage(readonly, &frame, &ref)) break;
-    if (readonly && !own_page) std::memcpy(domain_.PageAddress(frame) + offset, source, bytes);
-    shadow.own_page[count] = own_page;
+    const PageKind kind = BufferPage(source, &frame, &ref);
+    if (kind == PageKind::kBuffer) {
+      auto granted = domain_.GrantAccess(config_.backend_domid, frame, readonly);
+      if (!granted.ok()) break;
+      ref = *granted;
+    } else if (kind == PageKind::kPool) {
+      if (!TakeDataPage(readonly, &frame, &ref)) break;
+      if (readonly) std::memcpy(domain_.PageAddress(frame) + offset, source, bytes);
+    }
+    shadow.kinds[count] = kind;
     shadow.refs[count] = ref;
     shadow.frames[count] = frame;
     shadow.page_offset[count] = static_cast<uint16_t>(offset);
@@ -503,15 +533,17 @@ Status Blkfront::CompleteRequest(uint32_t id, int16_t status) {
   // Without persistent grants every grant must be unmapped by now; one still mapped is the backend's bug
   // (Linux's blkfront fails the device the same way).
   for (uint32_t i = 0; i < shadow.nr_segments; ++i) {
-    if (shadow.own_page[i]) {  // the data is in the I/O's buffer already, which stays granted
-      shadow.buffer_offset += shadow.bytes[i];
-      continue;
-    }
     // A persistent grant stays granted (and mapped by the backend) for the next request.
-    Status ended = config_.persistent ? Status::Ok() : domain_.EndAccess(shadow.refs[i]);
+    const bool ends =
+        shadow.kinds[i] == PageKind::kBuffer || (shadow.kinds[i] == PageKind::kPool && !config_.persistent);
+    Status ended = ends ? domain_.EndAccess(shadow.refs[i]) : Status::Ok();
     if (!ended.ok()) {
       return Break(
           Status::ProtocolError(StrFormat("grant still in use at response: %s", ended.message().c_str())));
+    }
+    if (shadow.kinds[i] != PageKind::kPool) {  // the data is in the I/O's own buffer already
+      shadow.buffer_offset += shadow.bytes[i];
+      continue;
     }
     if (state.io.op == IoOp::kRead && status == BLKIF_RSP_OKAY) {
       uint8_t* target = static_cast<uint8_t*>(state.io.buffer) + shadow.buffer_offset;

@@ -2,9 +2,11 @@
 // xen-blkfront drives Xen, with its multi-page rings, indirect descriptors and persistent grants.
 //
 // It owns a guest domain: the shared ring in granted pages, an unbound event channel for the backend, and
-// data pages that each request grants afresh (read-only to the backend for writes, writable for reads) and
-// ends again when the response arrives, or, with persistent grants, a pool of pages granted once that the
-// data is copied through (or the I/O's own buffer, when it lies in a granted buffer). Beyond Linux, it can
+// the data pages of requests: the I/O buffer's own pages when it lies in guest memory (AllocateGuestBuffer),
+// or guest pages the data is copied through, each granted afresh per request (read-only to the backend for
+// writes, writable for reads) and ended again when the response arrives; with persistent grants, a pool of
+// pages granted once that the data is copied through (or the I/O's own buffer, when it lies in a granted
+// buffer). Beyond Linux, it can
 // poll its ring for responses instead of sleeping (BlkfrontConfig::poll_us). It publishes what blkfront
 // writes to xenstore; the test or benchmark hands that to the backend. A backend that breaks the protocol (a
 // response id that is not ours, a response count beyond the ring, a grant still mapped when its response
@@ -148,10 +150,15 @@ class Blkfront {
   const BlkfrontStats& stats() const { return stats_; }
   // Persistent grants only: pages granted so far (each stays granted until the frontend goes).
   size_t persistent_pages() const { return persistent_pages_; }
-  // Persistent grants only: `bytes` (rounded up to pages) of guest memory, contiguous, granted to the backend
-  // once and kept until the frontend goes. An I/O whose buffer lies in it needs no copy in the guest: its
-  // pages go on the ring as they are (a guest whose I/O buffers are its granted pages, as a driver with a
-  // fixed buffer pool keeps them), where other buffers are copied through the persistent pool.
+  // `bytes` (rounded up to pages) of guest memory, contiguous, for I/O buffers: a real guest's buffers are
+  // its own pages. Without persistent grants each request grants the buffer pages it covers (read-only for a
+  // write) and ends those grants at its response, with no copy in the guest, as Linux's blkfront grants a
+  // bio's pages. With persistent grants the data is copied through the persistent pool, as Linux copies it.
+  // Other buffers (outside guest memory) are always copied through data pages of the guest.
+  Result<uint8_t*> AllocateGuestBuffer(size_t bytes);
+  // Persistent grants only: guest memory as above, granted to the backend once and kept until the frontend
+  // goes. An I/O whose buffer lies in it needs no copy in the guest: its pages go on the ring as they are (a
+  // guest whose I/O buffers are its granted pages, as a driver with a fixed buffer pool keeps them).
   Result<uint8_t*> AllocateGrantedBuffer(size_t bytes);
   // Ok while healthy; otherwise why the backend broke the frontend.
   const Status& broken() const { return broken_; }
@@ -179,8 +186,16 @@ class Blkfront {
   // A data page granted to the backend: from the persistent pool (granting a new one if it is empty), or a
   // fresh page and grant. False if guest resources ran out.
   bool TakeDataPage(bool readonly, uint32_t* frame, GrantRef* ref);
-  // Whether `address` lies in a page of a granted buffer; if so, that page's frame and grant.
-  bool InGrantedBuffer(const uint8_t* address, uint32_t* frame, GrantRef* ref) const;
+  // Where a request's data page comes from.
+  enum class PageKind : uint8_t {
+    kPool,           // a data page of the guest's (fresh, or the persistent pool's), the data copied
+    kBuffer,         // the I/O buffer's own page, granted for this request only
+    kGrantedBuffer,  // the I/O buffer's own page, granted once (AllocateGrantedBuffer)
+  };
+  // What a request whose data lies at `address` puts on the ring; for a buffer page, its frame and (when
+  // granted once) its grant.
+  PageKind BufferPage(const uint8_t* address, uint32_t* frame, GrantRef* ref) const;
+  Result<uint8_t*> AllocateBuffer(size_t bytes, bool granted);
   void PutDataPage(uint32_t frame, GrantRef ref);
   // Ends the grants of the first `count` data pages and of any indirect pages, and frees them.
   void ReleaseSegments(Shadow& shadow, uint32_t count);
@@ -205,7 +220,10 @@ class Blkfront {
   };
   std::vector<PersistentPage> persistent_pool_;  // a stack: the most recently used page goes out first
   size_t persistent_pages_ = 0;                  // granted so far (pool + in flight)
-  std::vector<GrantRef> granted_buffer_refs_;    // per guest frame: its granted buffer's grant, or 0
+  // Per guest frame: 0 (no I/O buffer's), kGrantedPerRequest (a guest buffer's), or its granted buffer's
+  // grant.
+  static constexpr GrantRef kGrantedPerRequest = ~GrantRef{0};
+  std::vector<GrantRef> buffer_grants_;
   std::vector<GrantRef> ring_refs_;
   std::vector<uint32_t> ring_frames_;
   abi::SharedRingHeader* ring_header_ = nullptr;

@@ -255,6 +255,96 @@ TEST_P(BlkfrontTest, GrantsEachRequestWithTheAccessItNeeds) {
   EXPECT_FALSE(sim_.grants().Map(guest, std::span(&read_ref, 1), false).ok());  // ended
 }
 
+// Without persistent grants a buffer in guest memory goes on the ring as it is, as Linux's blkfront grants a
+// bio's pages: no data page taken, no copy, each grant ended at the response.
+TEST_P(BlkfrontTest, GuestBufferPagesAreGrantedPerRequestWithoutACopy) {
+  Start();
+  auto buffer = front_->AllocateGuestBuffer(3 * kPageSize);
+  ASSERT_TRUE(buffer.ok()) << buffer.status().ToString();
+  uint8_t* out = *buffer;
+  uint8_t* in = *buffer + 2 * kPageSize;
+  for (size_t i = 0; i < 2 * kPageSize; ++i) out[i] = static_cast<uint8_t>(i * 7 + i / kPageSize);
+  const size_t free_pages = front_->domain().free_pages();
+  ASSERT_TRUE(front_->Submit({IoOp::kWrite, 8, 2 * kPageSize, out, 1}).ok());
+  auto requests = back_->Consume();
+  ASSERT_EQ(requests.size(), 1u);
+  ASSERT_EQ(requests[0].nr_segments, 2u);
+  EXPECT_EQ(front_->domain().free_pages(), free_pages) << "a data page was taken for a guest buffer";
+  EXPECT_EQ(front_->domain().grants_in_use(), 3u);  // the ring and the buffer's two pages
+  const DomId guest = front_->config().domid;
+  const GrantRef second = requests[0].seg[1].gref;
+  EXPECT_EQ(sim_.grants().Map(guest, std::span(&second, 1), true).status().code(),
+            Status::Code::kPermissionDenied)
+      << "a write's buffer page must be read-only to the backend";
+  {
+    auto mapping = sim_.grants().Map(guest, std::span(&second, 1), false);
+    ASSERT_TRUE(mapping.ok()) << mapping.status().ToString();
+    out[kPageSize + 5] ^= 0xFF;  // the grant is the buffer's own page: the backend sees the change
+    EXPECT_EQ(static_cast<const uint8_t*>(mapping->addr())[5], out[kPageSize + 5]);
+    out[kPageSize + 5] ^= 0xFF;
+  }
+  ASSERT_EQ(back_->Execute(requests[0]), BLKIF_RSP_OKAY);
+  back_->Respond(requests[0].id, requests[0].operation, BLKIF_RSP_OKAY);
+  back_->PushResponses();
+  IoCompletion completions[1];
+  ASSERT_EQ(front_->Reap(completions).value(), 1u);
+  EXPECT_EQ(completions[0].status, BLKIF_RSP_OKAY);
+  EXPECT_EQ(front_->domain().grants_in_use(), 1u) << "the buffer's grants outlived the response";
+  EXPECT_EQ(std::memcmp(back_->disk().data() + 8 * 512, out, 2 * kPageSize), 0);
+
+  std::memset(in, 0, kPageSize);
+  ASSERT_TRUE(front_->Submit({IoOp::kRead, 16, kPageSize, in, 2}).ok());
+  EXPECT_EQ(front_->domain().free_pages(), free_pages);
+  auto done = ServeAndReap(1);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[2], BLKIF_RSP_OKAY);
+  EXPECT_EQ(std::memcmp(in, out + kPageSize, kPageSize), 0) << "the read did not land in the buffer";
+  EXPECT_EQ(front_->domain().grants_in_use(), 1u);
+  EXPECT_EQ(front_->domain().free_pages(), free_pages);
+}
+
+// With persistent grants, Linux copies a bio's data through its pool of granted pages, and so does a guest
+// buffer here: the backend never sees the buffer's own page.
+TEST_P(BlkfrontTest, GuestBufferWithPersistentGrantsIsCopiedThroughThePool) {
+  BlkfrontConfig config;
+  config.persistent = true;
+  Start(config);
+  auto buffer = front_->AllocateGuestBuffer(2 * kPageSize);
+  ASSERT_TRUE(buffer.ok()) << buffer.status().ToString();
+  uint8_t* out = *buffer;
+  uint8_t* in = *buffer + kPageSize;
+  for (size_t i = 0; i < kPageSize; ++i) out[i] = static_cast<uint8_t>(i * 13);
+  ASSERT_TRUE(front_->Submit({IoOp::kWrite, 0, kPageSize, out, 1}).ok());
+  auto requests = back_->Consume();
+  ASSERT_EQ(requests.size(), 1u);
+  EXPECT_EQ(front_->persistent_pages(), 1u);
+  {
+    const GrantRef ref = requests[0].seg[0].gref;
+    auto mapping = sim_.grants().Map(front_->config().domid, std::span(&ref, 1), true);
+    ASSERT_TRUE(mapping.ok()) << mapping.status().ToString();
+    out[9] ^= 0xFF;  // a copy: the pool page keeps what was written at Submit
+    EXPECT_EQ(static_cast<const uint8_t*>(mapping->addr())[9], static_cast<uint8_t>(out[9] ^ 0xFF));
+    out[9] ^= 0xFF;
+  }
+  ASSERT_EQ(back_->Execute(requests[0]), BLKIF_RSP_OKAY);
+  back_->Respond(requests[0].id, requests[0].operation, BLKIF_RSP_OKAY);
+  back_->PushResponses();
+  IoCompletion completions[1];
+  ASSERT_EQ(front_->Reap(completions).value(), 1u);
+  ASSERT_TRUE(front_->Submit({IoOp::kRead, 0, kPageSize, in, 2}).ok());
+  auto done = ServeAndReap(1);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(std::memcmp(in, out, kPageSize), 0);
+  EXPECT_EQ(front_->persistent_pages(), 1u) << "the pool page was not reused";
+}
+
+TEST_P(BlkfrontTest, GuestBufferOfNothingOrBeyondTheDomainIsRefused) {
+  Start();
+  EXPECT_EQ(front_->AllocateGuestBuffer(0).status().code(), Status::Code::kInvalidArgument);
+  EXPECT_FALSE(front_->AllocateGuestBuffer((front_->domain().pages() + 1) * kPageSize).ok());
+  EXPECT_TRUE(front_->AllocateGuestBuffer(kPageSize).ok()) << "a failed allocation leaked the domain's pages";
+}
+
 TEST_P(BlkfrontTest, RequestBytesFollowTheAbi) {
   Start({.handle = 51712});
   AlignedBuffer buffer(kPageSize);
