@@ -310,15 +310,22 @@ void RequestPipeline::Admit(const Request& request) {
 }
 
 void RequestPipeline::StartQueued() {
+  const uint64_t piece_bytes = MaxMergedBytes();
   bool retry = true;
   while (retry) {
     retry = false;
     copies_.clear();
     copy_slots_.clear();
+    uint64_t copy_bytes = 0;  // of the writes whose data this batch copies in
+    bool piece_full = false;
     for (Slot* slot : indirect_writes_) BeginData(*slot);
     indirect_writes_.clear();
     while (queue_size_ > 0 && !barrier_running_) {
       Slot& slot = slots_[queue_[queue_head_]];
+      if (slot.writes && copy_bytes > 0 && copy_bytes + slot.length > piece_bytes) {
+        piece_full = true;  // this piece goes to the device before the next is copied
+        break;
+      }
       bool barrier = slot.request.operation == BLKIF_OP_WRITE_BARRIER;
       if (barrier && started_ > 0) break;  // everything before a barrier is answered before it starts
       bool indirect = slot.request.operation == BLKIF_OP_INDIRECT;
@@ -334,7 +341,9 @@ void RequestPipeline::StartQueued() {
         AddIndirectPageCopies(slot);
         copy_slots_.push_back(&slot);
       } else if (slot.length > 0) {
+        const size_t copying = copy_slots_.size();
         BeginData(slot);
+        if (copy_slots_.size() > copying) copy_bytes += slot.length;
       } else if (slot.request.operation == BLKIF_OP_DISCARD) {
         DiscardNow(slot);
       } else {
@@ -358,6 +367,10 @@ void RequestPipeline::StartQueued() {
       } else {
         WriteDataArrived(*slot);
       }
+    }
+    if (piece_full) {
+      Submit();
+      retry = true;
     }
   }
   if (!reads_done_.empty()) CopyReadsOut();  // VHD reads of holes only: done without the disk
@@ -500,7 +513,7 @@ void RequestPipeline::BuildDataIocbs() {
     if (head != nullptr && plain && slot.may_merge && head->may_merge && !slot.zero_copy &&
         !head->zero_copy && !head->post_sync && !head->pre_sync && slot.writes == head->writes &&
         last->offset + last->length == slot.offset && head->chain_count < kMaxMergedRequests &&
-        head->chain_bytes + slot.length <= kMaxMergedBytes) {
+        head->chain_bytes + slot.length <= MaxMergedBytes()) {
       last->chain_next = index;
       ++head->chain_count;
       head->chain_bytes += slot.length;
@@ -556,11 +569,6 @@ void RequestPipeline::PrepareSync(Slot& slot) {
 void RequestPipeline::Submit() {
   BuildDataIocbs();
   if (submit_.empty()) return;
-  const uint64_t now = MonotonicNs();
-  for (iocb* cb : submit_) {
-    if (static_cast<AioTag*>(cb->data)->handler == this)
-      reinterpret_cast<Slot*>(cb->data)->submitted_ns = now;
-  }
   const size_t per_call = IocbsPerSubmit();
   size_t next = 0;
   bool held = false;
@@ -573,6 +581,13 @@ void RequestPipeline::Submit() {
       ++wanted;
     }
     size_t accepted = aio_.Submit(std::span(submit_).subspan(next, wanted), &refused);
+    // The device's latency counts from the call's return: storage that works within the call (tmpfs) is
+    // fast however long a large copy took, and a call does not count the calls before it.
+    const uint64_t now = MonotonicNs();
+    for (size_t i = next; i < next + accepted; ++i) {
+      if (static_cast<AioTag*>(submit_[i]->data)->handler == this)
+        reinterpret_cast<Slot*>(submit_[i]->data)->submitted_ns = now;
+    }
     DeviceStats::Add(stats_.iocbs, accepted);
     next += accepted;
     if (accepted == wanted) {
@@ -614,6 +629,10 @@ void RequestPipeline::Submit() {
   }
   submit_.clear();
   if (!ready_.empty()) Submit();  // requests of a refused merged I/O, now on their own
+}
+
+uint32_t RequestPipeline::MaxMergedBytes() const {
+  return device_slow() ? static_cast<uint32_t>(kSubmitChunkBytes) : kMaxMergedBytes;
 }
 
 uint64_t RequestPipeline::DataBytes(const iocb& cb) const {

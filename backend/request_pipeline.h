@@ -252,7 +252,12 @@ class RequestPipeline final : public CompletionHandler, private VhdIo::Owner {
   // better off getting each I/O at once (fio's default): the block layer holds an io_submit's requests until
   // the call ends and hands them over as one burst, which on the virtio disk measured here cost about a
   // tenth of the IOPS at iodepth 32. The device's recent latency decides.
-  size_t IocbsPerSubmit() const { return device_latency_ns_ >= kSlowDeviceNs ? 1 : submit_.size(); }
+  size_t IocbsPerSubmit() const { return device_slow() ? 1 : submit_.size(); }
+  bool device_slow() const { return device_latency_ns_ >= kSlowDeviceNs; }
+  // The most data one merged I/O carries. A slow device gets a round in pieces, so that it starts on the
+  // first while the next is copied in and submitted (a whole MiB in one go kept it idle for the ~75 us its
+  // copy and io_submit took, a quarter of its own time for that MiB on the virtio disk here).
+  uint32_t MaxMergedBytes() const;
   void NoteDeviceLatency(const Slot& slot);
   // The bytes an iocb of ours moves (0 for a sync, or for an iocb of the VHD layer).
   uint64_t DataBytes(const iocb& cb) const;
@@ -336,7 +341,7 @@ class RequestPipeline final : public CompletionHandler, private VhdIo::Owner {
   bool polling_ = false;
   static constexpr uint64_t kSlowDeviceNs = 50000;
   // At most this much data per io_submit, so that storage that works within the call can be answered in
-  // pieces.
+  // pieces; and per copied-in piece of a round on a slow device (MaxMergedBytes).
   static constexpr uint64_t kSubmitChunkBytes = 256 * 1024;
   uint64_t device_latency_ns_ = 0;  // moving average of data iocbs' submit-to-reap time
   uint64_t reaped_at_ns_ = 0;       // the clock, read once per batch of completions (0: not yet)

@@ -447,7 +447,9 @@ TEST_F(SteppedDatapathTest, ContiguousRequestsGoToTheKernelAsOneIo) {
   done = Step(1);
   ASSERT_EQ(done.size(), 1u);
   EXPECT_EQ(done[0].status, BLKIF_RSP_OKAY);
-  EXPECT_LE(stats.iocbs.load() - before, 2u);
+  // A device seen to be slow (the disk, or any storage on a loaded machine) gets a round in pieces of at most
+  // 256 KiB: five.
+  EXPECT_LE(stats.iocbs.load() - before, 5u);
   EXPECT_EQ(back, data);
 }
 

@@ -259,6 +259,48 @@ TEST_F(FaultTest, ASlowDeviceGetsEachIocbAtOnceAFastOneABatch) {
   EXPECT_EQ(again_calls, 1u);
 }
 
+// A round of writes is copied in and submitted whole on a fast device (one grant copy, merged into one
+// pwritev), and a piece at a time on a slow one, so that the device starts on the first piece while the next
+// is copied: 1 MiB (24 requests of 11 pages) then goes in pieces of at most 256 KiB, each its own grant copy
+// and its own merged iocb.
+TEST_F(FaultTest, ASlowDeviceGetsARoundOfWritesInPiecesAFastOneWhole) {
+  paths_.push_back(MakeDiskFile("/dev/shm", "fault_pieces", kDiskBytes, 0));
+  Guest& guest = AddGuest(paths_.back(), ImageFormatHint::kRaw);
+  constexpr size_t kBytes = 1 << 20;
+  unsigned generation = 0;
+  // Copy calls and iocbs of one 1 MiB write, its data then read back.
+  auto round = [&]() -> std::pair<uint64_t, uint64_t> {
+    const uint64_t copies = sim_.counters().copy_calls.load(), iocbs = guest.device->stats().iocbs.load();
+    Bytes data = Pattern(kBytes, ++generation);
+    EXPECT_EQ(Do(*guest.front, IoOp::kWrite, 2048, data), BLKIF_RSP_OKAY);
+    const std::pair<uint64_t, uint64_t> counted{sim_.counters().copy_calls.load() - copies,
+                                                guest.device->stats().iocbs.load() - iocbs};
+    Bytes back(kBytes);
+    EXPECT_EQ(Do(*guest.front, IoOp::kRead, 2048, back), BLKIF_RSP_OKAY);
+    EXPECT_EQ(back, data) << "round " << generation;
+    return counted;
+  };
+  auto [fast_copies, fast_iocbs] = round();
+  EXPECT_EQ(fast_copies, 1u) << "a fast device's round was copied in " << fast_copies << " pieces";
+  EXPECT_EQ(fast_iocbs, 1u) << "a fast device's MiB was not merged into one write";
+
+  FaultRule slow;
+  slow.op = FaultRule::Op::kWrite;
+  slow.effect = FaultRule::Effect::kStall;
+  slow.stall_ms = 2;
+  faults_.Add(slow);
+  round();  // the device is seen to be slow from its first completions on
+  auto [slow_copies, slow_iocbs] = round();
+  EXPECT_GE(slow_copies, kBytes / (256 << 10)) << "a slow device's MiB was copied in whole";
+  EXPECT_EQ(slow_iocbs, slow_copies) << "each piece should be one merged write";
+
+  faults_.Clear();
+  for (int i = 0; i < 4; ++i) round();
+  auto [again_copies, again_iocbs] = round();
+  EXPECT_EQ(again_copies, 1u);
+  EXPECT_EQ(again_iocbs, 1u);
+}
+
 // The rule: an fdatasync that failed may have dropped writes already acknowledged, and Linux reports that
 // once (errseq); so from the first failed sync of an image every later flush of it fails too, until the
 // image is opened again.
