@@ -27,16 +27,9 @@ int main(int argc, char** argv) {
   bool demo = options->filename.empty();
   std::string filename = demo ? "/dev/shm/blkbench-demo." + std::to_string(::getpid()) + "." + options->format
                               : options->filename;
-  auto result = blk::RunBench(*options, filename);
   std::optional<blk::FioResult> fio;
   blk::Status fio_status;
-  if (result.ok() && options->vs_fio) {
-    auto ran = blk::RunFio(*options, filename);
-    if (ran.ok())
-      fio = *ran;
-    else
-      fio_status = ran.status();
-  }
+  auto result = blk::RunTakingTurns(*options, filename, &fio, &fio_status);
   if (demo) ::unlink(filename.c_str());
   if (!result.ok()) {
     std::fprintf(stderr, "blkbench: %s\n", result.status().ToString().c_str());

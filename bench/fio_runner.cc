@@ -6,9 +6,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <nlohmann/json.hpp>
 
+#include "base/format.h"
 #include "base/unique_fd.h"
 
 extern char** environ;
@@ -16,8 +18,9 @@ extern char** environ;
 namespace blk {
 
 std::vector<std::string> FioCommand(const BenchOptions& options, const std::string& filename) {
+  // In milliseconds: fio takes no fractions of a second, and a round (--rounds) may be one.
   char runtime[32];
-  std::snprintf(runtime, sizeof(runtime), "%g", options.runtime_s);
+  std::snprintf(runtime, sizeof(runtime), "%.0fms", std::max(1.0, options.runtime_s * 1000));
   std::vector<std::string> command = {
       "fio",
       "--name=blkbench",
@@ -77,6 +80,56 @@ Result<FioResult> ParseFioJson(const std::string& text) {
     result.cpu_us_per_io = cpu_percent / 100.0 * runtime_ms * 1000.0 / ios;
   }
   return result;
+}
+
+FioResult CombineFioRuns(const std::vector<FioResult>& runs) {
+  FioResult combined;
+  if (runs.empty()) return combined;
+  double weight = 0;
+  for (const FioResult& run : runs) {
+    combined.iops += run.iops / static_cast<double>(runs.size());
+    combined.mib_per_s += run.mib_per_s / static_cast<double>(runs.size());
+    combined.lat_p50_us += run.iops * run.lat_p50_us;
+    combined.lat_p99_us += run.iops * run.lat_p99_us;
+    combined.lat_p999_us += run.iops * run.lat_p999_us;
+    combined.cpu_us_per_io += run.iops * run.cpu_us_per_io;
+    weight += run.iops;
+  }
+  if (weight > 0) {
+    combined.lat_p50_us /= weight;
+    combined.lat_p99_us /= weight;
+    combined.lat_p999_us /= weight;
+    combined.cpu_us_per_io /= weight;
+  }
+  combined.command = runs.front().command;
+  if (runs.size() > 1) combined.command += StrFormat("  (%zu runs, taking turns with blkbench)", runs.size());
+  return combined;
+}
+
+Result<BenchResult> RunTakingTurns(const BenchOptions& options, const std::string& filename,
+                                   std::optional<FioResult>* fio, Status* fio_status) {
+  BenchOptions round = options;
+  round.runtime_s = options.runtime_s / options.rounds;
+  std::optional<BenchResult> total;
+  std::vector<FioResult> fio_runs;
+  for (unsigned i = 0; i < options.rounds; ++i) {
+    auto ran = RunBench(round, filename);
+    if (!ran.ok()) return ran.status();
+    if (total) {
+      total->Add(*ran);
+    } else {
+      total = std::move(*ran);
+    }
+    if (!options.vs_fio || !fio_status->ok()) continue;
+    auto fio_ran = RunFio(round, filename);
+    if (fio_ran.ok()) {
+      fio_runs.push_back(*fio_ran);
+    } else {
+      *fio_status = fio_ran.status();
+    }
+  }
+  if (fio_status->ok() && !fio_runs.empty()) *fio = CombineFioRuns(fio_runs);
+  return std::move(*total);
 }
 
 Result<FioResult> RunFio(const BenchOptions& options, const std::string& filename) {

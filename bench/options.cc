@@ -26,6 +26,9 @@ const char kBenchUsage[] =
     "  --verify           write a self-checking pattern and check every byte read back\n"
     "  --json             print the results as JSON\n"
     "  --vs-fio           also run fio with the same job on the same file, and print the ratio\n"
+    "  --rounds=N         with --vs-fio: blkbench and fio take turns N times, --runtime/N seconds each, and "
+    "the\n"
+    "                     sums are compared (a shared machine's storage drifts within seconds; default 1)\n"
     "  --abi=ABI          the frontend's ring layout: x86_64-abi or x86_32-abi (default x86_64-abi)\n"
     "  --sector-size=N    logical sector size the disk presents: 512 or 4096 (default 512)\n"
     "  --seed=N           seed of the random offsets (default 1)\n"
@@ -281,6 +284,10 @@ Result<BenchOptions> ParseBenchOptions(const std::vector<std::string>& args) {
       auto queues = ParseNumber(name, value, 1, 16);
       if (!queues.ok()) return queues.status();
       options.queues = static_cast<unsigned>(*queues);
+    } else if (name == "rounds") {
+      auto rounds = ParseNumber(name, value, 1, 100);
+      if (!rounds.ok()) return rounds.status();
+      options.rounds = static_cast<unsigned>(*rounds);
     } else if (name == "numjobs") {
       auto jobs = ParseNumber(name, value, 1, 16);
       if (!jobs.ok()) return jobs.status();
@@ -296,6 +303,9 @@ Result<BenchOptions> ParseBenchOptions(const std::vector<std::string>& args) {
   if (options.granted_buffers && !options.persistent) {
     return Status::InvalidArgument(
         "--granted-buffers needs --persistent: without it every grant ends at its response");
+  }
+  if (options.rounds > 1 && !options.vs_fio) {
+    return Status::InvalidArgument("--rounds takes turns with fio: it needs --vs-fio");
   }
   if (options.vhd_blank && options.format != "vhd") {
     return Status::InvalidArgument("--vhd-blank needs --format=vhd");

@@ -23,6 +23,9 @@ struct BenchOptions {
   bool verify = false;
   bool json = false;
   bool vs_fio = false;
+  // With vs_fio: blkbench and fio take turns this many times, runtime_s / rounds each, and the sums are
+  // compared (the storage of a shared VM drifts within seconds).
+  unsigned rounds = 1;
   std::string abi = "x86_64-abi";
   uint32_t sector_size = 512;
   uint64_t seed = 1;

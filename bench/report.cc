@@ -60,9 +60,10 @@ std::string HumanReport(const BenchOptions& options, const BenchResult& r,
 std::string JsonReport(const BenchOptions& options, const BenchResult& r,
                        const std::optional<FioResult>& fio) {
   nlohmann::json doc;
-  doc["job"] = {{"filename", r.filename}, {"size", options.size},       {"rw", PatternName(options.rw)},
-                {"bs", options.bs},       {"iodepth", options.iodepth}, {"runtime", options.runtime_s},
-                {"direct", r.direct_io},  {"verify", options.verify},   {"abi", options.abi}};
+  doc["job"] = {{"filename", r.filename},  {"size", options.size},       {"rw", PatternName(options.rw)},
+                {"bs", options.bs},        {"iodepth", options.iodepth}, {"runtime", options.runtime_s},
+                {"direct", r.direct_io},   {"verify", options.verify},   {"abi", options.abi},
+                {"rounds", options.rounds}};
   doc["blkbench"] = {
       {"seconds", r.seconds},
       {"ios", r.ios()},

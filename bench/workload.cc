@@ -269,6 +269,25 @@ class Driver {
 
 }  // namespace
 
+void BenchResult::Add(const BenchResult& other) {
+  seconds += other.seconds;
+  read_ios += other.read_ios;
+  write_ios += other.write_ios;
+  bytes += other.bytes;
+  latency.Merge(other.latency);
+  backend_cpu_ns += other.backend_cpu_ns;
+  ops.map_calls += other.ops.map_calls;
+  ops.pages_mapped += other.ops.pages_mapped;
+  ops.copy_calls += other.ops.copy_calls;
+  ops.copy_segments += other.ops.copy_segments;
+  ops.backend_notifications += other.ops.backend_notifications;
+  ops.frontend_notifications += other.ops.frontend_notifications;
+  verified_sectors += other.verified_sectors;
+  verify_errors += other.verify_errors;
+  io_errors += other.io_errors;
+  if (first_problem.empty()) first_problem = other.first_problem;
+}
+
 Result<BenchResult> RunBench(const BenchOptions& options, const std::string& filename) {
   if (options.size < options.bs) return Status::InvalidArgument("--size is smaller than --bs");
   bool vhd = options.format == "vhd";

@@ -38,6 +38,8 @@ struct BenchResult {
   std::string first_problem;  // the first verify mismatch or failed I/O, for the report
 
   uint64_t ios() const { return read_ios + write_ios; }
+  // Adds another run of the same job (a round of --rounds).
+  void Add(const BenchResult& other);
   double iops() const { return seconds > 0 ? static_cast<double>(ios()) / seconds : 0; }
   double mib_per_s() const { return seconds > 0 ? static_cast<double>(bytes) / seconds / (1 << 20) : 0; }
 };

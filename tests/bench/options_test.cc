@@ -60,7 +60,10 @@ TEST(BenchOptionsTest, RejectsBadValuesNamingThem) {
                                                      {"--frontend-poll=-1"},
                                                      {"--granted-buffers"},  // without --persistent
                                                      {"--ring-order=5"},
-                                                     {"--ring-order=big"}};
+                                                     {"--ring-order=big"},
+                                                     {"--rounds=3"},  // without --vs-fio
+                                                     {"--rounds=0", "--vs-fio"},
+                                                     {"--rounds=101", "--vs-fio"}};
   for (const auto& args : bad) {
     auto options = ParseBenchOptions(args);
     EXPECT_FALSE(options.ok()) << args[0];
@@ -260,6 +263,61 @@ TEST(FioRunnerTest, RunsFioAndReadsItsResult) {
   EXPECT_GT(result->lat_p99_us, 0);
   EXPECT_GE(result->lat_p99_us, result->lat_p50_us);
   EXPECT_NE(result->command.find("--iodepth=4"), std::string::npos);
+}
+
+TEST(FioRunnerTest, RuntimeGoesInMilliseconds) {
+  auto options = ParseBenchOptions({"--runtime=2.5", "--vs-fio", "--rounds=5"});
+  ASSERT_TRUE(options.ok()) << options.status().ToString();
+  EXPECT_EQ(options->rounds, 5u);
+  auto command = FioCommand(*options, "/tmp/x");
+  EXPECT_NE(std::find(command.begin(), command.end(), "--runtime=2500ms"), command.end());
+}
+
+TEST(FioRunnerTest, CombinesRunsAveragingRatesAndWeightingLatenciesByIops) {
+  FioResult slow{.iops = 100,
+                 .mib_per_s = 1,
+                 .lat_p50_us = 10,
+                 .lat_p99_us = 20,
+                 .lat_p999_us = 40,
+                 .cpu_us_per_io = 8,
+                 .command = "fio x"};
+  FioResult fast{.iops = 300,
+                 .mib_per_s = 3,
+                 .lat_p50_us = 30,
+                 .lat_p99_us = 60,
+                 .lat_p999_us = 80,
+                 .cpu_us_per_io = 4,
+                 .command = "fio x"};
+  FioResult both = CombineFioRuns({slow, fast});
+  EXPECT_DOUBLE_EQ(both.iops, 200);
+  EXPECT_DOUBLE_EQ(both.mib_per_s, 2);
+  EXPECT_DOUBLE_EQ(both.lat_p50_us, 25);
+  EXPECT_DOUBLE_EQ(both.lat_p99_us, 50);
+  EXPECT_DOUBLE_EQ(both.lat_p999_us, 70);
+  EXPECT_DOUBLE_EQ(both.cpu_us_per_io, 5);
+  EXPECT_NE(both.command.find("2 runs"), std::string::npos) << both.command;
+  EXPECT_EQ(CombineFioRuns({slow}).command, "fio x");
+}
+
+// blkbench and fio take turns: blkbench's rounds add up to the whole runtime, fio ran once per round.
+TEST(FioRunnerTest, TakingTurnsSumsBlkbenchsRoundsAndCombinesFiosRuns) {
+  auto options = ParseBenchOptions(
+      {"--size=8m", "--rw=randread", "--iodepth=8", "--runtime=0.9", "--direct=0", "--vs-fio", "--rounds=3"});
+  ASSERT_TRUE(options.ok()) << options.status().ToString();
+  const std::string path = "/dev/shm/blkbench_turns_test." + std::to_string(::getpid());
+  std::optional<FioResult> fio;
+  Status fio_status;
+  auto result = RunTakingTurns(*options, path, &fio, &fio_status);
+  ::unlink(path.c_str());
+  ASSERT_TRUE(result.ok()) << result.status().ToString();
+  ASSERT_TRUE(fio_status.ok()) << fio_status.ToString();
+  EXPECT_NEAR(result->seconds, 0.9, 0.25) << "the rounds' seconds were not added up";
+  EXPECT_GT(result->read_ios, 0u);
+  EXPECT_EQ(result->latency.count(), result->ios()) << "a round's latencies were lost";
+  ASSERT_TRUE(fio.has_value());
+  EXPECT_GT(fio->iops, 0);
+  EXPECT_NE(fio->command.find("--runtime=300ms"), std::string::npos) << fio->command;
+  EXPECT_NE(fio->command.find("3 runs"), std::string::npos) << fio->command;
 }
 
 TEST(FioRunnerTest, RejectsOutputThatIsNotAJobResult) {
