@@ -81,6 +81,14 @@ class FaultTest : public ::testing::Test {
     Bytes none;
     return Do(front, IoOp::kFlushDiskCache, 0, none);
   }
+  // Holds every completion of `op` back 2 ms: a device the pipeline takes for slow from its first ones on.
+  void StallEvery(FaultRule::Op op) {
+    FaultRule slow;
+    slow.op = op;
+    slow.effect = FaultRule::Effect::kStall;
+    slow.stall_ms = 2;
+    faults_.Add(slow);
+  }
   // A rule on writes to [begin, end) of `fd`.
   static FaultRule WriteRule(int fd, uint64_t begin, uint64_t end, int error) {
     FaultRule rule;

@@ -242,11 +242,7 @@ TEST_F(FaultTest, ASlowDeviceGetsEachIocbAtOnceAFastOneABatch) {
   EXPECT_EQ(fast_iocbs, kReads);
   EXPECT_EQ(fast_calls, 1u) << "a fast device's round went in " << fast_calls << " io_submit calls";
 
-  FaultRule slow;
-  slow.op = FaultRule::Op::kRead;
-  slow.effect = FaultRule::Effect::kStall;
-  slow.stall_ms = 2;
-  faults_.Add(slow);
+  StallEvery(FaultRule::Op::kRead);
   round();  // the device is seen to be slow from its first completions on
   auto [slow_calls, slow_iocbs] = round();
   EXPECT_EQ(slow_iocbs, kReads);
@@ -284,11 +280,7 @@ TEST_F(FaultTest, ASlowDeviceGetsARoundOfWritesInPiecesAFastOneWhole) {
   EXPECT_EQ(fast_copies, 1u) << "a fast device's round was copied in " << fast_copies << " pieces";
   EXPECT_EQ(fast_iocbs, 1u) << "a fast device's MiB was not merged into one write";
 
-  FaultRule slow;
-  slow.op = FaultRule::Op::kWrite;
-  slow.effect = FaultRule::Effect::kStall;
-  slow.stall_ms = 2;
-  faults_.Add(slow);
+  StallEvery(FaultRule::Op::kWrite);
   round();  // the device is seen to be slow from its first completions on
   auto [slow_copies, slow_iocbs] = round();
   EXPECT_GE(slow_copies, kBytes / (256 << 10)) << "a slow device's MiB was copied in whole";
