@@ -502,6 +502,7 @@ void RequestPipeline::VhdDataDone(uint32_t index, int error) {
 }
 
 void RequestPipeline::BuildDataIocbs() {
+  const uint32_t max_merged_bytes = MaxMergedBytes();
   Slot* head = nullptr;
   Slot* last = nullptr;
   for (uint32_t index : ready_) {
@@ -513,7 +514,7 @@ void RequestPipeline::BuildDataIocbs() {
     if (head != nullptr && plain && slot.may_merge && head->may_merge && !slot.zero_copy &&
         !head->zero_copy && !head->post_sync && !head->pre_sync && slot.writes == head->writes &&
         last->offset + last->length == slot.offset && head->chain_count < kMaxMergedRequests &&
-        head->chain_bytes + slot.length <= MaxMergedBytes()) {
+        head->chain_bytes + slot.length <= max_merged_bytes) {
       last->chain_next = index;
       ++head->chain_count;
       head->chain_bytes += slot.length;
