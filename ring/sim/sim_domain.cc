@@ -187,7 +187,7 @@ Status SimDomain::ClosePort(EvtchnPort port) {
   std::lock_guard lock(mu_);
   Port* p = PortLocked(port);
   if (p == nullptr) return Status::InvalidArgument(StrFormat("d%u: no event channel port %u", domid_, port));
-  if (p->remote_fd >= 0) return Status::Busy(StrFormat("d%u: port %u is still bound", domid_, port));
+  if (p->remote_end != nullptr) return Status::Busy(StrFormat("d%u: port %u is still bound", domid_, port));
   ports_[port].reset();
   return Status::Ok();
 }
@@ -199,12 +199,17 @@ int SimDomain::EventFd(EvtchnPort port) const {
 }
 
 Status SimDomain::Notify(EvtchnPort port) {
-  std::lock_guard lock(mu_);
-  Port* p = PortLocked(port);
-  if (p == nullptr) return Status::InvalidArgument(StrFormat("d%u: no event channel port %u", domid_, port));
-  hypervisor_.counters_.frontend_notifications.fetch_add(1, std::memory_order_relaxed);
-  if (p->remote_fd < 0) return Status::Ok();
-  return SignalEventFd(p->remote_fd);
+  std::shared_ptr<const UniqueFd> remote_end;
+  {
+    std::lock_guard lock(mu_);
+    Port* p = PortLocked(port);
+    if (p == nullptr)
+      return Status::InvalidArgument(StrFormat("d%u: no event channel port %u", domid_, port));
+    hypervisor_.counters_.frontend_notifications.fetch_add(1, std::memory_order_relaxed);
+    remote_end = p->remote_end;
+  }
+  // Signalled unlocked: the backend, woken on this CPU, may run at once and need mu_ for a grant copy.
+  return remote_end == nullptr ? Status::Ok() : SignalEventFd(remote_end->get());
 }
 
 Status SimDomain::Acknowledge(EvtchnPort port) {
@@ -216,7 +221,7 @@ Status SimDomain::Acknowledge(EvtchnPort port) {
 bool SimDomain::IsBound(EvtchnPort port) const {
   std::lock_guard lock(mu_);
   Port* p = PortLocked(port);
-  return p != nullptr && p->remote_fd >= 0;
+  return p != nullptr && p->remote_end != nullptr;
 }
 
 Status SignalEventFd(int fd) {

@@ -104,8 +104,10 @@ class SimDomain {
   };
   struct Port {
     DomId remote = 0;
-    UniqueFd guest_fd;   // signalled by the remote end
-    int remote_fd = -1;  // the bound remote end's eventfd, owned by its SimBoundChannel; -1 while unbound
+    UniqueFd guest_fd;  // signalled by the remote end
+    // The bound remote end's eventfd (a duplicate of its SimBoundChannel's), null while unbound. Shared, so
+    // that Notify signals it after letting go of mu_ while an unbind may drop the port's reference.
+    std::shared_ptr<const UniqueFd> remote_end;
   };
 
   SimDomain(SimHypervisor& hypervisor, DomId domid, size_t pages, size_t grant_entries);

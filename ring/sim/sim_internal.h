@@ -54,11 +54,12 @@ class SimEventChannels final : public EventChannels {
 // The backend's end of an inter-domain channel; unbinds the guest's port when destroyed.
 class SimBoundChannel final : public EventChannel {
  public:
-  SimBoundChannel(SimHypervisor& hypervisor, SimDomain& remote, EvtchnPort remote_port, UniqueFd fd,
-                  EvtchnPort local_port)
+  SimBoundChannel(SimHypervisor& hypervisor, SimDomain& remote, EvtchnPort remote_port, int guest_fd,
+                  UniqueFd fd, EvtchnPort local_port)
       : hypervisor_(hypervisor),
         remote_(remote),
         remote_port_(remote_port),
+        guest_fd_(guest_fd),
         fd_(std::move(fd)),
         local_port_(local_port) {}
   ~SimBoundChannel() override;
@@ -72,10 +73,12 @@ class SimBoundChannel final : public EventChannel {
   SimHypervisor& hypervisor_;
   SimDomain& remote_;
   const EvtchnPort remote_port_;
+  // The guest's end of the port: it stays open while we are bound (SimDomain::ClosePort refuses a bound
+  // port), so Notify signals it without the domain's lock, as EVTCHNOP_send takes no lock the guest needs.
+  const int guest_fd_;
   UniqueFd fd_;
   const EvtchnPort local_port_;
 };
-
 
 // Signals / drains an eventfd; both tolerate a counter that is already set / already empty.
 Status SignalEventFd(int fd);
