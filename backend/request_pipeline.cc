@@ -791,6 +791,15 @@ void RequestPipeline::NoteDeviceLatency(const Slot& slot) {
 
 void RequestPipeline::FinishCompletions() {
   reaped_at_ns_ = 0;
+  // A slow device answers a whole queue at once and then idles until the guest's next requests reach it:
+  // copying out every read first keeps it idle for the copy and for the guest's work on every response. A
+  // few answers bring the guest's first requests back (a guest woken on this CPU runs at once), and the
+  // device works on those while the rest are copied out.
+  if (device_slow() && reads_done_.size() > kFirstAnswers) {
+    CopyReadsOut(kFirstAnswers);
+    PushResponses();
+    Pump();
+  }
   CopyReadsOut();
   // A submission held back for these completions (see Submit) goes on once their responses are out.
   if (!submit_.empty()) PushResponses();
@@ -799,13 +808,14 @@ void RequestPipeline::FinishCompletions() {
   PushResponses();
 }
 
-void RequestPipeline::CopyReadsOut() {
+void RequestPipeline::CopyReadsOut(size_t count) {
   if (reads_done_.empty()) return;
+  const auto done = std::span(reads_done_).first(std::min(count, reads_done_.size()));
   copies_.clear();
-  for (Slot* slot : reads_done_) AddCopies(*slot, GrantCopySegment::Direction::kToGuest);
+  for (Slot* slot : done) AddCopies(*slot, GrantCopySegment::Direction::kToGuest);
   // Reads into persistently mapped pages are already in the guest: no copy at all.
   Status copied = copies_.empty() ? Status::Ok() : hypervisor_.grants.Copy(copies_);
-  for (Slot* slot : reads_done_) {
+  for (Slot* slot : done) {
     int16_t failure = CopyFailure(*slot, copied);
     if (failure != GNTST_okay) {
       Log(LogLevel::kWarning, name_.c_str(), "read id %llu: grant copy to the guest failed (status %d)",
@@ -814,7 +824,7 @@ void RequestPipeline::CopyReadsOut() {
     }
     Respond(*slot, failure == GNTST_okay ? BLKIF_RSP_OKAY : BLKIF_RSP_ERROR);
   }
-  reads_done_.clear();
+  reads_done_.erase(reads_done_.begin(), reads_done_.begin() + static_cast<std::ptrdiff_t>(done.size()));
 }
 
 void RequestPipeline::AddCopies(Slot& slot, GrantCopySegment::Direction direction) {

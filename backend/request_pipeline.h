@@ -264,7 +264,8 @@ class RequestPipeline final : public CompletionHandler, private VhdIo::Owner {
   void Respond(Slot& slot, int16_t status);
   void RespondNow(const Request& request, int16_t status);
   void PushResponses();
-  void CopyReadsOut();
+  // Copies the first `count` finished reads (all by default) to the guest and answers them.
+  void CopyReadsOut(size_t count = SIZE_MAX);
   // Appends the grant copies that move `slot`'s data between the guest's pages and its bounce buffer.
   void AddCopies(Slot& slot, GrantCopySegment::Direction direction);
   // Appends the grant copies that bring an INDIRECT request's indirect pages into its large buffer.
@@ -340,6 +341,9 @@ class RequestPipeline final : public CompletionHandler, private VhdIo::Owner {
   bool another_round_ = false;
   bool polling_ = false;
   static constexpr uint64_t kSlowDeviceNs = 50000;
+  // On a slow device the first this many reads of a batch are answered, and the requests the guest sends
+  // back taken and submitted, before the rest are copied out (FinishCompletions).
+  static constexpr size_t kFirstAnswers = 8;
   // At most this much data per io_submit, so that storage that works within the call can be answered in
   // pieces; and per copied-in piece of a round on a slow device (MaxMergedBytes).
   static constexpr uint64_t kSubmitChunkBytes = 256 * 1024;
