@@ -29,10 +29,10 @@ Result<std::unique_ptr<EventChannel>> SimEventChannels::BindInterdomain(DomId re
   }
   UniqueFd remote_end(::fcntl(fd.get(), F_DUPFD_CLOEXEC, 0));
   if (!remote_end.valid()) return Status::FromErrno(errno, what + ": dup");
-  port->remote_end = std::make_shared<const UniqueFd>(std::move(remote_end));
-  const EvtchnPort local_port = hypervisor_.next_backend_port_.fetch_add(1);
   // Xen marks the new local port pending, since the guest may have notified before anyone was bound.
   BLK_RETURN_IF_ERROR(SignalEventFd(fd.get()));
+  port->remote_end = std::make_shared<const UniqueFd>(std::move(remote_end));
+  const EvtchnPort local_port = hypervisor_.next_backend_port_.fetch_add(1);
   return std::unique_ptr<EventChannel>(std::make_unique<SimBoundChannel>(
       hypervisor_, *domain, remote_port, port->guest_fd.get(), std::move(fd), local_port));
 }
