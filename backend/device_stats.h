@@ -1,7 +1,8 @@
 // Per-device counters, named as Linux blkback names them in sysfs so existing monitoring reads them the same
 // way.
 //
-// Threading: written by the device's worker thread only; read from any thread (relaxed atomics). A latency
+// Threading: the counters are written by the worker of every ring of the device (queues of one disk may be
+// served by different workers), so each update is one atomic add; read from any thread (relaxed). A latency
 // histogram belongs to one ring (one writer); a reader merges the rings' histograms.
 #pragma once
 
@@ -29,7 +30,7 @@ struct DeviceStats {
   std::atomic<uint64_t> iocbs{0};  // I/Os submitted to the kernel: adjacent requests merge into one
 
   static void Add(std::atomic<uint64_t>& counter, uint64_t amount) {
-    counter.store(counter.load(std::memory_order_relaxed) + amount, std::memory_order_relaxed);
+    counter.fetch_add(amount, std::memory_order_relaxed);
   }
 };
 
@@ -50,7 +51,8 @@ class LatencyBuckets {
   static constexpr unsigned kBuckets = 256;
 
   void Record(uint64_t ns) {
-    DeviceStats::Add(buckets_[BucketOf(ns)], 1);
+    std::atomic<uint64_t>& bucket = buckets_[BucketOf(ns)];
+    bucket.store(bucket.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);  // one writer
     if (ns > max_ns_.load(std::memory_order_relaxed)) max_ns_.store(ns, std::memory_order_relaxed);
   }
   // Adds this histogram's counts to `totals` (merging the rings of a device).

@@ -10,6 +10,7 @@
 #include <mutex>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "backend/device.h"
@@ -505,6 +506,65 @@ TEST(BrokenFrontendTest, ReqProdFarAheadStopsThatDeviceOnlyWithOneClearLogLine) 
 // tmpfs does the I/O within io_submit. A round bigger than one piece (256 KiB) is submitted a piece at a
 // time, and the first piece's responses are on the ring before the rest is copied, so that the guest can
 // refill.
+// A device's counters are shared by its rings (the queues of one disk), each served by its own worker thread:
+// every request of every ring is counted, however the two workers' updates interleave.
+TEST(DeviceStatsTest, EveryRingIsCountedWhileTwoWorkersServeThemAtOnce) {
+  const std::string path = MakeDiskFile("/dev/shm", "stats_two_workers", kDiskBytes, 0x11);
+  SimHypervisor sim;
+  std::vector<std::unique_ptr<Worker>> workers;
+  for (int i = 0; i < 2; ++i) {
+    auto worker = Worker::Create("worker" + std::to_string(i), 64);
+    ASSERT_TRUE(worker.ok());
+    workers.push_back(std::move(*worker));
+    workers.back()->Start();
+  }
+  DeviceConfig config;
+  config.name = "1/51712";
+  config.path = path;
+  auto device = Device::Open(config);
+  ASSERT_TRUE(device.ok()) << device.status().ToString();
+  Hypervisor hypervisor = sim.hypervisor();
+  std::vector<std::unique_ptr<Blkfront>> fronts;
+  for (int i = 0; i < 2; ++i) {
+    BlkfrontConfig front_config;
+    front_config.domid = 1;
+    auto front = Blkfront::Create(sim, front_config);
+    ASSERT_TRUE(front.ok()) << front.status().ToString();
+    RingConnection connection;
+    connection.frontend_domid = 1;
+    connection.ring_refs.assign((*front)->ring_refs().begin(), (*front)->ring_refs().end());
+    connection.event_channel = (*front)->event_channel();
+    connection.abi = front_config.abi;
+    ASSERT_TRUE((*device)->Connect(hypervisor, connection, *workers[i]).ok());
+    fronts.push_back(std::move(*front));
+  }
+  constexpr unsigned kRounds = 300, kBatch = 16;
+  auto reads = [&](Blkfront& front) {
+    std::vector<Bytes> buffers(kBatch, Bytes(4096));
+    for (unsigned round = 0; round < kRounds; ++round) {
+      for (unsigned i = 0; i < kBatch; ++i) {
+        if (!front.Queue({IoOp::kRead, i * 16ull, 4096, buffers[i].data(), i}).ok()) return;
+      }
+      if (!front.Push().ok()) return;
+      for (size_t got = 0; got < kBatch;) {
+        IoCompletion done[kBatch];
+        auto waited = front.Wait(std::span(done).first(kBatch - got), std::chrono::seconds(5));
+        if (!waited.ok() || *waited == 0) return;
+        got += *waited;
+      }
+    }
+  };
+  std::thread other(reads, std::ref(*fronts[1]));
+  reads(*fronts[0]);
+  other.join();
+  EXPECT_EQ(fronts[0]->stats().responses + fronts[1]->stats().responses, 2ull * kRounds * kBatch);
+  EXPECT_EQ((*device)->stats().rd_req.load(), 2ull * kRounds * kBatch) << "lost increments";
+  EXPECT_EQ((*device)->stats().rd_sect.load(), 2ull * kRounds * kBatch * 8) << "lost increments";
+  device->reset();
+  fronts.clear();
+  ::unlink(path.c_str());
+}
+
 TEST(SynchronousStorageTest, ABigRoundIsAnsweredPieceByPiece) {
   std::string path = MakeDiskFile("/dev/shm", "synchronous_test", kDiskBytes, 0x6B);
   SimHypervisor sim;
