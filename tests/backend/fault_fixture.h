@@ -81,6 +81,16 @@ class FaultTest : public ::testing::Test {
     Bytes none;
     return Do(front, IoOp::kFlushDiskCache, 0, none);
   }
+  // Runs `round` until `whole` holds for what it returned, at most `limit` times: whether it did. The
+  // pipeline judges a device by its recent latency, counted up to the worker's reap, and on a loaded machine
+  // (a sanitizer build beside other tests) even tmpfs can look slow for a few rounds.
+  template <typename Round, typename Whole>
+  static bool EventuallyWhole(Round round, Whole whole, int limit = 50) {
+    for (int i = 0; i < limit; ++i) {
+      if (whole(round())) return true;
+    }
+    return false;
+  }
   // Holds every completion of `op` back 2 ms: a device the pipeline takes for slow from its first ones on.
   void StallEvery(FaultRule::Op op) {
     FaultRule slow;

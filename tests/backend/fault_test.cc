@@ -249,11 +249,10 @@ TEST_F(FaultTest, ASlowDeviceGetsEachIocbAtOnceAFastOneABatch) {
   EXPECT_EQ(slow_iocbs, kReads);
   EXPECT_EQ(slow_calls, kReads) << "a slow device's iocbs were batched";
 
-  faults_.Clear();
-  for (int i = 0; i < 4; ++i) round();  // the slow past is forgotten within a few dozen completions
-  auto [again_calls, again_iocbs] = round();
-  EXPECT_EQ(again_iocbs, kReads);
-  EXPECT_EQ(again_calls, 1u);
+  faults_.Clear();  // the slow past is forgotten within a few dozen completions
+  EXPECT_TRUE(EventuallyWhole(round, [&](std::pair<uint64_t, uint64_t> calls_iocbs) {
+    return calls_iocbs == std::pair<uint64_t, uint64_t>{1, kReads};
+  })) << "a device fast again never got its round in one io_submit";
 }
 
 // A slow device answers a queue of reads at once and then idles until the guest's next requests reach it. So
@@ -284,7 +283,9 @@ TEST_F(FaultTest, ASlowDeviceAnswersTheFirstReadsOfABatchBeforeCopyingOutTheRest
     for (const Bytes& buffer : buffers) EXPECT_EQ(buffer, Bytes(4096, 0x5A));
     return sim_.counters().copy_calls.load() - copies;
   };
-  EXPECT_EQ(batch(false), 1u) << "a fast device's batch was answered in pieces";
+  // The split is decided once the batch's own latencies are counted: a loaded machine may need a few batches.
+  EXPECT_TRUE(EventuallyWhole([&] { return batch(false); }, [](uint64_t copies) { return copies == 1; }))
+      << "a fast device's batch was answered in pieces";
 
   StallEvery(FaultRule::Op::kRead);
   batch(true);  // the device is seen to be slow from its first completions on
@@ -323,10 +324,9 @@ TEST_F(FaultTest, ASlowDeviceGetsARoundOfWritesInPiecesAFastOneWhole) {
   EXPECT_EQ(slow_iocbs, slow_copies) << "each piece should be one merged write";
 
   faults_.Clear();
-  for (int i = 0; i < 4; ++i) round();
-  auto [again_copies, again_iocbs] = round();
-  EXPECT_EQ(again_copies, 1u);
-  EXPECT_EQ(again_iocbs, 1u);
+  EXPECT_TRUE(EventuallyWhole(round, [](std::pair<uint64_t, uint64_t> copies_iocbs) {
+    return copies_iocbs == std::pair<uint64_t, uint64_t>{1, 1};
+  })) << "a device fast again never got its MiB whole";
 }
 
 // The rule: an fdatasync that failed may have dropped writes already acknowledged, and Linux reports that
