@@ -74,6 +74,15 @@ inline std::string MakeDiskFile(const std::string& dir, const std::string& name,
   return path;
 }
 
+// What the image file holds at [offset, offset + length): the whole disk by default.
+inline Bytes ReadDisk(const std::string& path, uint64_t offset = 0, size_t length = kDiskBytes) {
+  Bytes bytes(length);
+  int fd = ::open(path.c_str(), O_RDONLY);
+  EXPECT_EQ(::pread(fd, bytes.data(), length, static_cast<off_t>(offset)), static_cast<ssize_t>(length));
+  ::close(fd);
+  return bytes;
+}
+
 // One guest with one disk, served by a backend worker that runs on its own thread (or is stepped by hand).
 struct Guest {
   Guest(SimHypervisor& sim, const std::string& path, DomId domid, BlkfrontConfig front_config, bool read_only,

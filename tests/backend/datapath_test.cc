@@ -24,14 +24,6 @@
 namespace blk {
 namespace {
 
-Bytes ReadWholeFile(const std::string& path) {
-  Bytes bytes(kDiskBytes);
-  int fd = ::open(path.c_str(), O_RDONLY);
-  EXPECT_EQ(::pread(fd, bytes.data(), bytes.size(), 0), static_cast<ssize_t>(bytes.size()));
-  ::close(fd);
-  return bytes;
-}
-
 Request Good(uint8_t operation, uint64_t sector, unsigned segments) {
   Request request;
   request.operation = operation;
@@ -137,7 +129,7 @@ void RunRandomWorkload(const WorkloadCase& c, bool malformed) {
   // Disconnected: every mapping is gone, the persistent ones included.
   EXPECT_EQ(counters.map_calls.load(), counters.unmap_calls.load());
   // What the guest saw is what the file holds.
-  EXPECT_TRUE(ReadWholeFile(path) == model) << "the file differs from what the guest wrote";
+  EXPECT_TRUE(ReadDisk(path) == model) << "the file differs from what the guest wrote";
   ::unlink(path.c_str());
 }
 
@@ -498,7 +490,7 @@ TEST(BrokenFrontendTest, ReqProdFarAheadStopsThatDeviceOnlyWithOneClearLogLine) 
     healthy.device->Disconnect();
   }
   (*worker)->Stop();
-  EXPECT_TRUE(ReadWholeFile(good_path) == model);
+  EXPECT_TRUE(ReadDisk(good_path) == model);
   ::unlink(bad_path.c_str());
   ::unlink(good_path.c_str());
 }

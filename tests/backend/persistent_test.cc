@@ -27,14 +27,6 @@ struct PageBuffer {
   uint8_t* data;
 };
 
-Bytes ReadDisk(const std::string& path) {
-  Bytes bytes(kDiskBytes);
-  int fd = ::open(path.c_str(), O_RDONLY);
-  EXPECT_EQ(::pread(fd, bytes.data(), bytes.size(), 0), static_cast<ssize_t>(bytes.size()));
-  ::close(fd);
-  return bytes;
-}
-
 constexpr size_t kRequestBytes = kMaxDirectSegments * kPageSize;  // 11 pages: one full direct request
 
 class PersistentDatapathTest : public SteppedGuestTest {
