@@ -83,6 +83,16 @@ inline Bytes ReadDisk(const std::string& path, uint64_t offset = 0, size_t lengt
   return bytes;
 }
 
+// The ring `front` offers, as the backend's side of the handshake would read it from xenstore.
+inline RingConnection ConnectionTo(const Blkfront& front) {
+  RingConnection connection;
+  connection.frontend_domid = front.config().domid;
+  connection.ring_refs.assign(front.ring_refs().begin(), front.ring_refs().end());
+  connection.event_channel = front.event_channel();
+  connection.abi = front.config().abi;
+  return connection;
+}
+
 // One guest with one disk, served by a backend worker that runs on its own thread (or is stepped by hand).
 struct Guest {
   Guest(SimHypervisor& sim, const std::string& path, DomId domid, BlkfrontConfig front_config, bool read_only,
@@ -105,11 +115,7 @@ struct Guest {
     auto created = Blkfront::Create(sim, front_config);
     EXPECT_TRUE(created.ok()) << created.status().ToString();
     front = std::move(*created);
-    RingConnection connection;
-    connection.frontend_domid = domid;
-    connection.ring_refs.assign(front->ring_refs().begin(), front->ring_refs().end());
-    connection.event_channel = front->event_channel();
-    connection.abi = front_config.abi;
+    RingConnection connection = ConnectionTo(*front);
     // Persistent grants when the frontend uses them, with the cache bound the test chose (0: the default).
     connection.persistent = front_config.persistent;
     if (persistent_capacity != 0) connection.persistent_capacity = persistent_capacity;

@@ -495,9 +495,6 @@ TEST(BrokenFrontendTest, ReqProdFarAheadStopsThatDeviceOnlyWithOneClearLogLine) 
   ::unlink(good_path.c_str());
 }
 
-// tmpfs does the I/O within io_submit. A round bigger than one piece (256 KiB) is submitted a piece at a
-// time, and the first piece's responses are on the ring before the rest is copied, so that the guest can
-// refill.
 // A device's counters are shared by its rings (the queues of one disk), each served by its own worker thread:
 // every request of every ring is counted, however the two workers' updates interleave.
 TEST(DeviceStatsTest, EveryRingIsCountedWhileTwoWorkersServeThemAtOnce) {
@@ -522,12 +519,7 @@ TEST(DeviceStatsTest, EveryRingIsCountedWhileTwoWorkersServeThemAtOnce) {
     front_config.domid = 1;
     auto front = Blkfront::Create(sim, front_config);
     ASSERT_TRUE(front.ok()) << front.status().ToString();
-    RingConnection connection;
-    connection.frontend_domid = 1;
-    connection.ring_refs.assign((*front)->ring_refs().begin(), (*front)->ring_refs().end());
-    connection.event_channel = (*front)->event_channel();
-    connection.abi = front_config.abi;
-    ASSERT_TRUE((*device)->Connect(hypervisor, connection, *workers[i]).ok());
+    ASSERT_TRUE((*device)->Connect(hypervisor, ConnectionTo(**front), *workers[i]).ok());
     fronts.push_back(std::move(*front));
   }
   constexpr unsigned kRounds = 300, kBatch = 16;
@@ -557,6 +549,9 @@ TEST(DeviceStatsTest, EveryRingIsCountedWhileTwoWorkersServeThemAtOnce) {
   ::unlink(path.c_str());
 }
 
+// tmpfs does the I/O within io_submit. A round bigger than one piece (256 KiB) is submitted a piece at a
+// time, and the first piece's responses are on the ring before the rest is copied, so that the guest can
+// refill.
 TEST(SynchronousStorageTest, ABigRoundIsAnsweredPieceByPiece) {
   std::string path = MakeDiskFile("/dev/shm", "synchronous_test", kDiskBytes, 0x6B);
   SimHypervisor sim;
