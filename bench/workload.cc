@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <functional>
 #include <random>
 #include <thread>
 #include <vector>
@@ -88,15 +89,6 @@ Status EnsureVhd(const std::string& path, uint64_t size, bool blank) {
 HypervisorOps Snapshot(const HypervisorCounters& c) {
   return {c.map_calls.load(),     c.pages_mapped.load(),          c.copy_calls.load(),
           c.copy_segments.load(), c.backend_notifications.load(), c.frontend_notifications.load()};
-}
-
-HypervisorOps Difference(const HypervisorOps& after, const HypervisorOps& before) {
-  return {after.map_calls - before.map_calls,
-          after.pages_mapped - before.pages_mapped,
-          after.copy_calls - before.copy_calls,
-          after.copy_segments - before.copy_segments,
-          after.backend_notifications - before.backend_notifications,
-          after.frontend_notifications - before.frontend_notifications};
 }
 
 // The frontend's side of the job: chooses I/Os, keeps `iodepth` in flight, checks what comes back.
@@ -276,12 +268,7 @@ void BenchResult::Add(const BenchResult& other) {
   bytes += other.bytes;
   latency.Merge(other.latency);
   backend_cpu_ns += other.backend_cpu_ns;
-  ops.map_calls += other.ops.map_calls;
-  ops.pages_mapped += other.ops.pages_mapped;
-  ops.copy_calls += other.ops.copy_calls;
-  ops.copy_segments += other.ops.copy_segments;
-  ops.backend_notifications += other.ops.backend_notifications;
-  ops.frontend_notifications += other.ops.frontend_notifications;
+  ops = ops.Combine(other.ops, std::plus<uint64_t>());
   verified_sectors += other.verified_sectors;
   verify_errors += other.verify_errors;
   io_errors += other.io_errors;
@@ -428,7 +415,7 @@ Result<BenchResult> RunBench(const BenchOptions& options, const std::string& fil
   uint64_t cpu_after = 0;
   for (auto& worker : workers) cpu_after += worker->CpuTimeNs();
   result.backend_cpu_ns = cpu_after - cpu_before;
-  result.ops = Difference(Snapshot(sim.counters()), before);
+  result.ops = Snapshot(sim.counters()).Combine(before, std::minus<uint64_t>());
   for (const BenchResult& part : parts) {
     result.read_ios += part.read_ios;
     result.write_ios += part.write_ios;

@@ -20,6 +20,17 @@ struct HypervisorOps {
   uint64_t copy_segments = 0;
   uint64_t backend_notifications = 0;
   uint64_t frontend_notifications = 0;
+
+  // Applies `op` to each counter of this and `other` (a run's share of the counters, rounds' sums).
+  template <typename Op>
+  HypervisorOps Combine(const HypervisorOps& other, Op op) const {
+    return {op(map_calls, other.map_calls),
+            op(pages_mapped, other.pages_mapped),
+            op(copy_calls, other.copy_calls),
+            op(copy_segments, other.copy_segments),
+            op(backend_notifications, other.backend_notifications),
+            op(frontend_notifications, other.frontend_notifications)};
+  }
 };
 
 struct BenchResult {
