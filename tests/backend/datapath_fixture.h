@@ -23,6 +23,7 @@
 #include "frontend/blkfront.h"
 #include "ring/request.h"
 #include "ring/sim/sim_hypervisor.h"
+#include "tests/backend/connection_to.h"
 #include "tests/page_aligned.h"
 
 namespace blk {
@@ -81,16 +82,6 @@ inline Bytes ReadDisk(const std::string& path, uint64_t offset = 0, size_t lengt
   EXPECT_EQ(::pread(fd, bytes.data(), length, static_cast<off_t>(offset)), static_cast<ssize_t>(length));
   ::close(fd);
   return bytes;
-}
-
-// The ring `front` offers, as the backend's side of the handshake would read it from xenstore.
-inline RingConnection ConnectionTo(const Blkfront& front) {
-  RingConnection connection;
-  connection.frontend_domid = front.config().domid;
-  connection.ring_refs.assign(front.ring_refs().begin(), front.ring_refs().end());
-  connection.event_channel = front.event_channel();
-  connection.abi = front.config().abi;
-  return connection;
 }
 
 // One guest with one disk, served by a backend worker that runs on its own thread (or is stepped by hand).

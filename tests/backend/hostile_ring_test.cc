@@ -24,6 +24,7 @@
 #include "frontend/blkfront.h"
 #include "ring/request.h"
 #include "ring/sim/sim_hypervisor.h"
+#include "tests/backend/connection_to.h"
 #include "tests/page_aligned.h"
 
 namespace blk {
@@ -81,12 +82,8 @@ struct Guest {
     auto created = Blkfront::Create(sim, front_config);
     EXPECT_TRUE(created.ok()) << created.status().ToString();
     front = std::move(*created);
-    RingConnection connection;
-    connection.frontend_domid = domid;
-    connection.ring_refs.assign(front->ring_refs().begin(), front->ring_refs().end());
-    connection.event_channel = front->event_channel();
     Hypervisor hypervisor = sim.hypervisor();
-    Status connected = device->Connect(hypervisor, connection, worker);
+    Status connected = device->Connect(hypervisor, ConnectionTo(*front), worker);
     EXPECT_TRUE(connected.ok()) << connected.ToString();
   }
   ~Guest() {

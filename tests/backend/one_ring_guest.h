@@ -10,6 +10,7 @@
 #include "backend/worker.h"
 #include "frontend/blkfront.h"
 #include "ring/sim/sim_hypervisor.h"
+#include "tests/backend/connection_to.h"
 
 namespace blk {
 
@@ -35,12 +36,8 @@ inline void ConnectOneRingGuest(SimHypervisor& sim, const DeviceConfig& config, 
   ASSERT_TRUE(worker.ok()) << worker.status().ToString();
   guest->worker = std::move(*worker);
   if (threaded) guest->worker->Start();
-  RingConnection connection;
-  connection.frontend_domid = 1;
-  connection.ring_refs.assign(guest->front->ring_refs().begin(), guest->front->ring_refs().end());
-  connection.event_channel = guest->front->event_channel();
   Hypervisor hypervisor = sim.hypervisor();
-  ASSERT_TRUE(guest->device->Connect(hypervisor, connection, *guest->worker).ok());
+  ASSERT_TRUE(guest->device->Connect(hypervisor, ConnectionTo(*guest->front), *guest->worker).ok());
 }
 
 }  // namespace blk
