@@ -310,6 +310,19 @@ void RequestPipeline::Admit(const Request& request) {
 }
 
 void RequestPipeline::StartQueued() {
+  for (;;) {
+    StartQueuedRound();
+    if (reads_done_.empty()) break;
+    // VHD reads of holes, done without the disk. Answering them gives back large buffers and lowers
+    // started_, which requests still queued may wait for (an indirect one, a barrier); no completion will
+    // come to start those, and the frontend, waiting for them, sends no kick.
+    CopyReadsOut();
+    if (queue_size_ == 0) break;
+  }
+  Submit();
+}
+
+void RequestPipeline::StartQueuedRound() {
   const uint64_t piece_bytes = MaxMergedBytes();
   bool retry = true;
   while (retry) {
@@ -373,8 +386,6 @@ void RequestPipeline::StartQueued() {
       retry = true;
     }
   }
-  if (!reads_done_.empty()) CopyReadsOut();  // VHD reads of holes only: done without the disk
-  Submit();
 }
 
 void RequestPipeline::BeginData(Slot& slot) {

@@ -232,6 +232,9 @@ class RequestPipeline final : public CompletionHandler, private VhdIo::Owner {
   void Admit(const Request& request);
   // Starts queued slots in ring order, honouring barriers, with one grant copy and one io_submit.
   void StartQueued();
+  // One pass of StartQueued: starts slots until the queue must wait (for a large buffer, for what a barrier
+  // follows, for the device to take a piece), leaving the io_submit and the reads done without the disk.
+  void StartQueuedRound();
   // Marks the slot ready for its data I/O; Submit() turns ready slots into (merged) iocbs.
   void PrepareData(Slot& slot);
   void BuildDataIocbs();
