@@ -32,11 +32,15 @@ ControlDeviceStats ControlStatsOf(const std::string& name, const Device& device)
 }
 
 std::vector<std::string> ControlFeaturesOf(const Device& device, std::vector<std::string> advertised) {
-  std::vector<std::pair<size_t, Abi>> layouts = device.RingLayouts();
+  std::vector<Device::RingLayout> layouts = device.RingLayouts();
   if (!layouts.empty()) {
-    advertised.push_back("ring-pages=" + std::to_string(layouts.front().first));
-    advertised.push_back(std::string("protocol=") + AbiName(layouts.front().second));
+    advertised.push_back("ring-pages=" + std::to_string(layouts.front().pages));
+    advertised.push_back(std::string("protocol=") + AbiName(layouts.front().abi));
+    if (layouts.front().persistent) advertised.push_back("persistent");
   }
+  // Offered: a frontend sends indirect requests of up to this many segments if it wants to.
+  if (device.limits().max_indirect_segments > 0)
+    advertised.push_back("max-indirect-segments=" + std::to_string(device.limits().max_indirect_segments));
   if (device.limits().read_only) advertised.push_back("read-only");
   return advertised;
 }

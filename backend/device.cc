@@ -80,7 +80,8 @@ Status Device::Connect(Hypervisor& hypervisor, const RingConnection& connection,
     attached = worker.Attach(raw);
   });
   if (!attached.ok()) return attached;
-  rings_.push_back({std::move(*pipeline), &worker, connection.ring_refs.size(), connection.abi});
+  rings_.push_back(
+      {std::move(*pipeline), &worker, {connection.ring_refs.size(), connection.abi, connection.persistent}});
   Log(LogLevel::kInfo, ring_name.c_str(), "connected: %zu-page ring, %s, event channel %u",
       connection.ring_refs.size(), AbiName(connection.abi), connection.event_channel);
   return Status::Ok();
@@ -123,9 +124,9 @@ const char* PauseStateName(PauseState state) {
   return "?";
 }
 
-std::vector<std::pair<size_t, Abi>> Device::RingLayouts() const {
-  std::vector<std::pair<size_t, Abi>> layouts;
-  for (const Ring& ring : rings_) layouts.emplace_back(ring.pages, ring.abi);
+std::vector<Device::RingLayout> Device::RingLayouts() const {
+  std::vector<RingLayout> layouts;
+  for (const Ring& ring : rings_) layouts.push_back(ring.layout);
   return layouts;
 }
 

@@ -79,8 +79,13 @@ class Device {
   // A frontend broke a ring's protocol; the device must be closed.
   bool broken() const;
   size_t rings() const { return rings_.size(); }
-  // The ring-page count and ABI of each ring, in queue order.
-  std::vector<std::pair<size_t, Abi>> RingLayouts() const;
+  // What each ring's frontend negotiated, in queue order.
+  struct RingLayout {
+    size_t pages;
+    Abi abi;
+    bool persistent;  // feature-persistent: the frontend reuses its grants
+  };
+  std::vector<RingLayout> RingLayouts() const;
 
   // Starts pausing every ring; `done` runs on a worker thread (or at once, on this thread, without rings)
   // once all are drained and synced, with the first failure if any. Refused if not running.
@@ -118,8 +123,7 @@ class Device {
   struct Ring {
     std::unique_ptr<RequestPipeline> pipeline;
     Worker* worker;
-    size_t pages;
-    Abi abi;
+    RingLayout layout;
   };
   // Shared with the workers' pause callbacks, which may run after the device is gone.
   struct PauseControl {

@@ -64,6 +64,31 @@ bool Contains(const std::string& text, const std::string& needle) {
   return text.find(needle) != std::string::npos;
 }
 
+// What a frontend took up shows in list: persistent grants only where the frontend asked for them too, and
+// the indirect segments the device offers.
+TEST_F(ControlDaemonTest, ListNamesPersistentGrantsWhereNegotiatedAndTheIndirectSegmentsOffered) {
+  StartWithControl();
+  CreateDomain(1);
+  CreateDomain(2);
+  AddDisk(1, 51712, "aio:" + MakeImage("disk1", 4 << 20));
+  AddDisk(2, 51712, "aio:" + MakeImage("disk2", 4 << 20));
+  std::unique_ptr<LibXenStoreClient> guest1 = GuestClient(1), guest2 = GuestClient(2);
+  XenbusBlkfrontConfig persistent;
+  persistent.persistent = true;
+  std::unique_ptr<XenbusBlkfront> front1 = Frontend(*guest1, 1, 51712, persistent);
+  std::unique_ptr<XenbusBlkfront> front2 = Frontend(*guest2, 2, 51712);
+  ASSERT_TRUE(front1->Connect(kTimeout).ok());
+  ASSERT_TRUE(front2->Connect(kTimeout).ok());
+
+  std::string list = Ask("list");
+  EXPECT_TRUE(Contains(list, "ring-pages=1,protocol=x86_64-abi,persistent,max-indirect-segments=256 "))
+      << list;
+  EXPECT_TRUE(Contains(list, "2/51712 state=Connected")) << list;
+  std::string second = list.substr(list.find("2/51712 "));
+  EXPECT_TRUE(Contains(second, "protocol=x86_64-abi,max-indirect-segments=256 ")) << list;
+  EXPECT_FALSE(Contains(second.substr(0, second.find('\n')), "persistent")) << list;
+}
+
 TEST_F(ControlDaemonTest, ListsPausesResumesAndResizesAConnectedGuest) {
   StartWithControl();
   CreateDomain(1);
