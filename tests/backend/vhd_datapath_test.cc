@@ -282,14 +282,7 @@ TEST_F(SteppedVhdTest, IndirectHoleReadsWaitingForALargeBufferStartWhenTheHoleRe
     ASSERT_TRUE(front().Queue({IoOp::kRead, i * kBytes / 512, kBytes, buffers[i].data(), i}).ok());
   }
   ASSERT_TRUE(front().Push().ok());  // one kick, and nothing more to publish
-  std::vector<IoCompletion> all;
-  for (int spin = 0; spin < 50 && all.size() < kReads; ++spin) {
-    worker_->RunOnce(5);
-    IoCompletion done[kReads];
-    auto got = front().Reap(done);
-    ASSERT_TRUE(got.ok()) << got.status().ToString();
-    all.insert(all.end(), done, done + *got);
-  }
+  std::vector<IoCompletion> all = StepUntil(*worker_, front(), kReads, {}, std::chrono::milliseconds(250));
   ASSERT_EQ(all.size(), kReads) << "requests left waiting for a large buffer that was free";
   for (const IoCompletion& completion : all) {
     EXPECT_EQ(completion.status, BLKIF_RSP_OKAY);
